@@ -1,0 +1,52 @@
+# Two commands: `make run` starts the local stack, `make test` runs every check.
+# Both set themselves up: a virtualenv for the app (.venv) and one for aws-sam-cli
+# (.venv-sam), whose pinned boto3 would clash with the app's.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SAM_VENV := .venv-sam
+APP_STAMP := $(VENV)/.installed
+SAM_STAMP := $(SAM_VENV)/.installed
+export AWS_DEFAULT_REGION ?= us-east-1
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: run test lint typecheck validate unit build bench clean
+
+$(APP_STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -c "import pathlib, site; root = pathlib.Path.cwd(); \
+	  pathlib.Path(site.getsitepackages()[0], 'pbx-call-processor.pth').write_text( \
+	  '\n'.join(str(root / p) for p in ('.', 'src', 'functions/ingest', 'functions/ai_worker')) + '\n')"
+	touch $@
+
+$(SAM_STAMP): requirements-sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-sam.txt
+	touch $@
+
+run: $(APP_STAMP)
+	$(PY) -m devstack
+
+test: lint typecheck validate
+	$(PY) -m pytest
+
+lint: $(APP_STAMP)
+	$(PY) -m ruff check .
+
+typecheck: $(APP_STAMP)
+	$(PY) -m mypy
+
+validate: $(SAM_STAMP)
+	$(SAM_VENV)/bin/sam validate --lint --template template.yaml
+
+unit: $(APP_STAMP)
+	$(PY) -m pytest tests/unit
+
+# Package for Lambda (needs Python 3.12 on PATH, as the runtime is python3.12).
+build: $(SAM_STAMP)
+	PATH="$$(ls -d $$HOME/.pyenv/versions/3.12*/bin 2>/dev/null | head -n1):$$PATH" $(SAM_VENV)/bin/sam build
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache

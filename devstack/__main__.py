@@ -1,0 +1,88 @@
+"""`python -m devstack`: the local stack in the foreground, until Ctrl-C or SIGTERM.
+
+moto server (child process) <- tables and queues from template.yaml <- the ingest app on uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+import boto3
+import uvicorn
+
+from callcore.settings import Settings, SettingsError
+from devstack.aws_env import point_sdks_at
+from devstack.moto_process import MotoProcess
+from devstack.provision import provision
+from devstack.template import load_template
+
+HOST = "127.0.0.1"
+logger = logging.getLogger("devstack")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+async def _serve(server: uvicorn.Server, moto: MotoProcess) -> None:
+    async def watch_moto() -> None:
+        while moto.alive():
+            await asyncio.sleep(0.5)
+        logger.error("the moto server exited; stopping the stack")
+        server.should_exit = True
+
+    watcher = asyncio.create_task(watch_moto())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    # Until uvicorn takes the signals over, SIGTERM unwinds like Ctrl-C so moto is stopped too.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    moto = MotoProcess(HOST, settings.moto_port)
+    try:
+        moto.start()
+        logger.info("moto server on %s", moto.endpoint)
+        point_sdks_at(moto.endpoint)
+        template = load_template()
+        session = boto3.session.Session()
+        stack = provision(template, session.client("dynamodb"), session.client("sqs"))
+        os.environ.update(stack.function_environment(template))
+        logger.info("created from template.yaml: tables %s, queues %s", sorted(stack.tables), sorted(stack.queue_urls))
+
+        from ingest.app import app  # reads the environment set above
+
+        config = uvicorn.Config(app, host=HOST, port=settings.api_port, log_level="info", access_log=False)
+        server = uvicorn.Server(config)
+        print(
+            f"\n  PBX AI Call Processor: http://{HOST}:{settings.api_port}  (docs: http://{HOST}:{settings.api_port}/docs)\n",
+            flush=True,
+        )
+        asyncio.run(_serve(server, moto))
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except (RuntimeError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        moto.stop()
+        logger.info("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

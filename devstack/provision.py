@@ -1,0 +1,111 @@
+"""Create the template's tables and queues on a moto server, as CloudFormation would."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from devstack.template import function_environment, resources_of_type
+
+# Table properties that moto's CreateTable takes as they are in the template.
+_TABLE_KEYS = ("KeySchema", "AttributeDefinitions", "BillingMode", "GlobalSecondaryIndexes", "LocalSecondaryIndexes")
+# Queue properties that are SQS queue attributes of the same name.
+_QUEUE_ATTRIBUTES = (
+    "VisibilityTimeout",
+    "MessageRetentionPeriod",
+    "DelaySeconds",
+    "ReceiveMessageWaitTimeSeconds",
+    "MaximumMessageSize",
+    "SqsManagedSseEnabled",
+)
+
+
+@dataclass
+class Stack:
+    """What provisioning made: physical names and addresses by logical id."""
+
+    parameters: dict[str, str]
+    tables: dict[str, str] = field(default_factory=dict)
+    queue_urls: dict[str, str] = field(default_factory=dict)
+    queue_arns: dict[str, str] = field(default_factory=dict)
+
+    def function_environment(self, template: dict[str, Any]) -> dict[str, str]:
+        """The environment template.yaml gives the functions, resolved against this stack."""
+        return {name: str(self.resolve(value)) for name, value in function_environment(template).items()}
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, dict) and "Ref" in value:
+            ref = value["Ref"]
+            if ref in self.parameters:
+                return self.parameters[ref]
+            if ref in self.tables:
+                return self.tables[ref]
+            if ref in self.queue_urls:
+                return self.queue_urls[ref]
+            raise KeyError(f"cannot resolve !Ref {ref}")
+        if isinstance(value, dict) and "Fn::GetAtt" in value:
+            name, attr = value["Fn::GetAtt"]
+            if attr == "Arn" and name in self.queue_arns:
+                return self.queue_arns[name]
+            if attr == "QueueName" and name in self.queue_urls:
+                return self.queue_urls[name].rsplit("/", 1)[-1]
+            raise KeyError(f"cannot resolve !GetAtt {name}.{attr}")
+        return value
+
+
+def parameters(template: dict[str, Any], env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Parameter values: an environment variable that the template maps to a parameter wins over its Default."""
+    env = os.environ if env is None else env
+    values = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
+    for var, value in function_environment(template).items():
+        if isinstance(value, dict) and value.get("Ref") in values and env.get(var, "") != "":
+            values[value["Ref"]] = env[var]
+    return values
+
+
+def provision(template: dict[str, Any], dynamodb: Any, sqs: Any, env: Mapping[str, str] | None = None) -> Stack:
+    stack = Stack(parameters=parameters(template, env))
+    for name, res in resources_of_type(template, "AWS::DynamoDB::Table").items():
+        props = res["Properties"]
+        kwargs = {key: props[key] for key in _TABLE_KEYS if key in props}
+        dynamodb.create_table(TableName=name, **kwargs)
+        stack.tables[name] = name
+    pending = dict(resources_of_type(template, "AWS::SQS::Queue"))
+    while pending:
+        # A queue's redrive policy names its dead-letter queue, so create that one first.
+        ready = {n: r for n, r in pending.items() if _redrive_target(r) in (None, *stack.queue_arns)}
+        if not ready:
+            raise ValueError(f"queues with unresolvable redrive policies: {sorted(pending)}")
+        for name, res in ready.items():
+            props = res.get("Properties", {})
+            attributes = {
+                key: str(stack.resolve(props[key])).lower()
+                if isinstance(props[key], bool)
+                else str(stack.resolve(props[key]))
+                for key in _QUEUE_ATTRIBUTES
+                if key in props
+            }
+            if "RedrivePolicy" in props:
+                policy = props["RedrivePolicy"]
+                attributes["RedrivePolicy"] = json.dumps(
+                    {
+                        "deadLetterTargetArn": stack.resolve(policy["deadLetterTargetArn"]),
+                        "maxReceiveCount": int(stack.resolve(policy["maxReceiveCount"])),
+                    }
+                )
+            url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            stack.queue_urls[name], stack.queue_arns[name] = url, arn
+            del pending[name]
+    return stack
+
+
+def _redrive_target(resource: dict[str, Any]) -> str | None:
+    policy = resource.get("Properties", {}).get("RedrivePolicy")
+    if not policy:
+        return None
+    target = policy["deadLetterTargetArn"]
+    return str(target["Fn::GetAtt"][0]) if isinstance(target, dict) and "Fn::GetAtt" in target else str(target)

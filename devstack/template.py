@@ -1,0 +1,89 @@
+"""Read template.yaml: the single source of truth for tables, queues and event sources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML loader that understands CloudFormation's short tags (!Ref, !GetAtt, !Sub, ...)."""
+
+
+def _cfn_tag(loader: _CfnLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    elif isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    else:
+        raise yaml.constructor.ConstructorError(None, None, f"unexpected node for !{tag_suffix}", node.start_mark)
+    if tag_suffix == "Ref":
+        return {"Ref": value}
+    if tag_suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{tag_suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
+    with path.open() as f:
+        template: dict[str, Any] = yaml.load(f, Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    return template
+
+
+@dataclass(frozen=True)
+class SqsEventSource:
+    """One SQS event source mapping of a function, as the template declares it."""
+
+    function: str
+    handler: str
+    queue: str
+    batch_size: int
+    batching_window_s: float
+    report_batch_item_failures: bool
+    maximum_concurrency: int
+
+
+def resources_of_type(template: dict[str, Any], type_name: str) -> dict[str, dict[str, Any]]:
+    return {name: res for name, res in template["Resources"].items() if res["Type"] == type_name}
+
+
+def sqs_event_sources(template: dict[str, Any]) -> list[SqsEventSource]:
+    sources = []
+    for name, fn in resources_of_type(template, "AWS::Serverless::Function").items():
+        props = fn["Properties"]
+        for event in props.get("Events", {}).values():
+            if event["Type"] != "SQS":
+                continue
+            ev = event["Properties"]
+            queue_ref = ev["Queue"]
+            queue = queue_ref["Fn::GetAtt"][0] if "Fn::GetAtt" in queue_ref else queue_ref["Ref"]
+            sources.append(
+                SqsEventSource(
+                    function=name,
+                    handler=props["Handler"],
+                    queue=queue,
+                    batch_size=int(ev.get("BatchSize", 10)),
+                    batching_window_s=float(ev.get("MaximumBatchingWindowInSeconds", 0)),
+                    report_batch_item_failures="ReportBatchItemFailures" in ev.get("FunctionResponseTypes", []),
+                    maximum_concurrency=int(ev.get("ScalingConfig", {}).get("MaximumConcurrency", 5)),
+                )
+            )
+    return sources
+
+
+def function_environment(template: dict[str, Any]) -> dict[str, Any]:
+    """Globals.Function.Environment.Variables: env var name -> template value (often a Ref)."""
+    variables: dict[str, Any] = (
+        template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    )
+    return variables

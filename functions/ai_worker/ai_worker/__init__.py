@@ -1,0 +1,1 @@
+"""The AI worker function and the dead-letter queue handler."""

@@ -1,0 +1,1 @@
+"""The AI worker (SQS work queue). Placeholder until the worker issue."""

@@ -1,0 +1,55 @@
+"""The FastAPI app, and the Lambda handler that serves it through Mangum."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from mangum import Mangum
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from callcore.bootstrap import Ports, default_ports
+from ingest import errors
+from ingest.routes import router
+from ingest.schemas import HealthOut
+
+
+class JsonBodies:
+    """Read every request body as JSON, whatever its Content-Type says.
+
+    The API takes only JSON; a PBX or a `curl -d` that labels it form data or text
+    would otherwise get a confusing "not a dictionary" error instead of being served.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+def create_app(ports: Ports) -> FastAPI:
+    app = FastAPI(
+        title="PBX AI Call Processor",
+        version="1.0.0",
+        description=(
+            "A PBX streams audio packets of unanswered calls; ended calls are transcribed and scored "
+            "by AI, asynchronously. Duplicated, reordered and concurrent packets are normal traffic."
+        ),
+    )
+    app.state.ports = ports
+    app.add_middleware(JsonBodies)
+    errors.install(app)
+    app.include_router(router)
+
+    @app.get("/healthz", response_model=HealthOut, summary="Liveness: the process is up (dependencies are not checked)")
+    def healthz() -> HealthOut:
+        return HealthOut(status="ok")
+
+    return app
+
+
+# Built at import, once per Lambda sandbox (or uvicorn process); warm invocations reuse it.
+app = create_app(default_ports())
+handler = Mangum(app, lifespan="off")

@@ -1,0 +1,35 @@
+"""Dependencies shared by the routes, as Annotated aliases."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request, Security
+from fastapi.security import APIKeyHeader
+
+from callcore.bootstrap import Ports
+from callcore.domain.model import CALL_ID_PATTERN
+
+
+def get_ports(request: Request) -> Ports:
+    ports: Ports = request.app.state.ports
+    return ports
+
+
+PortsDep = Annotated[Ports, Depends(get_ports)]
+
+CallId = Annotated[
+    str,
+    Path(min_length=1, max_length=128, pattern=CALL_ID_PATTERN, description="1 to 128 characters of A-Za-z0-9._:-"),
+]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required when API_KEYS is set.")
+
+
+def require_api_key(ports: PortsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    keys = ports.settings.api_keys
+    if not keys:
+        return
+    if key is None or not any(hmac.compare_digest(key.encode(), k.encode()) for k in keys):
+        raise HTTPException(status_code=401, detail="missing or unknown X-API-Key header")

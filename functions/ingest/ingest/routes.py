@@ -1,0 +1,108 @@
+"""The v1 call routes: each validates, calls one service, and shapes the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
+
+from callcore import services
+from callcore.domain.model import CallState, Packet
+from ingest.deps import CallId, PortsDep, require_api_key
+from ingest.errors import INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, _responses
+from ingest.schemas import CallListOut, CallOut, CallSummaryOut, EndIn, EndOut, PacketAck, PacketIn
+
+router = APIRouter(
+    prefix="/v1", dependencies=[Depends(require_api_key)], responses={**UNAUTHORIZED, **INVALID, **UNAVAILABLE}
+)
+
+
+@router.post(
+    "/call/stream/{call_id}",
+    status_code=202,
+    response_model=PacketAck,
+    summary="Store one audio packet of a call",
+    responses={
+        200: {
+            "model": PacketAck,
+            "description": "Duplicate: this sequence is stored with the same data. Nothing changed.",
+        },
+        202: {"description": "Stored durably. The first packet creates the call (IN_PROGRESS)."},
+        **_responses(
+            (409, "This sequence is stored with different data, or the call is no longer IN_PROGRESS. Nothing stored."),
+            (413, "`data` is larger than MAX_PACKET_BYTES."),
+        ),
+    },
+)
+def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep) -> JSONResponse:
+    size = len(packet.data.encode("utf-8"))
+    if size > ports.settings.max_packet_bytes:
+        raise HTTPException(
+            status_code=413, detail=f"data is {size} bytes; the limit is {ports.settings.max_packet_bytes} bytes"
+        )
+    outcome = services.record_packet(
+        ports.store, call_id, Packet(sequence=packet.sequence, data=packet.data, timestamp=packet.timestamp)
+    )
+    ack = PacketAck(call_id=call_id, sequence=packet.sequence, status=outcome.value)
+    return JSONResponse(
+        status_code=202 if outcome is services.PacketOutcome.ACCEPTED else 200, content=ack.model_dump()
+    )
+
+
+@router.post(
+    "/call/{call_id}/end",
+    status_code=202,
+    response_model=EndOut,
+    summary="End a call and queue its AI work",
+    responses={
+        200: {"model": EndOut, "description": "The call had already finished (COMPLETED, FAILED or ARCHIVED)."},
+        202: {"description": "The call is PROCESSING_AI; its one work item is queued. Repeating the end is safe."},
+        **NOT_FOUND,
+    },
+)
+def end_call(call_id: CallId, ports: PortsDep, body: Annotated[EndIn | None, Body()] = None) -> JSONResponse:
+    outcome = services.end_call(ports.store, ports.queue, call_id, body.last_sequence if body else None)
+    return JSONResponse(
+        status_code=202 if outcome.processing else 200,
+        content=EndOut(call_id=call_id, state=outcome.state).model_dump(),
+    )
+
+
+@router.get(
+    "/call/{call_id}", response_model=CallOut, summary="A call's state, packets and AI results", responses=NOT_FOUND
+)
+def get_call(call_id: CallId, ports: PortsDep) -> CallOut:
+    return CallOut.from_details(services.get_call(ports.store, call_id))
+
+
+@router.get("/calls", response_model=CallListOut, summary="Calls in one state, most recently changed first")
+def list_calls(
+    ports: PortsDep,
+    state: Annotated[CallState, Query(description="Only calls in this state.")],
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2048, description="next_cursor of the previous page.")] = None,
+) -> CallListOut:
+    try:
+        page = services.list_calls(ports.store, state, limit=limit, cursor=cursor)
+    except ValueError as exc:
+        raise _invalid_cursor(str(exc)) from exc
+    return CallListOut(
+        calls=[
+            CallSummaryOut(
+                call_id=c.call_id,
+                state=c.state,
+                created_at=c.created_at,
+                updated_at=c.updated_at,
+                failure_reason=c.failure_reason,
+            )
+            for c in page.calls
+        ],
+        next_cursor=page.next_cursor,
+    )
+
+
+def _invalid_cursor(message: str) -> Exception:
+    from fastapi.exceptions import RequestValidationError
+
+    return RequestValidationError([{"loc": ("query", "cursor"), "msg": message, "type": "value_error"}])

@@ -1,0 +1,134 @@
+"""Request and response bodies, one model per role."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from callcore.domain.model import MAX_SEQUENCE, CallState
+from callcore.services import CallDetails
+
+Sequence = Annotated[StrictInt, Field(ge=0, le=MAX_SEQUENCE, description="Packet number, >= 0.")]
+
+
+class PacketIn(BaseModel):
+    sequence: Sequence
+    data: StrictStr = Field(description="The audio chunk: base64 for real audio; opaque text is stored as is.")
+    timestamp: Annotated[float, Field(allow_inf_nan=False, strict=True, description="Seconds, a finite number.")]
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"sequence": 1, "data": "UklGRiQAAABXQVZF", "timestamp": 1732650000.02}]}
+    )
+
+
+class PacketAck(BaseModel):
+    call_id: str
+    sequence: int
+    status: Literal["accepted", "duplicate"]
+
+
+class EndIn(BaseModel):
+    last_sequence: Sequence | None = Field(
+        default=None, description="The call's last packet; a missing tail is then reported in `missing`."
+    )
+
+
+class EndOut(BaseModel):
+    call_id: str
+    state: CallState
+
+
+class PacketsOut(BaseModel):
+    received: int = Field(description="Distinct sequences stored.")
+    duplicates: int
+    out_of_order: int = Field(description="Packets stored after a packet with a higher sequence.")
+    highest_sequence: int | None
+    missing: list[int] = Field(description="Absent sequences (at most 1000 listed; see missing_count).")
+    missing_count: int
+
+
+class SentimentOut(BaseModel):
+    label: str
+    score: float
+
+
+class AttemptOut(BaseModel):
+    round: int
+    number: int
+    started_at: str
+    error: str | None
+
+
+class AIOut(BaseModel):
+    attempts: int
+    last_error: str | None
+    transcript: str | None
+    sentiment: SentimentOut | None
+    history: list[AttemptOut]
+
+
+class CallOut(BaseModel):
+    call_id: str
+    state: CallState
+    created_at: str
+    updated_at: str
+    last_sequence: int | None
+    packets: PacketsOut
+    ai: AIOut
+    failure_reason: str | None
+
+    @classmethod
+    def from_details(cls, details: CallDetails) -> CallOut:
+        call, stats = details.call, details.packets
+        return cls(
+            call_id=call.call_id,
+            state=call.state,
+            created_at=call.created_at,
+            updated_at=call.updated_at,
+            last_sequence=call.last_sequence,
+            packets=PacketsOut(
+                received=stats.received,
+                duplicates=stats.duplicates,
+                out_of_order=stats.out_of_order,
+                highest_sequence=stats.highest_sequence,
+                missing=stats.missing,
+                missing_count=stats.missing_count,
+            ),
+            ai=AIOut(
+                attempts=call.ai_attempts,
+                last_error=call.ai_last_error,
+                transcript=call.transcript,
+                sentiment=SentimentOut(label=call.sentiment.label, score=call.sentiment.score)
+                if call.sentiment
+                else None,
+                history=[
+                    AttemptOut(round=a.round, number=a.number, started_at=a.started_at, error=a.error)
+                    for a in call.attempts
+                ],
+            ),
+            failure_reason=call.failure_reason,
+        )
+
+
+class CallSummaryOut(BaseModel):
+    call_id: str
+    state: CallState
+    created_at: str
+    updated_at: str
+    failure_reason: str | None
+
+
+class CallListOut(BaseModel):
+    calls: list[CallSummaryOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="A stable machine-readable code.")
+    message: str = Field(description="What went wrong, for a person.")
+    details: list[dict[str, object]] | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]

@@ -1,0 +1,1 @@
+"""Adapters: the AWS implementations of the ports."""

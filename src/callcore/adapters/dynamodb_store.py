@@ -1,0 +1,330 @@
+"""CallStore on DynamoDB: a calls table (one item a call) and a packets table (one item a packet)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from callcore.adapters.aws_errors import dependency, error_code
+from callcore.domain.errors import CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
+from callcore.domain.model import Arrival, AttemptRecord, Call, CallState, Packet, Sentiment
+from callcore.ports import CallPage, PacketWrite
+
+# botocore clients are generated at run time; the stubs package is not worth a dependency.
+DynamoDBClient = Any
+
+AttributeValue = dict[str, Any]
+Item = dict[str, AttributeValue]
+
+STATE_INDEX = "by-state"
+
+# A transaction that meets another one on the same call item is cancelled with
+# TransactionConflict; it is safe to try again at once, a few times.
+_CONFLICT_RETRIES = 5
+
+
+def _s(value: str) -> AttributeValue:
+    return {"S": value}
+
+
+def _n(value: int | float) -> AttributeValue:
+    return {"N": repr(value)}
+
+
+def _num(av: AttributeValue) -> int | float:
+    text = av["N"]
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _int(item: Item, name: str, default: int = 0) -> int:
+    return int(item[name]["N"]) if name in item else default
+
+
+def _str(item: Item, name: str) -> str | None:
+    return item[name]["S"] if name in item else None
+
+
+def call_from_item(item: Item) -> Call:
+    sentiment = None
+    if "sentiment" in item:
+        raw = item["sentiment"]["M"]
+        sentiment = Sentiment(label=raw["label"]["S"], score=float(_num(raw["score"])))
+    attempts = [
+        AttemptRecord(
+            round=int(a["M"]["round"]["N"]),
+            number=int(a["M"]["number"]["N"]),
+            started_at=a["M"]["started_at"]["S"],
+            error=_str(a["M"], "error"),
+        )
+        for a in item.get("attempts", {}).get("L", [])
+    ]
+    return Call(
+        call_id=item["call_id"]["S"],
+        state=CallState(item["state"]["S"]),
+        created_at=item["created_at"]["S"],
+        updated_at=item["updated_at"]["S"],
+        round=_int(item, "round"),
+        duplicates=_int(item, "duplicates"),
+        last_sequence=_int(item, "last_sequence") if "last_sequence" in item else None,
+        ai_attempts=_int(item, "ai_attempts"),
+        ai_last_error=_str(item, "ai_last_error"),
+        transcript=_str(item, "transcript"),
+        sentiment=sentiment,
+        failure_reason=_str(item, "failure_reason"),
+        attempts=attempts,
+    )
+
+
+def packet_from_item(item: Item) -> Packet:
+    return Packet(sequence=int(item["sequence"]["N"]), data=item["data"]["S"], timestamp=float(_num(item["timestamp"])))
+
+
+def encode_cursor(key: Item) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Item:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("cursor is not one this API returned") from exc
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ValueError("cursor is not one this API returned")
+    return raw
+
+
+class DynamoDBCallStore:
+    def __init__(self, client: DynamoDBClient, calls_table: str, packets_table: str) -> None:
+        self._ddb = client
+        self._calls = calls_table
+        self._packets = packets_table
+
+    def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
+        """One TransactWriteItems: the packet if its sequence is new, and the call if IN_PROGRESS.
+
+        The call half creates the call on its first packet and fences the packet against
+        the end of the call: end's conditional write and this transaction serialise, so a
+        stored packet is always one the worker will read. No read happens first; on a
+        cancellation the old items come back in the cancellation reasons.
+        """
+        put_packet = {
+            "Put": {
+                "TableName": self._packets,
+                "Item": {
+                    "call_id": _s(call_id),
+                    "sequence": _n(packet.sequence),
+                    "data": _s(packet.data),
+                    "timestamp": _n(packet.timestamp),
+                    "received_at": _n(received_at_ns),
+                },
+                "ConditionExpression": "attribute_not_exists(#seq)",
+                "ExpressionAttributeNames": {"#seq": "sequence"},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+        is_new = "attribute_not_exists(call_id)"
+        in_progress = "#state = :in_progress"
+        open_call = {
+            "Update": {
+                "TableName": self._calls,
+                "Key": {"call_id": _s(call_id)},
+                # Only attributes that never change on a packet, so the state index is
+                # not rewritten on every packet.
+                "UpdateExpression": (
+                    "SET #state = if_not_exists(#state, :in_progress), "
+                    "created_at = if_not_exists(created_at, :now), "
+                    "updated_at = if_not_exists(updated_at, :now)"
+                ),
+                "ConditionExpression": f"{is_new} OR {in_progress}",
+                "ExpressionAttributeNames": {"#state": "state"},
+                "ExpressionAttributeValues": {":in_progress": _s(CallState.IN_PROGRESS.value), ":now": _s(now)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                with dependency("DynamoDB"):
+                    self._ddb.transact_write_items(TransactItems=[put_packet, open_call])
+                return PacketWrite(stored=True)
+            except ClientError as exc:
+                if error_code(exc) != "TransactionCanceledException":
+                    raise
+                reasons = exc.response.get("CancellationReasons", [])
+                codes = [r.get("Code") for r in reasons]
+                if "TransactionConflict" in codes and "ConditionalCheckFailed" not in codes:
+                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                    continue
+                return self._refusal(call_id, packet.sequence, reasons)
+        raise DependencyUnavailableError("DynamoDB", "TransactionConflict")
+
+    def _refusal(self, call_id: str, sequence: int, reasons: list[dict[str, Any]]) -> PacketWrite:
+        packet_reason, call_reason = reasons[0], reasons[1]
+        existing = None
+        if packet_reason.get("Code") == "ConditionalCheckFailed":
+            if "Item" in packet_reason:
+                existing = packet_from_item(packet_reason["Item"])
+            else:
+                # Servers that do not return the old item: read it, off the happy path.
+                existing = self._get_packet(call_id, sequence)
+        state = None
+        if call_reason.get("Code") == "ConditionalCheckFailed":
+            state = CallState(call_reason["Item"]["state"]["S"])
+        return PacketWrite(stored=False, existing=existing, call_state=state)
+
+    def _get_packet(self, call_id: str, sequence: int) -> Packet | None:
+        with dependency("DynamoDB"):
+            response = self._ddb.get_item(
+                TableName=self._packets,
+                Key={"call_id": _s(call_id), "sequence": _n(sequence)},
+                ConsistentRead=True,
+            )
+        item = response.get("Item")
+        return packet_from_item(item) if item else None
+
+    def count_duplicate(self, call_id: str) -> None:
+        with dependency("DynamoDB"):
+            self._ddb.update_item(
+                TableName=self._calls,
+                Key={"call_id": _s(call_id)},
+                UpdateExpression="ADD duplicates :one",
+                ConditionExpression="attribute_exists(call_id)",
+                ExpressionAttributeValues={":one": _n(1)},
+            )
+
+    def transition(
+        self,
+        call_id: str,
+        *,
+        source: CallState,
+        target: CallState,
+        now: str,
+        new_round: bool = False,
+        last_sequence: int | None = None,
+        failure_reason: str | None = None,
+    ) -> Call:
+        sets = ["#state = :target", "updated_at = :now"]
+        values: dict[str, AttributeValue] = {":target": _s(target.value), ":source": _s(source.value), ":now": _s(now)}
+        if new_round:
+            sets.append("#round = if_not_exists(#round, :zero) + :one")
+            values |= {":zero": _n(0), ":one": _n(1)}
+        if last_sequence is not None:
+            sets.append("last_sequence = :last")
+            values[":last"] = _n(last_sequence)
+        if failure_reason is not None:
+            sets.append("failure_reason = :reason")
+            values[":reason"] = _s(failure_reason)
+        try:
+            with dependency("DynamoDB"):
+                response = self._ddb.update_item(
+                    TableName=self._calls,
+                    Key={"call_id": _s(call_id)},
+                    UpdateExpression="SET " + ", ".join(sets),
+                    ConditionExpression="#state = :source",
+                    ExpressionAttributeNames={"#state": "state", "#round": "round"}
+                    if new_round
+                    else {"#state": "state"},
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")
+            if not old:
+                raise CallNotFoundError(call_id) from exc
+            raise InvalidTransitionError(call_id, CallState(old["state"]["S"]), target) from exc
+        return call_from_item(response["Attributes"])
+
+    def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
+        try:
+            with dependency("DynamoDB"):
+                self._ddb.update_item(
+                    TableName=self._calls,
+                    Key={"call_id": _s(call_id)},
+                    UpdateExpression="SET #state = :back, updated_at = :now",
+                    ConditionExpression="#state = :current AND #round = :round",
+                    ExpressionAttributeNames={"#state": "state", "#round": "round"},
+                    ExpressionAttributeValues={
+                        ":back": _s(back_to.value),
+                        ":current": _s(current.value),
+                        ":round": _n(round),
+                        ":now": _s(now),
+                    },
+                )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            # Something else moved the call on; there is nothing of ours left to undo.
+
+    def get_call(self, call_id: str) -> Call | None:
+        with dependency("DynamoDB"):
+            response = self._ddb.get_item(TableName=self._calls, Key={"call_id": _s(call_id)}, ConsistentRead=True)
+        item = response.get("Item")
+        return call_from_item(item) if item else None
+
+    def arrivals(self, call_id: str) -> list[Arrival]:
+        return [
+            Arrival(sequence=int(item["sequence"]["N"]), received_at_ns=_int(item, "received_at"))
+            for item in self._query_packets(call_id, projection="#seq, received_at")
+        ]
+
+    def packets(self, call_id: str) -> list[Packet]:
+        """Every stored packet of the call, in sequence order."""
+        return [packet_from_item(item) for item in self._query_packets(call_id)]
+
+    def _query_packets(self, call_id: str, projection: str | None = None) -> list[Item]:
+        kwargs: dict[str, Any] = {
+            "TableName": self._packets,
+            "KeyConditionExpression": "call_id = :id",
+            "ExpressionAttributeValues": {":id": _s(call_id)},
+            "ConsistentRead": True,
+        }
+        if projection:
+            kwargs |= {"ProjectionExpression": projection, "ExpressionAttributeNames": {"#seq": "sequence"}}
+        items: list[Item] = []
+        with dependency("DynamoDB"):
+            while True:
+                response = self._ddb.query(**kwargs)
+                items.extend(response.get("Items", []))
+                if "LastEvaluatedKey" not in response:
+                    return items
+                kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def list_calls(self, state: CallState, *, limit: int, cursor: str | None) -> CallPage:
+        kwargs: dict[str, Any] = {
+            "TableName": self._calls,
+            "IndexName": STATE_INDEX,
+            "KeyConditionExpression": "#state = :state",
+            "ExpressionAttributeNames": {"#state": "state"},
+            "ExpressionAttributeValues": {":state": _s(state.value)},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if cursor:
+            kwargs["ExclusiveStartKey"] = decode_cursor(cursor)
+        try:
+            with dependency("DynamoDB"):
+                response = self._ddb.query(**kwargs)
+        except ClientError as exc:
+            if cursor and error_code(exc) == "ValidationException":
+                raise ValueError("cursor is not one this API returned") from exc
+            raise
+        calls = [
+            Call(
+                call_id=item["call_id"]["S"],
+                state=CallState(item["state"]["S"]),
+                created_at=item.get("created_at", item["updated_at"])["S"],
+                updated_at=item["updated_at"]["S"],
+                failure_reason=_str(item, "failure_reason"),
+            )
+            for item in response.get("Items", [])
+        ]
+        last = response.get("LastEvaluatedKey")
+        return CallPage(calls=calls, next_cursor=encode_cursor(last) if last else None)

@@ -1,0 +1,51 @@
+"""The one place that builds AWS clients and adapters: once per process (Lambda sandbox)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from callcore.adapters.dynamodb_store import DynamoDBCallStore
+from callcore.adapters.sqs_queue import SQSWorkQueue
+from callcore.settings import Settings
+
+# Fail fast: a PBX retries a 503 sooner than it would wait for a hung request.
+CLIENT_CONFIG = Config(
+    connect_timeout=2,
+    read_timeout=5,
+    retries={"mode": "standard", "max_attempts": 3},
+    max_pool_connections=64,
+)
+
+
+@dataclass(frozen=True)
+class Ports:
+    settings: Settings
+    store: DynamoDBCallStore
+    queue: SQSWorkQueue
+    dynamodb: Any
+    sqs: Any
+
+
+def build_ports(settings: Settings, session: boto3.session.Session | None = None) -> Ports:
+    """Build fresh clients; AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_<SERVICE>) points them at moto locally."""
+    session = session or boto3.session.Session()
+    dynamodb = session.client("dynamodb", config=CLIENT_CONFIG)
+    sqs = session.client("sqs", config=CLIENT_CONFIG)
+    return Ports(
+        settings=settings,
+        store=DynamoDBCallStore(dynamodb, settings.calls_table, settings.packets_table),
+        queue=SQSWorkQueue(sqs, settings.work_queue_url),
+        dynamodb=dynamodb,
+        sqs=sqs,
+    )
+
+
+@functools.cache
+def default_ports() -> Ports:
+    """The process-wide ports, built on first use and reused by every request."""
+    return build_ports(Settings.from_env())

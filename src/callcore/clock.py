@@ -1,0 +1,14 @@
+"""Timestamps in one format: UTC ISO 8601 with microseconds, which sorts as text."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now_ns() -> int:
+    return time.time_ns()

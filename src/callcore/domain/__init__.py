@@ -1,0 +1,1 @@
+"""The call domain: no AWS, no HTTP."""

@@ -1,0 +1,58 @@
+"""Domain errors. Entry points map them to HTTP statuses or SQS outcomes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from callcore.domain.model import CallState
+
+
+class CallCoreError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class CallNotFoundError(CallCoreError):
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"call {call_id!r} does not exist")
+        self.call_id = call_id
+
+
+class SequenceConflictError(CallCoreError):
+    """The same sequence arrived again with different data."""
+
+    def __init__(self, call_id: str, sequence: int) -> None:
+        super().__init__(
+            f"call {call_id!r} already has packet {sequence} with different data; the stored packet is unchanged"
+        )
+        self.call_id = call_id
+        self.sequence = sequence
+
+
+class CallNotAcceptingPacketsError(CallCoreError):
+    """The call has ended: new packets cannot become part of its AI work."""
+
+    def __init__(self, call_id: str, state: CallState) -> None:
+        super().__init__(f"call {call_id!r} is {state.value}; it no longer accepts packets")
+        self.call_id = call_id
+        self.state = state
+
+
+class InvalidTransitionError(CallCoreError):
+    """A state change that the state machine, or the call's current state, does not allow."""
+
+    def __init__(self, call_id: str, current: CallState, target: CallState) -> None:
+        super().__init__(f"call {call_id!r} is {current.value}; it cannot move to {target.value}")
+        self.call_id = call_id
+        self.current = current
+        self.target = target
+
+
+class DependencyUnavailableError(CallCoreError):
+    """A dependency (DynamoDB, SQS) is throttling or unreachable; the caller may retry."""
+
+    def __init__(self, dependency: str, reason: str, retry_after_s: int = 1) -> None:
+        super().__init__(f"{dependency} is unavailable: {reason}")
+        self.dependency = dependency
+        self.reason = reason
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,183 @@
+"""The call, its states and the rules for its packets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_CALL_ID_RE = re.compile(CALL_ID_PATTERN)
+
+# Sequences are stored as DynamoDB numbers; keep them within what every JSON client
+# represents exactly.
+MAX_SEQUENCE = 2**53 - 1
+
+# `missing` lists at most this many sequences; `missing_count` always has the total.
+MISSING_LIST_LIMIT = 1000
+
+
+class CallState(StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    PROCESSING_AI = "PROCESSING_AI"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    ARCHIVED = "ARCHIVED"
+
+
+_TRANSITIONS: dict[CallState, frozenset[CallState]] = {
+    CallState.IN_PROGRESS: frozenset({CallState.PROCESSING_AI}),
+    CallState.PROCESSING_AI: frozenset({CallState.COMPLETED, CallState.FAILED}),
+    CallState.COMPLETED: frozenset({CallState.ARCHIVED}),
+    CallState.FAILED: frozenset({CallState.PROCESSING_AI, CallState.ARCHIVED}),
+    CallState.ARCHIVED: frozenset(),
+}
+
+FINISHED_STATES = frozenset({CallState.COMPLETED, CallState.FAILED, CallState.ARCHIVED})
+
+
+def can_transition(current: CallState, target: CallState) -> bool:
+    return target in _TRANSITIONS[current]
+
+
+def is_valid_call_id(call_id: str) -> bool:
+    return bool(_CALL_ID_RE.fullmatch(call_id))
+
+
+@dataclass(frozen=True)
+class Packet:
+    sequence: int
+    data: str
+    timestamp: float
+
+    def same_content(self, other: Packet) -> bool:
+        """A retransmission carries the same audio; its timestamp may differ."""
+        return self.data == other.data
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """When the service stored one packet, for gap and ordering statistics."""
+
+    sequence: int
+    received_at_ns: int
+
+
+@dataclass(frozen=True)
+class PacketStats:
+    received: int
+    duplicates: int
+    out_of_order: int
+    highest_sequence: int | None
+    missing: list[int]
+    missing_count: int
+
+    @classmethod
+    def from_arrivals(
+        cls,
+        arrivals: Iterable[Arrival],
+        *,
+        duplicates: int = 0,
+        last_sequence: int | None = None,
+    ) -> PacketStats:
+        """Summarise the distinct packets of a call.
+
+        A packet is out of order when it was stored after a packet with a higher
+        sequence. ``missing`` holds the absent sequences between the lowest received and
+        the highest received, or ``last_sequence`` when the end of the call gave one.
+        """
+        by_arrival = sorted(arrivals, key=lambda a: (a.received_at_ns, a.sequence))
+        out_of_order = 0
+        highest: int | None = None
+        for arrival in by_arrival:
+            if highest is not None and arrival.sequence < highest:
+                out_of_order += 1
+            highest = arrival.sequence if highest is None else max(highest, arrival.sequence)
+        sequences = sorted({a.sequence for a in by_arrival})
+        missing, missing_count = _gaps(sequences, last_sequence)
+        return cls(
+            received=len(sequences),
+            duplicates=duplicates,
+            out_of_order=out_of_order,
+            highest_sequence=highest,
+            missing=missing,
+            missing_count=missing_count,
+        )
+
+
+def _gaps(sorted_sequences: list[int], last_sequence: int | None) -> tuple[list[int], int]:
+    if not sorted_sequences:
+        return [], 0
+    upper = sorted_sequences[-1] if last_sequence is None else max(sorted_sequences[-1], last_sequence)
+    missing: list[int] = []
+    count = 0
+    expected = sorted_sequences[0]
+    for seq in [*sorted_sequences, upper + 1]:
+        if seq > expected:
+            count += seq - expected
+            room = MISSING_LIST_LIMIT - len(missing)
+            if room > 0:
+                missing.extend(range(expected, min(seq, expected + room)))
+        expected = max(expected, seq + 1)
+    return missing, count
+
+
+@dataclass(frozen=True)
+class Sentiment:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One AI attempt, kept on the call so that the history survives an operator retry."""
+
+    round: int
+    number: int
+    started_at: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    call_id: str
+    state: CallState
+    created_at: str
+    updated_at: str
+    round: int = 0
+    duplicates: int = 0
+    last_sequence: int | None = None
+    ai_attempts: int = 0
+    ai_last_error: str | None = None
+    transcript: str | None = None
+    sentiment: Sentiment | None = None
+    failure_reason: str | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """The message the end of a call (or an operator retry) puts on the work queue.
+
+    ``round`` counts how many times the call entered PROCESSING_AI. A worker acts on an
+    item only while the call is PROCESSING_AI in the same round, so a redelivered or
+    stale message never processes a call twice or moves it backwards. (SQS changes the
+    messageId on redrive, so idempotency cannot key on it.)
+    """
+
+    call_id: str
+    round: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"call_id": self.call_id, "round": self.round}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> WorkItem:
+        call_id, round_ = raw.get("call_id"), raw.get("round")
+        if not isinstance(call_id, str) or not is_valid_call_id(call_id):
+            raise ValueError(f"work item has no valid call_id: {raw!r}")
+        if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 1:
+            raise ValueError(f"work item has no valid round: {raw!r}")
+        return cls(call_id=call_id, round=round_)

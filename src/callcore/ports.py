@@ -1,0 +1,70 @@
+"""The ports the services need: small interfaces named by role, with AWS adapters behind them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from callcore.domain.model import Arrival, Call, CallState, Packet, WorkItem
+
+
+@dataclass(frozen=True)
+class PacketWrite:
+    """What happened to one attempt to store a packet.
+
+    ``stored`` is true when the packet is now stored and part of its call. Otherwise
+    ``existing`` holds the packet already stored under that sequence, if any, and
+    ``call_state`` the call's state when the call no longer accepts packets.
+    """
+
+    stored: bool
+    existing: Packet | None = None
+    call_state: CallState | None = None
+
+
+@dataclass(frozen=True)
+class CallPage:
+    calls: list[Call]
+    next_cursor: str | None
+
+
+class CallStore(Protocol):
+    def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
+        """Store a packet, creating its call, in one atomic write; only while IN_PROGRESS."""
+        ...
+
+    def count_duplicate(self, call_id: str) -> None: ...
+
+    def transition(
+        self,
+        call_id: str,
+        *,
+        source: CallState,
+        target: CallState,
+        now: str,
+        new_round: bool = False,
+        last_sequence: int | None = None,
+        failure_reason: str | None = None,
+    ) -> Call:
+        """Move the call from ``source`` to ``target`` in one conditional write.
+
+        Raises CallNotFoundError, or InvalidTransitionError with the current state.
+        """
+        ...
+
+    def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
+        """Undo a transition whose follow-up failed, if nothing moved the call since."""
+        ...
+
+    def get_call(self, call_id: str) -> Call | None: ...
+
+    def arrivals(self, call_id: str) -> list[Arrival]: ...
+
+    def list_calls(self, state: CallState, *, limit: int, cursor: str | None) -> CallPage:
+        """Calls in one state, most recently changed first. Raises ValueError for a bad cursor."""
+        ...
+
+
+class WorkQueue(Protocol):
+    def send(self, item: WorkItem) -> None: ...

@@ -1,0 +1,88 @@
+"""Every environment variable the service reads, read here and nowhere else.
+
+The names are the same in Lambda (set by template.yaml) and in the local stack.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0, high: float | None = None) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not (value >= low and (high is None or value <= high)):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise SettingsError(f"{name}={raw!r} must be {bound}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < low:
+        raise SettingsError(f"{name}={raw!r} must be >= {low}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    calls_table: str = "CallsTable"
+    packets_table: str = "PacketsTable"
+    work_queue_url: str = ""
+    ai_provider: str = "mock"
+    ai_failure_rate: float = 0.25
+    ai_min_latency_s: float = 1.0
+    ai_max_latency_s: float = 3.0
+    ai_seed: int | None = None
+    retry_base_delay_s: float = 2.0
+    retry_max_delay_s: float = 60.0
+    max_receive_count: int = 5
+    api_keys: tuple[str, ...] = ()
+    # Under DynamoDB's 400 KB item limit, with room for the packet's other attributes.
+    max_packet_bytes: int = 256 * 1024
+    api_port: int = 8000
+    moto_port: int = 5000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        seed = env.get("AI_SEED", "").strip()
+        settings = cls(
+            calls_table=env.get("CALLS_TABLE") or cls.calls_table,
+            packets_table=env.get("PACKETS_TABLE") or cls.packets_table,
+            work_queue_url=env.get("WORK_QUEUE_URL", ""),
+            ai_provider=env.get("AI_PROVIDER") or cls.ai_provider,
+            ai_failure_rate=_float(env, "AI_FAILURE_RATE", cls.ai_failure_rate, 0.0, 1.0),
+            ai_min_latency_s=_float(env, "AI_MIN_LATENCY_S", cls.ai_min_latency_s),
+            ai_max_latency_s=_float(env, "AI_MAX_LATENCY_S", cls.ai_max_latency_s),
+            ai_seed=_int(env, "AI_SEED", 0) if seed else None,
+            retry_base_delay_s=_float(env, "RETRY_BASE_DELAY_S", cls.retry_base_delay_s),
+            retry_max_delay_s=_float(env, "RETRY_MAX_DELAY_S", cls.retry_max_delay_s, 0.0, 43200.0),
+            max_receive_count=_int(env, "MAX_RECEIVE_COUNT", cls.max_receive_count, 1),
+            api_keys=tuple(k.strip() for k in env.get("API_KEYS", "").split(",") if k.strip()),
+            max_packet_bytes=_int(env, "MAX_PACKET_BYTES", cls.max_packet_bytes, 1),
+            api_port=_int(env, "API_PORT", cls.api_port, 1),
+            moto_port=_int(env, "MOTO_PORT", cls.moto_port, 1),
+        )
+        if settings.ai_max_latency_s < settings.ai_min_latency_s:
+            raise SettingsError("AI_MAX_LATENCY_S must be >= AI_MIN_LATENCY_S")
+        if settings.ai_provider not in {"mock"}:
+            raise SettingsError(f"AI_PROVIDER={settings.ai_provider!r} is not one of: mock")
+        return settings
