@@ -12,3 +12,9 @@ def now_iso() -> str:
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def seconds_since(iso: str) -> float:
+    """Seconds from an ``now_iso()`` timestamp until now."""
+    then = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return (datetime.now(UTC) - then).total_seconds()

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from callcore.clock import now_iso, now_ns
+from callcore.clock import now_iso, now_ns, seconds_since
 from callcore.domain.errors import (
     CallNotAcceptingPacketsError,
     CallNotFoundError,
@@ -63,9 +63,39 @@ def end_call(store: CallStore, queue: WorkQueue, call_id: str, last_sequence: in
             last_sequence=last_sequence,
         )
     except InvalidTransitionError as exc:
+        if exc.call is not None and _work_item_may_be_lost(exc.call):
+            _send(store, queue, exc.call)
         return EndOutcome(state=exc.current, processing=exc.current is CallState.PROCESSING_AI)
     _enqueue(store, queue, call, previous=CallState.IN_PROGRESS)
     return EndOutcome(state=call.state, processing=True)
+
+
+# Longer than any request that could still be sending a round's first work item (the
+# ingest function times out after 10 s), so concurrent ends never send a second one.
+RESEND_AFTER_S = 30.0
+
+
+def _work_item_may_be_lost(call: Call) -> bool:
+    """PROCESSING_AI, but the request that moved it there never recorded its send.
+
+    That happens only when SQS failed and putting the call back failed too; without a
+    new send the call would stay in PROCESSING_AI forever.
+    """
+    return (
+        call.state is CallState.PROCESSING_AI
+        and call.enqueued_round < call.round
+        and seconds_since(call.updated_at) > RESEND_AFTER_S
+    )
+
+
+def _send(store: CallStore, queue: WorkQueue, call: Call) -> None:
+    queue.send(WorkItem(call_id=call.call_id, round=call.round))
+    try:
+        store.mark_enqueued(call.call_id, call.round)
+    except DependencyUnavailableError:
+        # The item is on the queue. At worst a later end sends it again, and the worker
+        # acts on one work item a round.
+        logger.warning("call %s round %d: work item sent but not recorded", call.call_id, call.round)
 
 
 def _enqueue(store: CallStore, queue: WorkQueue, call: Call, *, previous: CallState) -> None:
@@ -75,7 +105,7 @@ def _enqueue(store: CallStore, queue: WorkQueue, call: Call, *, previous: CallSt
     exactly one item on the queue.
     """
     try:
-        queue.send(WorkItem(call_id=call.call_id, round=call.round))
+        _send(store, queue, call)
     except DependencyUnavailableError:
         try:
             store.revert_transition(call.call_id, current=call.state, round=call.round, back_to=previous, now=now_iso())

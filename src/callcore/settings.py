@@ -5,6 +5,7 @@ The names are the same in Lambda (set by template.yaml) and in the local stack.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0, 
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not (value >= low and (high is None or value <= high)):
+    if not math.isfinite(value) or not (value >= low and (high is None or value <= high)):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise SettingsError(f"{name}={raw!r} must be {bound}")
     return value

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from callcore.adapters.aws_errors import dependency, error_code
 from callcore.domain.errors import CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
-from callcore.domain.model import Arrival, AttemptRecord, Call, CallState, Packet, Sentiment
+from callcore.domain.model import Arrival, AttemptRecord, Call, CallState, Packet, Sentiment, can_transition
 from callcore.ports import CallPage, PacketWrite
 
 # botocore clients are generated at run time; the stubs package is not worth a dependency.
@@ -70,6 +70,7 @@ def call_from_item(item: Item) -> Call:
         created_at=item["created_at"]["S"],
         updated_at=item["updated_at"]["S"],
         round=_int(item, "round"),
+        enqueued_round=_int(item, "enqueued_round"),
         duplicates=_int(item, "duplicates"),
         last_sequence=_int(item, "last_sequence") if "last_sequence" in item else None,
         ai_attempts=_int(item, "ai_attempts"),
@@ -188,14 +189,35 @@ class DynamoDBCallStore:
         return packet_from_item(item) if item else None
 
     def count_duplicate(self, call_id: str) -> None:
-        with dependency("DynamoDB"):
-            self._ddb.update_item(
-                TableName=self._calls,
-                Key={"call_id": _s(call_id)},
-                UpdateExpression="ADD duplicates :one",
-                ConditionExpression="attribute_exists(call_id)",
-                ExpressionAttributeValues={":one": _n(1)},
-            )
+        try:
+            with dependency("DynamoDB"):
+                self._ddb.update_item(
+                    TableName=self._calls,
+                    Key={"call_id": _s(call_id)},
+                    UpdateExpression="ADD duplicates :one",
+                    ConditionExpression="attribute_exists(call_id)",
+                    ExpressionAttributeValues={":one": _n(1)},
+                )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            raise CallNotFoundError(call_id) from exc
+
+    def mark_enqueued(self, call_id: str, round: int) -> None:
+        try:
+            with dependency("DynamoDB"):
+                self._ddb.update_item(
+                    TableName=self._calls,
+                    Key={"call_id": _s(call_id)},
+                    UpdateExpression="SET enqueued_round = :round",
+                    ConditionExpression="#round = :round",
+                    ExpressionAttributeNames={"#round": "round"},
+                    ExpressionAttributeValues={":round": _n(round)},
+                )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            # A newer round began meanwhile; its own end or retry marks it.
 
     def transition(
         self,
@@ -208,6 +230,8 @@ class DynamoDBCallStore:
         last_sequence: int | None = None,
         failure_reason: str | None = None,
     ) -> Call:
+        if not can_transition(source, target):
+            raise InvalidTransitionError(call_id, source, target)
         sets = ["#state = :target", "updated_at = :now"]
         values: dict[str, AttributeValue] = {":target": _s(target.value), ":source": _s(source.value), ":now": _s(now)}
         if new_round:
@@ -239,7 +263,7 @@ class DynamoDBCallStore:
             old = exc.response.get("Item")
             if not old:
                 raise CallNotFoundError(call_id) from exc
-            raise InvalidTransitionError(call_id, CallState(old["state"]["S"]), target) from exc
+            raise InvalidTransitionError(call_id, CallState(old["state"]["S"]), target, call_from_item(old)) from exc
         return call_from_item(response["Attributes"])
 
     def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:

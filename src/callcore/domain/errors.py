@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from callcore.domain.model import CallState
+    from callcore.domain.model import Call, CallState
 
 
 class CallCoreError(Exception):
@@ -41,11 +41,12 @@ class CallNotAcceptingPacketsError(CallCoreError):
 class InvalidTransitionError(CallCoreError):
     """A state change that the state machine, or the call's current state, does not allow."""
 
-    def __init__(self, call_id: str, current: CallState, target: CallState) -> None:
+    def __init__(self, call_id: str, current: CallState, target: CallState, call: Call | None = None) -> None:
         super().__init__(f"call {call_id!r} is {current.value}; it cannot move to {target.value}")
         self.call_id = call_id
         self.current = current
         self.target = target
+        self.call = call  # the call as the refused write found it, when the store returned it
 
 
 class DependencyUnavailableError(CallCoreError):

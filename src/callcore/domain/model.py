@@ -147,6 +147,7 @@ class Call:
     created_at: str
     updated_at: str
     round: int = 0
+    enqueued_round: int = 0  # the last round whose work item is known to be on the queue
     duplicates: int = 0
     last_sequence: int | None = None
     ai_attempts: int = 0

@@ -1,0 +1,203 @@
+"""In-memory stand-ins for the ports, keeping the same conditions as the AWS adapters.
+
+``InMemoryCallStore`` mirrors ``callcore.adapters.dynamodb_store.DynamoDBCallStore``:
+every method is one atomic step under a lock, with the same condition the adapter
+puts on its DynamoDB write, so a service that is correct against the fake is correct
+against DynamoDB for the same interleavings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import threading
+
+from callcore.domain.errors import CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
+from callcore.domain.model import Arrival, Call, CallState, Packet, WorkItem, can_transition
+from callcore.ports import CallPage, PacketWrite
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredPacket:
+    packet: Packet
+    received_at_ns: int
+
+
+class InMemoryCallStore:
+    """A ``CallStore`` held in dicts; safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, Call] = {}
+        self._packets: dict[str, dict[int, _StoredPacket]] = {}
+
+    def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
+        """Store the packet if its sequence is new AND the call is absent or IN_PROGRESS.
+
+        Like the adapter's transaction, a refusal reports both halves: the packet
+        already stored under the sequence (if any) and the call's state (if the call
+        exists and is not IN_PROGRESS).
+        """
+        with self._lock:
+            stored = self._packets.get(call_id, {}).get(packet.sequence)
+            call = self._calls.get(call_id)
+            closed = call is not None and call.state is not CallState.IN_PROGRESS
+            if stored is not None or closed:
+                return PacketWrite(
+                    stored=False,
+                    existing=stored.packet if stored is not None else None,
+                    call_state=call.state if closed and call is not None else None,
+                )
+            if call is None:
+                # The adapter sets only if_not_exists attributes, so a packet never
+                # changes updated_at of an existing call.
+                self._calls[call_id] = Call(
+                    call_id=call_id, state=CallState.IN_PROGRESS, created_at=now, updated_at=now
+                )
+            self._packets.setdefault(call_id, {})[packet.sequence] = _StoredPacket(packet, received_at_ns)
+            return PacketWrite(stored=True)
+
+    def count_duplicate(self, call_id: str) -> None:
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None:
+                raise CallNotFoundError(call_id)
+            self._calls[call_id] = dataclasses.replace(call, duplicates=call.duplicates + 1)
+
+    def transition(
+        self,
+        call_id: str,
+        *,
+        source: CallState,
+        target: CallState,
+        now: str,
+        new_round: bool = False,
+        last_sequence: int | None = None,
+        failure_reason: str | None = None,
+    ) -> Call:
+        """Like the adapter: the state machine must allow the move, and the call must be in ``source``."""
+        if not can_transition(source, target):
+            raise InvalidTransitionError(call_id, source, target)
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None:
+                raise CallNotFoundError(call_id)
+            if call.state is not source:
+                raise InvalidTransitionError(call_id, call.state, target, call)
+            updated = dataclasses.replace(
+                call,
+                state=target,
+                updated_at=now,
+                round=call.round + 1 if new_round else call.round,
+                last_sequence=call.last_sequence if last_sequence is None else last_sequence,
+                failure_reason=call.failure_reason if failure_reason is None else failure_reason,
+            )
+            self._calls[call_id] = updated
+            return updated
+
+    def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
+        """Only if the call is still in ``current`` in the same ``round``; otherwise nothing."""
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None or call.state is not current or call.round != round:
+                return
+            self._calls[call_id] = dataclasses.replace(call, state=back_to, updated_at=now)
+
+    def mark_enqueued(self, call_id: str, round: int) -> None:
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is not None and call.round == round:
+                self._calls[call_id] = dataclasses.replace(call, enqueued_round=round)
+
+    def get_call(self, call_id: str) -> Call | None:
+        with self._lock:
+            return self._calls.get(call_id)
+
+    def arrivals(self, call_id: str) -> list[Arrival]:
+        with self._lock:
+            stored = self._packets.get(call_id, {})
+            return [Arrival(seq, stored[seq].received_at_ns) for seq in sorted(stored)]
+
+    def packets(self, call_id: str) -> list[Packet]:
+        """Every stored packet of the call, in sequence order."""
+        with self._lock:
+            stored = self._packets.get(call_id, {})
+            return [stored[seq].packet for seq in sorted(stored)]
+
+    def list_calls(self, state: CallState, *, limit: int, cursor: str | None) -> CallPage:
+        """Calls in ``state``, most recently updated first (ties: call_id descending).
+
+        The cursor is a position (updated_at, call_id), like DynamoDB's
+        ExclusiveStartKey, so paging goes on correctly while calls change state.
+        Calls carry only what the adapter's index projects.
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        after = _decode_cursor(cursor, state) if cursor else None
+        with self._lock:
+            ordered = sorted(
+                (c for c in self._calls.values() if c.state is state),
+                key=lambda c: (c.updated_at, c.call_id),
+                reverse=True,
+            )
+        if after is not None:
+            ordered = [c for c in ordered if (c.updated_at, c.call_id) < after]
+        page = ordered[:limit]
+        calls = [
+            Call(
+                call_id=c.call_id,
+                state=c.state,
+                created_at=c.created_at,
+                updated_at=c.updated_at,
+                failure_reason=c.failure_reason,
+            )
+            for c in page
+        ]
+        more = len(ordered) > limit
+        return CallPage(calls=calls, next_cursor=_encode_cursor(state, page[-1]) if more else None)
+
+
+def _encode_cursor(state: CallState, last: Call) -> str:
+    raw = json.dumps({"state": state.value, "updated_at": last.updated_at, "call_id": last.call_id})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, state: CallState) -> tuple[str, str]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("cursor is not one this API returned") from exc
+    if (
+        not isinstance(raw, dict)
+        or raw.get("state") != state.value
+        or not isinstance(raw.get("updated_at"), str)
+        or not isinstance(raw.get("call_id"), str)
+    ):
+        raise ValueError("cursor is not one this API returned")
+    return raw["updated_at"], raw["call_id"]
+
+
+class FakeQueue:
+    """A ``WorkQueue`` that records what was sent.
+
+    ``fail_next`` makes the next send raise DependencyUnavailableError("SQS", ...)
+    once, as in a brief outage; ``fail_with`` makes every send raise that error until
+    it is cleared. A failed send sends nothing.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.sent: list[WorkItem] = []
+        self.fail_next: bool = False
+        self.fail_with: Exception | None = None
+
+    def send(self, item: WorkItem) -> None:
+        with self._lock:
+            if self.fail_with is not None:
+                raise self.fail_with
+            if self.fail_next:
+                self.fail_next = False
+                raise DependencyUnavailableError("SQS", "simulated outage")
+            self.sent.append(item)

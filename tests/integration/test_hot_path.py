@@ -1,0 +1,78 @@
+"""The ingest hot path's budget: no read before write, at most two DynamoDB write requests
+per packet, AWS clients created once per process. Requests are counted, not timed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from callcore.bootstrap import Ports
+from tests.integration.helpers import packet
+
+
+@pytest.fixture
+def dynamodb_calls(ports: Ports) -> Iterator[list[str]]:
+    """The DynamoDB operations the app's client sends, in order."""
+    calls: list[str] = []
+
+    def record(model: Any, **kwargs: Any) -> None:
+        calls.append(model.name)
+
+    ports.dynamodb.meta.events.register("before-call.dynamodb", record)
+    try:
+        yield calls
+    finally:
+        ports.dynamodb.meta.events.unregister("before-call.dynamodb", record)
+
+
+def test_a_new_packet_costs_one_write_request_and_no_read(
+    api: httpx.Client, call_id: str, dynamodb_calls: list[str]
+) -> None:
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202  # creates the call
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).status_code == 202
+    assert dynamodb_calls == ["TransactWriteItems", "TransactWriteItems"]
+
+
+def test_a_duplicate_costs_two_write_requests_and_no_read(
+    api: httpx.Client, call_id: str, dynamodb_calls: list[str]
+) -> None:
+    api.post(f"/v1/call/stream/{call_id}", json=packet(0))
+    dynamodb_calls.clear()
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 200
+    assert dynamodb_calls == ["TransactWriteItems", "UpdateItem"]
+
+
+def test_a_conflicting_or_late_packet_costs_one_write_request(
+    api: httpx.Client, call_id: str, dynamodb_calls: list[str]
+) -> None:
+    api.post(f"/v1/call/stream/{call_id}", json=packet(0))
+    api.post(f"/v1/call/{call_id}/end")
+    dynamodb_calls.clear()
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0, data="other")).status_code == 409
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).status_code == 409
+    assert dynamodb_calls == ["TransactWriteItems", "TransactWriteItems"]
+
+
+@pytest.mark.usefixtures("lambda_loop")
+def test_aws_clients_are_created_once_per_process_not_per_request(
+    moto_stack: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest.app import handler
+    from tests.integration.test_lambda_handler import LAMBDA_CONTEXT, rest_event
+
+    created: list[str] = []
+    original = boto3.session.Session.client
+
+    def counting_client(self: boto3.session.Session, service: str, *args: Any, **kwargs: Any) -> Any:
+        created.append(service)
+        return original(self, service, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "client", counting_client)
+    for seq in range(10):
+        event = rest_event("POST", "/v1/call/stream/{call_id}", {"call_id": "clients-once"}, body=packet(seq))
+        assert handler(event, LAMBDA_CONTEXT)["statusCode"] in (200, 202)
+    assert created == []

@@ -1,0 +1,76 @@
+"""Dependency faults: a 503 with Retry-After, never a bare 500, and nothing half-written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import boto3
+import httpx
+import pytest
+
+from callcore.adapters.sqs_queue import SQSWorkQueue
+from callcore.bootstrap import CLIENT_CONFIG, Ports, build_ports
+from devstack.moto_process import free_port
+from tests.conftest import LiveServer, MotoStack, start_moto_stack
+from tests.integration.helpers import drain_queue, packet, stored_packets
+
+
+@pytest.fixture
+def own_stack() -> Iterator[MotoStack]:
+    """A moto server of this test's own, so stopping it disturbs no other test."""
+    ms = start_moto_stack()
+    try:
+        yield ms
+    finally:
+        ms.moto.stop()
+
+
+def _assert_503(response: httpx.Response) -> None:
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+    body = response.json()
+    assert body["error"] == "dependency_unavailable"
+    assert "Retry" in body["message"]
+
+
+def test_stopping_moto_mid_test_gives_503_with_retry_after_on_every_route(
+    own_stack: MotoStack, call_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", own_stack.moto.endpoint)
+    ports = build_ports(own_stack.settings())
+    from ingest.app import create_app
+
+    with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
+        assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+        own_stack.moto.stop()
+        _assert_503(api.post(f"/v1/call/stream/{call_id}", json=packet(1)))
+        _assert_503(api.post(f"/v1/call/{call_id}/end"))
+        _assert_503(api.get(f"/v1/call/{call_id}"))
+        _assert_503(api.get("/v1/calls", params={"state": "IN_PROGRESS"}))
+        assert api.get("/healthz").status_code == 200
+
+
+def test_sqs_down_at_end_reverts_the_call_so_nothing_is_half_written(
+    ports: Ports, api: httpx.Client, call_id: str
+) -> None:
+    dead_sqs = boto3.session.Session(aws_access_key_id="t", aws_secret_access_key="t", region_name="us-east-1").client(
+        "sqs", endpoint_url=f"http://127.0.0.1:{free_port()}", config=CLIENT_CONFIG
+    )
+    broken = replace(ports, queue=SQSWorkQueue(dead_sqs, ports.settings.work_queue_url), sqs=dead_sqs)
+    from ingest.app import create_app
+
+    drain_queue(ports, ports.settings.work_queue_url)
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    with LiveServer(create_app(broken)) as server, httpx.Client(base_url=server.url, timeout=60) as broken_api:
+        _assert_503(broken_api.post(f"/v1/call/{call_id}/end"))
+    # The call is IN_PROGRESS again: not PROCESSING_AI without a work item.
+    assert api.get(f"/v1/call/{call_id}").json()["state"] == "IN_PROGRESS"
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).status_code == 202
+    assert [b for b in drain_queue(ports, ports.settings.work_queue_url) if b["call_id"] == call_id] == []
+    # The client's retry of the end goes through, with a new round.
+    assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+    assert [b for b in drain_queue(ports, ports.settings.work_queue_url) if b["call_id"] == call_id] == [
+        {"call_id": call_id, "round": 2}
+    ]
+    assert stored_packets(ports, call_id) == {0: "audio-0", 1: "audio-1"}

@@ -1,0 +1,451 @@
+"""Use cases against the in-memory fakes: packets, the end of a call, reading calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from callcore import services
+from callcore.domain.errors import (
+    CallNotAcceptingPacketsError,
+    CallNotFoundError,
+    DependencyUnavailableError,
+    SequenceConflictError,
+)
+from callcore.domain.model import CallState, Packet, WorkItem
+from callcore.services import PacketOutcome
+from tests.fakes import FakeQueue, InMemoryCallStore
+
+T0 = "2024-01-01T00:00:00.000000Z"
+
+
+@pytest.fixture(autouse=True)
+def ticking_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reading of the clock is strictly later than the one before, so arrival order is exact."""
+    ticks = itertools.count(1)
+    lock = threading.Lock()
+
+    def now_ns() -> int:
+        with lock:
+            return next(ticks) * 1_000
+
+    def now_iso() -> str:
+        return f"2024-01-02T00:00:00.{now_ns() // 1_000:06d}Z"
+
+    monkeypatch.setattr(services, "now_ns", now_ns)
+    monkeypatch.setattr(services, "now_iso", now_iso)
+    # Ticks are microseconds apart: to the service, no time passes unless a test says so.
+    monkeypatch.setattr(services, "seconds_since", lambda iso: 0.0)
+
+
+@pytest.fixture
+def store() -> InMemoryCallStore:
+    return InMemoryCallStore()
+
+
+@pytest.fixture
+def queue() -> FakeQueue:
+    return FakeQueue()
+
+
+def packet(sequence: int, data: str | None = None, timestamp: float = 1.0) -> Packet:
+    return Packet(sequence=sequence, data=f"audio-{sequence}" if data is None else data, timestamp=timestamp)
+
+
+def record_all(store: InMemoryCallStore, call_id: str, *sequences: int) -> None:
+    for seq in sequences:
+        assert services.record_packet(store, call_id, packet(seq)) is PacketOutcome.ACCEPTED
+
+
+def run_concurrently(n: int, action: Callable[[], object]) -> list[object]:
+    """Run ``action`` in ``n`` threads released together by a barrier."""
+    barrier = threading.Barrier(n)
+
+    def go() -> object:
+        barrier.wait()
+        return action()
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        futures = [pool.submit(go) for _ in range(n)]
+        return [f.result() for f in futures]
+
+
+# --- record_packet ---------------------------------------------------------------------
+
+
+def test_first_packet_is_accepted_and_creates_an_in_progress_call(store: InMemoryCallStore) -> None:
+    outcome = services.record_packet(store, "c1", packet(1))
+
+    assert outcome is PacketOutcome.ACCEPTED
+    call = store.get_call("c1")
+    assert call is not None
+    assert call.state is CallState.IN_PROGRESS
+    assert call.round == 0
+    assert call.created_at == call.updated_at
+    assert store.packets("c1") == [packet(1)]
+
+
+def test_later_packets_are_stored_without_changing_the_call(store: InMemoryCallStore) -> None:
+    record_all(store, "c1", 1)
+    before = store.get_call("c1")
+
+    record_all(store, "c1", 3, 2)
+
+    assert store.get_call("c1") == before
+    assert [p.sequence for p in store.packets("c1")] == [1, 2, 3]
+
+
+def test_duplicate_packet_changes_only_the_duplicates_count(store: InMemoryCallStore) -> None:
+    # GIVEN a stored packet
+    services.record_packet(store, "c1", packet(1))
+    before = store.get_call("c1")
+    assert before is not None
+
+    # WHEN the same sequence and data arrive again, with a new timestamp
+    outcome = services.record_packet(store, "c1", packet(1, timestamp=99.0))
+
+    # THEN it is a duplicate and only the count moved
+    assert outcome is PacketOutcome.DUPLICATE
+    assert store.get_call("c1") == dataclasses.replace(before, duplicates=1)
+    assert store.packets("c1") == [packet(1)]
+
+
+def test_same_sequence_with_different_data_is_a_conflict_and_the_stored_packet_is_unchanged(
+    store: InMemoryCallStore,
+) -> None:
+    services.record_packet(store, "c1", packet(1, data="original"))
+
+    with pytest.raises(SequenceConflictError) as excinfo:
+        services.record_packet(store, "c1", packet(1, data="different"))
+
+    assert excinfo.value.sequence == 1
+    assert store.packets("c1") == [packet(1, data="original")]
+    call = store.get_call("c1")
+    assert call is not None
+    assert call.duplicates == 0
+
+
+def test_packet_after_end_is_refused_with_the_state_and_not_stored(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1)
+    services.end_call(store, queue, "c1")
+
+    with pytest.raises(CallNotAcceptingPacketsError) as excinfo:
+        services.record_packet(store, "c1", packet(2))
+
+    assert excinfo.value.state is CallState.PROCESSING_AI
+    assert [p.sequence for p in store.packets("c1")] == [1]
+    assert [a.sequence for a in store.arrivals("c1")] == [1]
+
+
+def test_packet_for_a_failed_call_is_refused_with_state_failed(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1)
+    services.end_call(store, queue, "c1")
+    store.transition("c1", source=CallState.PROCESSING_AI, target=CallState.FAILED, now=T0, failure_reason="x")
+
+    with pytest.raises(CallNotAcceptingPacketsError) as excinfo:
+        services.record_packet(store, "c1", packet(2))
+
+    assert excinfo.value.state is CallState.FAILED
+
+
+def test_retransmission_of_a_stored_packet_after_end_is_a_duplicate(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    # GIVEN a packet stored before the end of its call
+    record_all(store, "c1", 1)
+    services.end_call(store, queue, "c1")
+
+    # WHEN the PBX retransmits it
+    outcome = services.record_packet(store, "c1", packet(1))
+
+    # THEN it is a duplicate, not a 409: the packet is stored and part of the work
+    assert outcome is PacketOutcome.DUPLICATE
+    call = store.get_call("c1")
+    assert call is not None
+    assert call.duplicates == 1
+    assert call.state is CallState.PROCESSING_AI
+
+
+def test_conflicting_packet_after_end_is_still_a_sequence_conflict(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1)
+    services.end_call(store, queue, "c1")
+
+    with pytest.raises(SequenceConflictError):
+        services.record_packet(store, "c1", packet(1, data="different"))
+
+    assert store.packets("c1") == [packet(1)]
+
+
+def test_concurrent_identical_packets_are_accepted_exactly_once(store: InMemoryCallStore) -> None:
+    outcomes = run_concurrently(16, lambda: services.record_packet(store, "c1", packet(1)))
+
+    assert outcomes.count(PacketOutcome.ACCEPTED) == 1
+    assert outcomes.count(PacketOutcome.DUPLICATE) == 15
+    call = store.get_call("c1")
+    assert call is not None
+    assert call.duplicates == 15
+    assert store.packets("c1") == [packet(1)]
+
+
+def test_concurrent_first_packets_of_a_new_call_are_all_stored(store: InMemoryCallStore) -> None:
+    seqs = iter(range(16))
+    lock = threading.Lock()
+
+    def next_packet() -> PacketOutcome:
+        with lock:
+            seq = next(seqs)
+        return services.record_packet(store, "c1", packet(seq))
+
+    outcomes = run_concurrently(16, next_packet)
+
+    assert outcomes == [PacketOutcome.ACCEPTED] * 16
+    assert [p.sequence for p in store.packets("c1")] == list(range(16))
+
+
+# --- end_call --------------------------------------------------------------------------
+
+
+def test_end_moves_the_call_to_processing_ai_and_sends_one_work_item_of_round_1(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    record_all(store, "c1", 1, 2)
+
+    outcome = services.end_call(store, queue, "c1")
+
+    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)
+    assert queue.sent == [WorkItem(call_id="c1", round=1)]
+    call = store.get_call("c1")
+    assert call is not None
+    assert call.state is CallState.PROCESSING_AI
+    assert call.round == 1
+
+
+def test_repeated_end_is_still_processing_and_sends_nothing_more(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1)
+    services.end_call(store, queue, "c1")
+
+    outcome = services.end_call(store, queue, "c1")
+
+    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)
+    assert queue.sent == [WorkItem(call_id="c1", round=1)]
+
+
+def test_concurrent_ends_send_exactly_one_work_item(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1)
+
+    outcomes = run_concurrently(16, lambda: services.end_call(store, queue, "c1"))
+
+    assert set(outcomes) == {services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)}
+    assert queue.sent == [WorkItem(call_id="c1", round=1)]
+
+
+def test_end_of_an_unknown_call_raises_call_not_found(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    with pytest.raises(CallNotFoundError):
+        services.end_call(store, queue, "nope")
+
+    assert queue.sent == []
+    assert store.get_call("nope") is None
+
+
+def test_end_with_last_sequence_records_it_on_the_call(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1, 2)
+
+    services.end_call(store, queue, "c1", last_sequence=5)
+
+    call = store.get_call("c1")
+    assert call is not None
+    assert call.last_sequence == 5
+
+
+def test_end_when_the_queue_is_down_raises_and_puts_the_call_back_in_progress(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    # GIVEN an open call and an SQS outage
+    record_all(store, "c1", 1)
+    queue.fail_next = True
+
+    # WHEN the call ends
+    with pytest.raises(DependencyUnavailableError) as excinfo:
+        services.end_call(store, queue, "c1")
+
+    # THEN the client is told to retry, nothing was sent and the call is open again
+    assert excinfo.value.dependency == "SQS"
+    assert queue.sent == []
+    call = store.get_call("c1")
+    assert call is not None
+    assert call.state is CallState.IN_PROGRESS
+
+
+def test_end_after_a_queue_outage_succeeds_in_round_2(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1)
+    queue.fail_next = True
+    with pytest.raises(DependencyUnavailableError):
+        services.end_call(store, queue, "c1")
+
+    outcome = services.end_call(store, queue, "c1")
+
+    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)
+    assert queue.sent == [WorkItem(call_id="c1", round=2)]
+
+
+def test_packets_are_accepted_again_after_a_failed_end_is_reverted(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1)
+    queue.fail_next = True
+    with pytest.raises(DependencyUnavailableError):
+        services.end_call(store, queue, "c1")
+
+    assert services.record_packet(store, "c1", packet(2)) is PacketOutcome.ACCEPTED
+
+
+class _RevertFailsStore(InMemoryCallStore):
+    """A store that is down at the moment the service tries to undo its transition."""
+
+    def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
+        raise DependencyUnavailableError("DynamoDB", "simulated outage")
+
+
+def test_end_when_queue_and_revert_both_fail_raises_the_queue_error() -> None:
+    store, queue = _RevertFailsStore(), FakeQueue()
+    record_all(store, "c1", 1)
+    queue.fail_next = True
+
+    with pytest.raises(DependencyUnavailableError) as excinfo:
+        services.end_call(store, queue, "c1")
+
+    assert excinfo.value.dependency == "SQS"
+
+
+def test_a_call_whose_send_and_revert_both_failed_still_gets_a_work_item_on_the_next_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, queue = _RevertFailsStore(), FakeQueue()
+    record_all(store, "c1", 1)
+    queue.fail_next = True
+    with pytest.raises(DependencyUnavailableError):
+        services.end_call(store, queue, "c1")
+
+    # WHEN the PBX retries the end, as the 503 told it to, a little later
+    monkeypatch.setattr(services, "seconds_since", lambda iso: services.RESEND_AFTER_S + 1)
+    services.end_call(store, queue, "c1")
+
+    # THEN some work item exists for the call's current round
+    call = store.get_call("c1")
+    assert call is not None
+    assert WorkItem(call_id="c1", round=call.round) in queue.sent
+
+
+def test_end_of_a_completed_call_reports_completed_and_not_processing(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    record_all(store, "c1", 1)
+    services.end_call(store, queue, "c1")
+    store.transition("c1", source=CallState.PROCESSING_AI, target=CallState.COMPLETED, now=T0)
+
+    outcome = services.end_call(store, queue, "c1")
+
+    assert outcome == services.EndOutcome(state=CallState.COMPLETED, processing=False)
+    assert queue.sent == [WorkItem(call_id="c1", round=1)]
+
+
+def test_end_of_a_failed_call_reports_failed_and_sends_nothing(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1)
+    services.end_call(store, queue, "c1")
+    store.transition("c1", source=CallState.PROCESSING_AI, target=CallState.FAILED, now=T0, failure_reason="x")
+
+    outcome = services.end_call(store, queue, "c1")
+
+    assert outcome == services.EndOutcome(state=CallState.FAILED, processing=False)
+    assert len(queue.sent) == 1
+
+
+# --- get_call --------------------------------------------------------------------------
+
+
+def test_get_call_reports_received_and_missing_packets(store: InMemoryCallStore) -> None:
+    record_all(store, "c1", 1, 2, 5, 4)
+    services.record_packet(store, "c1", packet(2))
+
+    details = services.get_call(store, "c1")
+
+    assert details.call.call_id == "c1"
+    assert details.call.state is CallState.IN_PROGRESS
+    assert details.packets.received == 4
+    assert details.packets.missing == [3]
+    assert details.packets.missing_count == 1
+    assert details.packets.highest_sequence == 5
+    assert details.packets.out_of_order == 1
+    assert details.packets.duplicates == 1
+
+
+def test_get_call_reports_the_tail_up_to_last_sequence_as_missing(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    record_all(store, "c1", 1, 2)
+    services.end_call(store, queue, "c1", last_sequence=4)
+
+    details = services.get_call(store, "c1")
+
+    assert details.packets.missing == [3, 4]
+
+
+def test_get_call_of_an_unknown_call_raises_call_not_found(store: InMemoryCallStore) -> None:
+    with pytest.raises(CallNotFoundError) as excinfo:
+        services.get_call(store, "nope")
+
+    assert excinfo.value.call_id == "nope"
+
+
+# --- list_calls ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three_completed_calls(store: InMemoryCallStore, queue: FakeQueue) -> Iterator[None]:
+    """c-a, c-b, c-c completed in that order, and c-open still IN_PROGRESS."""
+    for call_id in ("c-a", "c-b", "c-c", "c-open"):
+        record_all(store, call_id, 1)
+    for i, call_id in enumerate(("c-a", "c-b", "c-c")):
+        services.end_call(store, queue, call_id)
+        store.transition(
+            call_id, source=CallState.PROCESSING_AI, target=CallState.COMPLETED, now=f"2024-02-01T00:00:0{i}.000000Z"
+        )
+    yield
+
+
+@pytest.mark.usefixtures("three_completed_calls")
+def test_list_calls_returns_calls_in_one_state_most_recently_changed_first(store: InMemoryCallStore) -> None:
+    page = services.list_calls(store, CallState.COMPLETED, limit=10, cursor=None)
+
+    assert [c.call_id for c in page.calls] == ["c-c", "c-b", "c-a"]
+    assert page.next_cursor is None
+
+
+@pytest.mark.usefixtures("three_completed_calls")
+def test_list_calls_pages_with_a_cursor_without_repeats_or_gaps(store: InMemoryCallStore) -> None:
+    first = services.list_calls(store, CallState.COMPLETED, limit=2, cursor=None)
+    assert first.next_cursor is not None
+    second = services.list_calls(store, CallState.COMPLETED, limit=2, cursor=first.next_cursor)
+
+    assert [c.call_id for c in first.calls] == ["c-c", "c-b"]
+    assert [c.call_id for c in second.calls] == ["c-a"]
+    assert second.next_cursor is None
+
+
+@pytest.mark.parametrize("cursor", ["not base64 !", "bm90IGpzb24", "WzFd"])  # junk, "not json", "[1]"
+def test_list_calls_with_a_cursor_it_did_not_return_raises_value_error(store: InMemoryCallStore, cursor: str) -> None:
+    with pytest.raises(ValueError, match="cursor"):
+        services.list_calls(store, CallState.COMPLETED, limit=10, cursor=cursor)
+
+
+def test_a_repeated_end_soon_after_does_not_send_a_second_work_item_while_the_first_is_unrecorded() -> None:
+    # GIVEN an end whose send is not yet recorded (a concurrent end is still in flight)
+    store, queue = InMemoryCallStore(), FakeQueue()
+    record_all(store, "c1", 1)
+    store.transition("c1", source=CallState.IN_PROGRESS, target=CallState.PROCESSING_AI, now=T0, new_round=True)
+
+    # WHEN another end arrives at once
+    outcome = services.end_call(store, queue, "c1")
+
+    # THEN it reports the state and sends nothing: the first request owns the send
+    assert outcome.processing
+    assert queue.sent == []
