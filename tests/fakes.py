@@ -15,7 +15,7 @@ import json
 import threading
 
 from callcore.domain.errors import CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
-from callcore.domain.model import Arrival, Call, CallState, Packet, WorkItem, can_transition
+from callcore.domain.model import AIResult, Arrival, AttemptRecord, Call, CallState, Packet, WorkItem, can_transition
 from callcore.ports import CallPage, PacketWrite
 
 
@@ -74,25 +74,34 @@ class InMemoryCallStore:
         target: CallState,
         now: str,
         new_round: bool = False,
+        expected_round: int | None = None,
         last_sequence: int | None = None,
         failure_reason: str | None = None,
+        result: AIResult | None = None,
     ) -> Call:
-        """Like the adapter: the state machine must allow the move, and the call must be in ``source``."""
+        """Like the adapter: the state machine must allow the move, and the call must be in ``source``
+        (and in ``expected_round``, when given)."""
         if not can_transition(source, target):
             raise InvalidTransitionError(call_id, source, target)
         with self._lock:
             call = self._calls.get(call_id)
             if call is None:
                 raise CallNotFoundError(call_id)
-            if call.state is not source:
+            if call.state is not source or (expected_round is not None and call.round != expected_round):
                 raise InvalidTransitionError(call_id, call.state, target, call)
+            if failure_reason is None and target is not CallState.FAILED:
+                failure_reason_after = None
+            else:
+                failure_reason_after = call.failure_reason if failure_reason is None else failure_reason
             updated = dataclasses.replace(
                 call,
                 state=target,
                 updated_at=now,
                 round=call.round + 1 if new_round else call.round,
                 last_sequence=call.last_sequence if last_sequence is None else last_sequence,
-                failure_reason=call.failure_reason if failure_reason is None else failure_reason,
+                failure_reason=failure_reason_after,
+                transcript=result.transcript if result else call.transcript,
+                sentiment=result.sentiment if result else call.sentiment,
             )
             self._calls[call_id] = updated
             return updated
@@ -104,6 +113,23 @@ class InMemoryCallStore:
             if call is None or call.state is not current or call.round != round:
                 return
             self._calls[call_id] = dataclasses.replace(call, state=back_to, updated_at=now)
+
+    def start_attempt(self, call_id: str, round: int, *, now: str) -> int | None:
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None or call.state is not CallState.PROCESSING_AI or call.round != round:
+                return None
+            number = call.ai_attempts + 1
+            record = AttemptRecord(round=round, number=number, started_at=now)
+            self._calls[call_id] = dataclasses.replace(call, ai_attempts=number, attempts=[*call.attempts, record])
+            return number
+
+    def record_attempt_error(self, call_id: str, attempt: int, error: str) -> None:
+        with self._lock:
+            call = self._calls[call_id]
+            attempts = list(call.attempts)
+            attempts[attempt - 1] = dataclasses.replace(attempts[attempt - 1], error=error)
+            self._calls[call_id] = dataclasses.replace(call, attempts=attempts, ai_last_error=error)
 
     def mark_enqueued(self, call_id: str, round: int) -> None:
         with self._lock:

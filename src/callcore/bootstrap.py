@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from callcore.adapters.ai.mock import MockAIProvider
 from callcore.adapters.dynamodb_store import DynamoDBCallStore
 from callcore.adapters.sqs_queue import SQSWorkQueue
 from callcore.settings import Settings
@@ -42,6 +43,16 @@ def build_ports(settings: Settings, session: boto3.session.Session | None = None
         queue=SQSWorkQueue(sqs, settings.work_queue_url),
         dynamodb=dynamodb,
         sqs=sqs,
+    )
+
+
+def build_ai_provider(settings: Settings) -> MockAIProvider:
+    """The provider AI_PROVIDER names (Settings has already refused unknown names)."""
+    return MockAIProvider(
+        failure_rate=settings.ai_failure_rate,
+        min_latency_s=settings.ai_min_latency_s,
+        max_latency_s=settings.ai_max_latency_s,
+        seed=settings.ai_seed,
     )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from callcore.domain.model import Arrival, Call, CallState, Packet, WorkItem
+    from callcore.domain.model import AIResult, Arrival, Call, CallState, Packet, Sentiment, WorkItem
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,29 @@ class CallStore(Protocol):
         target: CallState,
         now: str,
         new_round: bool = False,
+        expected_round: int | None = None,
         last_sequence: int | None = None,
         failure_reason: str | None = None,
+        result: AIResult | None = None,
     ) -> Call:
-        """Move the call from ``source`` to ``target`` in one conditional write.
+        """Move the call from ``source`` (in ``expected_round``, if given) to ``target`` in one conditional write.
 
         Raises CallNotFoundError, or InvalidTransitionError with the current state.
         """
+        ...
+
+    def start_attempt(self, call_id: str, round: int, *, now: str) -> int | None:
+        """Count one AI attempt, only while the call is PROCESSING_AI in ``round``.
+
+        Returns the attempt's number (over all rounds), or None when the call is not
+        PROCESSING_AI in that round: the work item is stale or a duplicate.
+        """
+        ...
+
+    def record_attempt_error(self, call_id: str, attempt: int, error: str) -> None: ...
+
+    def packets(self, call_id: str) -> list[Packet]:
+        """Every stored packet of the call, in sequence order."""
         ...
 
     def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
@@ -72,3 +88,11 @@ class CallStore(Protocol):
 
 class WorkQueue(Protocol):
     def send(self, item: WorkItem) -> None: ...
+
+
+class AIProvider(Protocol):
+    """Transcription and sentiment. Raises RetryableAIError or PermanentAIError."""
+
+    async def transcribe(self, call_id: str, packets: list[Packet]) -> str: ...
+
+    async def score_sentiment(self, transcript: str) -> Sentiment: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
@@ -12,10 +14,12 @@ from callcore.domain.errors import (
     CallNotFoundError,
     DependencyUnavailableError,
     InvalidTransitionError,
+    PermanentAIError,
+    RetryableAIError,
     SequenceConflictError,
 )
-from callcore.domain.model import Call, CallState, Packet, PacketStats, WorkItem
-from callcore.ports import CallPage, CallStore, WorkQueue
+from callcore.domain.model import AIResult, Call, CallState, Packet, PacketStats, WorkItem
+from callcore.ports import AIProvider, CallPage, CallStore, WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +141,100 @@ def get_call(store: CallStore, call_id: str) -> CallDetails:
 
 def list_calls(store: CallStore, state: CallState, *, limit: int, cursor: str | None) -> CallPage:
     return store.list_calls(state, limit=limit, cursor=cursor)
+
+
+def retry_call(store: CallStore, queue: WorkQueue, call_id: str) -> Call:
+    """Operator retry: FAILED -> PROCESSING_AI in a new round, with a new work item.
+
+    Raises CallNotFoundError, or InvalidTransitionError from any state but FAILED.
+    """
+    call = store.transition(
+        call_id, source=CallState.FAILED, target=CallState.PROCESSING_AI, now=now_iso(), new_round=True
+    )
+    _enqueue(store, queue, call, previous=CallState.FAILED)
+    return call
+
+
+class ProcessOutcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not PROCESSING_AI in the item's round: already done, or a stale duplicate
+
+
+async def process_call(store: CallStore, ai: AIProvider, item: WorkItem) -> ProcessOutcome:
+    """One AI attempt for a work item.
+
+    Raises RetryableAIError (or DependencyUnavailableError) for SQS to deliver the item
+    again; a permanent AI error fails the call at once instead of burning retries.
+    Every write is conditional on the call being PROCESSING_AI in the item's round, so
+    a redelivered message changes nothing once the round is over.
+    """
+    attempt = await asyncio.to_thread(store.start_attempt, item.call_id, item.round, now=now_iso())
+    if attempt is None:
+        return ProcessOutcome.SKIPPED
+    packets = await asyncio.to_thread(store.packets, item.call_id)
+    try:
+        transcript = await ai.transcribe(item.call_id, packets)
+        sentiment = await ai.score_sentiment(transcript)
+    except PermanentAIError as exc:
+        await asyncio.to_thread(store.record_attempt_error, item.call_id, attempt, str(exc))
+        reason = f"AI failed permanently on attempt {attempt}: {exc}"
+        return await _finish(store, item, CallState.FAILED, failure_reason=reason)
+    except RetryableAIError as exc:
+        await asyncio.to_thread(store.record_attempt_error, item.call_id, attempt, str(exc))
+        raise
+    return await _finish(store, item, CallState.COMPLETED, result=AIResult(transcript, sentiment))
+
+
+async def _finish(
+    store: CallStore,
+    item: WorkItem,
+    target: CallState,
+    *,
+    failure_reason: str | None = None,
+    result: AIResult | None = None,
+) -> ProcessOutcome:
+    try:
+        await asyncio.to_thread(
+            functools.partial(
+                store.transition,
+                item.call_id,
+                source=CallState.PROCESSING_AI,
+                target=target,
+                now=now_iso(),
+                expected_round=item.round,
+                failure_reason=failure_reason,
+                result=result,
+            )
+        )
+    except InvalidTransitionError:
+        return ProcessOutcome.SKIPPED  # a duplicate delivery finished the round first
+    return ProcessOutcome.COMPLETED if target is CallState.COMPLETED else ProcessOutcome.FAILED
+
+
+def fail_exhausted(store: CallStore, item: WorkItem) -> bool:
+    """The work item ran out of receives (dead-letter queue): FAILED, with the attempts and last error.
+
+    Returns False when there was nothing to do: unknown call, or not PROCESSING_AI in
+    that round any more. Repeating it is harmless.
+    """
+    call = store.get_call(item.call_id)
+    if call is None or call.state is not CallState.PROCESSING_AI or call.round != item.round:
+        return False
+    in_round = sum(1 for a in call.attempts if a.round == item.round)
+    reason = (
+        f"AI processing gave up after {in_round} attempt{'s' if in_round != 1 else ''}"
+        f" (all retries used); last error: {call.ai_last_error or 'none recorded'}"
+    )
+    try:
+        store.transition(
+            item.call_id,
+            source=CallState.PROCESSING_AI,
+            target=CallState.FAILED,
+            now=now_iso(),
+            expected_round=item.round,
+            failure_reason=reason,
+        )
+    except InvalidTransitionError:
+        return False
+    return True

@@ -13,7 +13,16 @@ from botocore.exceptions import ClientError
 
 from callcore.adapters.aws_errors import dependency, error_code
 from callcore.domain.errors import CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
-from callcore.domain.model import Arrival, AttemptRecord, Call, CallState, Packet, Sentiment, can_transition
+from callcore.domain.model import (
+    AIResult,
+    Arrival,
+    AttemptRecord,
+    Call,
+    CallState,
+    Packet,
+    Sentiment,
+    can_transition,
+)
 from callcore.ports import CallPage, PacketWrite
 
 # botocore clients are generated at run time; the stubs package is not worth a dependency.
@@ -58,11 +67,11 @@ def call_from_item(item: Item) -> Call:
     attempts = [
         AttemptRecord(
             round=int(a["M"]["round"]["N"]),
-            number=int(a["M"]["number"]["N"]),
+            number=index + 1,
             started_at=a["M"]["started_at"]["S"],
             error=_str(a["M"], "error"),
         )
-        for a in item.get("attempts", {}).get("L", [])
+        for index, a in enumerate(item.get("attempts", {}).get("L", []))
     ]
     return Call(
         call_id=item["call_id"]["S"],
@@ -227,32 +236,49 @@ class DynamoDBCallStore:
         target: CallState,
         now: str,
         new_round: bool = False,
+        expected_round: int | None = None,
         last_sequence: int | None = None,
         failure_reason: str | None = None,
+        result: AIResult | None = None,
     ) -> Call:
         if not can_transition(source, target):
             raise InvalidTransitionError(call_id, source, target)
         sets = ["#state = :target", "updated_at = :now"]
+        removes = []
+        names = {"#state": "state"}
         values: dict[str, AttributeValue] = {":target": _s(target.value), ":source": _s(source.value), ":now": _s(now)}
+        condition = "#state = :source"
+        if expected_round is not None:
+            condition += " AND #round = :expected_round"
+            values[":expected_round"] = _n(expected_round)
+            names["#round"] = "round"
         if new_round:
             sets.append("#round = if_not_exists(#round, :zero) + :one")
             values |= {":zero": _n(0), ":one": _n(1)}
+            names["#round"] = "round"
         if last_sequence is not None:
             sets.append("last_sequence = :last")
             values[":last"] = _n(last_sequence)
         if failure_reason is not None:
             sets.append("failure_reason = :reason")
             values[":reason"] = _s(failure_reason)
+        elif target is not CallState.FAILED:
+            removes.append("failure_reason")  # a reason belongs to a FAILED call only
+        if result is not None:
+            sets += ["transcript = :transcript", "sentiment = :sentiment"]
+            values[":transcript"] = _s(result.transcript)
+            values[":sentiment"] = {
+                "M": {"label": _s(result.sentiment.label), "score": _n(float(result.sentiment.score))}
+            }
+        update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         try:
             with dependency("DynamoDB"):
                 response = self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
-                    UpdateExpression="SET " + ", ".join(sets),
-                    ConditionExpression="#state = :source",
-                    ExpressionAttributeNames={"#state": "state", "#round": "round"}
-                    if new_round
-                    else {"#state": "state"},
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=names,
                     ExpressionAttributeValues=values,
                     ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -265,6 +291,47 @@ class DynamoDBCallStore:
                 raise CallNotFoundError(call_id) from exc
             raise InvalidTransitionError(call_id, CallState(old["state"]["S"]), target, call_from_item(old)) from exc
         return call_from_item(response["Attributes"])
+
+    def start_attempt(self, call_id: str, round: int, *, now: str) -> int | None:
+        try:
+            with dependency("DynamoDB"):
+                response = self._ddb.update_item(
+                    TableName=self._calls,
+                    Key={"call_id": _s(call_id)},
+                    UpdateExpression=(
+                        "SET ai_attempts = if_not_exists(ai_attempts, :zero) + :one, "
+                        "attempts = list_append(if_not_exists(attempts, :empty), :attempt)"
+                    ),
+                    ConditionExpression="#state = :processing AND #round = :round",
+                    ExpressionAttributeNames={"#state": "state", "#round": "round"},
+                    ExpressionAttributeValues={
+                        ":zero": _n(0),
+                        ":one": _n(1),
+                        ":empty": {"L": []},
+                        # An entry's number is its place in the list (ai_attempts - 1), so it
+                        # is not stored.
+                        ":attempt": {"L": [{"M": {"round": _n(round), "started_at": _s(now)}}]},
+                        ":processing": _s(CallState.PROCESSING_AI.value),
+                        ":round": _n(round),
+                    },
+                    ReturnValues="UPDATED_NEW",
+                )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            return None
+        return int(response["Attributes"]["ai_attempts"]["N"])
+
+    def record_attempt_error(self, call_id: str, attempt: int, error: str) -> None:
+        with dependency("DynamoDB"):
+            self._ddb.update_item(
+                TableName=self._calls,
+                Key={"call_id": _s(call_id)},
+                UpdateExpression=f"SET attempts[{attempt - 1}].#error = :error, ai_last_error = :error",
+                ConditionExpression="attribute_exists(call_id)",
+                ExpressionAttributeNames={"#error": "error"},
+                ExpressionAttributeValues={":error": _s(error[:1000])},
+            )
 
     def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
         try:

@@ -21,3 +21,10 @@ class SQSWorkQueue:
     def send(self, item: WorkItem) -> None:
         with dependency("SQS"):
             self._sqs.send_message(QueueUrl=self._url, MessageBody=json.dumps(item.to_dict()))
+
+    def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
+        """When SQS may deliver the message again: the retry's backoff."""
+        with dependency("SQS"):
+            self._sqs.change_message_visibility(
+                QueueUrl=self._url, ReceiptHandle=receipt_handle, VisibilityTimeout=timeout_s
+            )

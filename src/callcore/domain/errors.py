@@ -57,3 +57,19 @@ class DependencyUnavailableError(CallCoreError):
         self.dependency = dependency
         self.reason = reason
         self.retry_after_s = retry_after_s
+
+
+class AIError(CallCoreError):
+    """The AI service could not transcribe or score a call."""
+
+
+class RetryableAIError(AIError):
+    """Timeouts, 5xx, throttling: the same request may well succeed later."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PermanentAIError(AIError):
+    """The request itself is bad (say, audio that cannot be decoded): retrying cannot help."""

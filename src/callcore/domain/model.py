@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -131,11 +132,17 @@ class Sentiment:
 
 
 @dataclass(frozen=True)
+class AIResult:
+    transcript: str
+    sentiment: Sentiment
+
+
+@dataclass(frozen=True)
 class AttemptRecord:
     """One AI attempt, kept on the call so that the history survives an operator retry."""
 
     round: int
-    number: int
+    number: int  # counts every attempt of the call, across rounds
     started_at: str
     error: str | None = None
 
@@ -173,6 +180,17 @@ class WorkItem:
 
     def to_dict(self) -> dict[str, Any]:
         return {"call_id": self.call_id, "round": self.round}
+
+    @classmethod
+    def from_json(cls, body: str) -> WorkItem:
+        """Parse a queue message body. Raises ValueError for anything but a valid work item."""
+        try:
+            raw = json.loads(body)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"work item is not JSON: {body[:200]!r}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(f"work item is not a JSON object: {body[:200]!r}")
+        return cls.from_dict(raw)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> WorkItem:

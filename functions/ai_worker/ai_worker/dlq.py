@@ -1,0 +1,41 @@
+"""The dead-letter queue handler: a work item that used all its receives fails its call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from callcore import services
+from callcore.bootstrap import default_ports
+from callcore.domain.model import WorkItem
+from callcore.ports import CallStore
+
+logger = Logger(service="dlq-handler")
+
+
+def build_handler(store: CallStore) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    def record_handler(record: SQSRecord) -> bool:
+        try:
+            item = WorkItem.from_json(record.body)
+        except ValueError as exc:
+            logger.error("unreadable dead letter dropped", extra={"message_id": record.message_id, "error": str(exc)})
+            return False
+        # A DynamoDB outage raises: the record stays on the dead-letter queue and comes back.
+        failed = services.fail_exhausted(store, item)
+        logger.info("dead letter handled", extra={"call_id": item.call_id, "round": item.round, "failed": failed})
+        return failed
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        processor = BatchProcessor(event_type=EventType.SQS)
+        return dict(
+            process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+        )
+
+    return handler
+
+
+lambda_handler = build_handler(default_ports().store)

@@ -1,0 +1,1 @@
+"""AI providers, one module each, behind callcore.ports.AIProvider."""
