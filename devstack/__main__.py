@@ -18,6 +18,7 @@ import uvicorn
 from callcore.settings import Settings, SettingsError
 from devstack.aws_env import point_sdks_at
 from devstack.moto_process import MotoProcess
+from devstack.poller import SqsPoller, build_pollers
 from devstack.provision import provision
 from devstack.template import load_template
 
@@ -29,18 +30,23 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-async def _serve(server: uvicorn.Server, moto: MotoProcess) -> None:
-    async def watch_moto() -> None:
-        while moto.alive():
-            await asyncio.sleep(0.5)
-        logger.error("the moto server exited; stopping the stack")
-        server.should_exit = True
+async def _serve(server: uvicorn.Server, pollers: list[SqsPoller], moto: MotoProcess) -> None:
+    stop = asyncio.Event()
 
+    async def watch_moto() -> None:
+        while moto.alive() and not stop.is_set():
+            await asyncio.sleep(0.5)
+        if not stop.is_set():
+            logger.error("the moto server exited; stopping the stack")
+            server.should_exit = True
+
+    tasks = [asyncio.create_task(p.run(stop)) for p in pollers]
     watcher = asyncio.create_task(watch_moto())
     try:
         await server.serve()
     finally:
-        watcher.cancel()
+        stop.set()  # pollers finish the batches in flight, then return
+        await asyncio.gather(*tasks, watcher, return_exceptions=True)
 
 
 def main() -> int:
@@ -66,13 +72,25 @@ def main() -> int:
 
         from ingest.app import app  # reads the environment set above
 
+        pollers = build_pollers(template, stack, session.client("sqs"))
+        for p in pollers:
+            src = p.source
+            logger.info(
+                "event source %s -> %s (batch %d, window %ss, concurrency %d)",
+                src.queue,
+                src.handler,
+                src.batch_size,
+                src.batching_window_s,
+                src.maximum_concurrency,
+            )
+
         config = uvicorn.Config(app, host=HOST, port=settings.api_port, log_level="info", access_log=False)
         server = uvicorn.Server(config)
         print(
             f"\n  PBX AI Call Processor: http://{HOST}:{settings.api_port}  (docs: http://{HOST}:{settings.api_port}/docs)\n",
             flush=True,
         )
-        asyncio.run(_serve(server, moto))
+        asyncio.run(_serve(server, pollers, moto))
         return 0
     except KeyboardInterrupt:
         return 0
