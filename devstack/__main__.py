@@ -18,9 +18,9 @@ import uvicorn
 from callcore.settings import Settings, SettingsError
 from devstack.aws_env import point_sdks_at
 from devstack.moto_process import MotoProcess
-from devstack.poller import SqsPoller, build_pollers
+from devstack.poller import SqsPoller, build_pollers, load_handler, run_on_schedule
 from devstack.provision import provision
-from devstack.template import load_template
+from devstack.template import ScheduleSource, load_template, schedule_sources
 
 HOST = "127.0.0.1"
 logger = logging.getLogger("devstack")
@@ -30,7 +30,9 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-async def _serve(server: uvicorn.Server, pollers: list[SqsPoller], moto: MotoProcess) -> None:
+async def _serve(
+    server: uvicorn.Server, pollers: list[SqsPoller], schedules: list[ScheduleSource], moto: MotoProcess
+) -> None:
     stop = asyncio.Event()
 
     async def watch_moto() -> None:
@@ -41,6 +43,7 @@ async def _serve(server: uvicorn.Server, pollers: list[SqsPoller], moto: MotoPro
             server.should_exit = True
 
     tasks = [asyncio.create_task(p.run(stop)) for p in pollers]
+    tasks += [asyncio.create_task(run_on_schedule(s, load_handler(s.handler), stop)) for s in schedules]
     watcher = asyncio.create_task(watch_moto())
     try:
         await server.serve()
@@ -73,6 +76,9 @@ def main() -> int:
         from ingest.app import app  # reads the environment set above
 
         pollers = build_pollers(template, stack, session.client("sqs"))
+        schedules = schedule_sources(template)
+        for sched in schedules:
+            logger.info("schedule %s every %ss", sched.handler, sched.every_s)
         for p in pollers:
             src = p.source
             logger.info(
@@ -90,7 +96,7 @@ def main() -> int:
             f"\n  PBX AI Call Processor: http://{HOST}:{settings.api_port}  (docs: http://{HOST}:{settings.api_port}/docs)\n",
             flush=True,
         )
-        asyncio.run(_serve(server, pollers, moto))
+        asyncio.run(_serve(server, pollers, schedules, moto))
         return 0
     except KeyboardInterrupt:
         return 0

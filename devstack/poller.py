@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devstack.provision import Stack
-from devstack.template import SqsEventSource, sqs_event_sources
+from devstack.template import ScheduleSource, SqsEventSource, sqs_event_sources
 
 logger = logging.getLogger(__name__)
 
@@ -219,3 +219,19 @@ def build_pollers(
         )
         for source in sqs_event_sources(template)
     ]
+
+
+async def run_on_schedule(source: ScheduleSource, handler: Handler, stop: asyncio.Event) -> None:
+    """Invoke a scheduled function every ``every_s`` seconds, as EventBridge Scheduler would."""
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=source.every_s)
+            return
+        except TimeoutError:
+            pass
+        event = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
+        context = LambdaContext(function_name=source.function, aws_request_id=str(uuid.uuid4()))
+        try:
+            await asyncio.to_thread(handler, event, context)
+        except Exception:
+            logger.exception("%s failed; it runs again in %ss", source.function, source.every_s)

@@ -87,3 +87,30 @@ def function_environment(template: dict[str, Any]) -> dict[str, Any]:
         template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     )
     return variables
+
+
+@dataclass(frozen=True)
+class ScheduleSource:
+    """A function run on a fixed rate, from a Schedule event's ``rate(N unit)``."""
+
+    function: str
+    handler: str
+    every_s: float
+
+
+_UNITS = {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
+
+
+def schedule_sources(template: dict[str, Any]) -> list[ScheduleSource]:
+    sources = []
+    for name, fn in resources_of_type(template, "AWS::Serverless::Function").items():
+        props = fn["Properties"]
+        for event in props.get("Events", {}).values():
+            if event["Type"] != "Schedule":
+                continue
+            expression = str(event["Properties"]["Schedule"])
+            if not (expression.startswith("rate(") and expression.endswith(")")):
+                raise ValueError(f"{name}: only rate() schedules run locally, not {expression!r}")
+            amount, unit = expression[5:-1].split()
+            sources.append(ScheduleSource(function=name, handler=props["Handler"], every_s=int(amount) * _UNITS[unit]))
+    return sources

@@ -14,11 +14,13 @@ from callcore.adapters.dynamodb_store import DynamoDBCallStore
 from callcore.adapters.sqs_queue import SQSWorkQueue
 from callcore.settings import Settings
 
-# Fail fast: a PBX retries a 503 sooner than it would wait for a hung request.
+# Fail fast: a PBX retries a 503 sooner than it would wait for a hung request, and the
+# worst case (2 attempts x (1 s connect + 3 s read) + backoff) stays well inside the
+# ingest function's 10 s timeout, so a request never dies between two of its writes.
 CLIENT_CONFIG = Config(
-    connect_timeout=2,
-    read_timeout=5,
-    retries={"mode": "standard", "max_attempts": 3},
+    connect_timeout=1,
+    read_timeout=3,
+    retries={"mode": "standard", "max_attempts": 2},
     max_pool_connections=64,
 )
 

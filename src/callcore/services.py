@@ -45,7 +45,8 @@ def record_packet(store: CallStore, call_id: str, packet: Packet) -> PacketOutco
             raise SequenceConflictError(call_id, packet.sequence)
         store.count_duplicate(call_id)
         return PacketOutcome.DUPLICATE
-    assert write.call_state is not None, "a refused packet names the call's state"
+    if write.call_state is None:
+        raise RuntimeError(f"store refused packet {packet.sequence} of {call_id!r} without a reason")
     raise CallNotAcceptingPacketsError(call_id, write.call_state)
 
 
@@ -238,3 +239,26 @@ def fail_exhausted(store: CallStore, item: WorkItem) -> bool:
     except InvalidTransitionError:
         return False
     return True
+
+
+def resend_lost_work(store: CallStore, queue: WorkQueue, *, page_size: int = 100) -> int:
+    """Send the work item of every PROCESSING_AI call whose send was never recorded.
+
+    The end (or retry) that moved such a call failed to reach SQS and failed to put the
+    call back too; without this sweep it would stay in PROCESSING_AI. Returns how many
+    items were sent.
+    """
+    sent = 0
+    cursor: str | None = None
+    while True:
+        page = store.list_calls(CallState.PROCESSING_AI, limit=page_size, cursor=cursor)
+        for call in page.calls:
+            if _work_item_may_be_lost(call):
+                logger.warning(
+                    "call %s round %d: resending a work item that was never recorded", call.call_id, call.round
+                )
+                _send(store, queue, call)
+                sent += 1
+        if page.next_cursor is None:
+            return sent
+        cursor = page.next_cursor

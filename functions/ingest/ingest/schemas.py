@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from callcore.domain.model import MAX_SEQUENCE, CallState
 from callcore.services import CallDetails
+
+# Year 5138 as epoch seconds: any real timestamp, and far inside DynamoDB's number range.
+MAX_TIMESTAMP_S = 1e11
 
 Sequence = Annotated[StrictInt, Field(ge=0, le=MAX_SEQUENCE, description="Packet number, >= 0.")]
 
@@ -15,7 +18,25 @@ Sequence = Annotated[StrictInt, Field(ge=0, le=MAX_SEQUENCE, description="Packet
 class PacketIn(BaseModel):
     sequence: Sequence
     data: StrictStr = Field(description="The audio chunk: base64 for real audio; opaque text is stored as is.")
-    timestamp: Annotated[float, Field(allow_inf_nan=False, strict=True, description="Seconds, a finite number.")]
+    timestamp: Annotated[
+        float,
+        Field(
+            allow_inf_nan=False,
+            strict=True,
+            ge=0,
+            le=MAX_TIMESTAMP_S,
+            description="Seconds (epoch or since the call began), a finite number >= 0; stored to the microsecond.",
+        ),
+    ]
+
+    @field_validator("data")
+    @classmethod
+    def data_is_unicode_text(cls, value: str) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("data must be valid Unicode text (it holds an unpaired surrogate)") from None
+        return value
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"sequence": 1, "data": "UklGRiQAAABXQVZF", "timestamp": 1732650000.02}]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from callcore.domain.errors import DependencyUnavailableError
 
@@ -23,7 +23,9 @@ RETRYABLE_CODES = frozenset(
         "AWS.SimpleQueueService.NonExistentQueue",
         "QueueDoesNotExist",
         "TransactionConflict",
+        "TransactionConflictException",
         "TransactionInProgressException",
+        "ThrottlingError",
         "KMS.ThrottlingException",
     }
 )
@@ -44,5 +46,7 @@ def dependency(name: str) -> Iterator[None]:
         if code in RETRYABLE_CODES or status >= 500:
             raise DependencyUnavailableError(name, code or f"HTTP {status}") from exc
         raise
+    except ParamValidationError:
+        raise  # our request is malformed: a bug to see, not an outage
     except BotoCoreError as exc:
         raise DependencyUnavailableError(name, type(exc).__name__) from exc

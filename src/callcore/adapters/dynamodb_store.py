@@ -11,7 +11,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from callcore.adapters.aws_errors import dependency, error_code
+from callcore.adapters.aws_errors import RETRYABLE_CODES, dependency, error_code
 from callcore.domain.errors import CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
 from callcore.domain.model import (
     AIResult,
@@ -22,6 +22,7 @@ from callcore.domain.model import (
     Packet,
     Sentiment,
     can_transition,
+    is_valid_call_id,
 )
 from callcore.ports import CallPage, PacketWrite
 
@@ -44,6 +45,11 @@ def _s(value: str) -> AttributeValue:
 
 def _n(value: int | float) -> AttributeValue:
     return {"N": repr(value)}
+
+
+def _seconds(value: float) -> AttributeValue:
+    """A timestamp to the microsecond: within DynamoDB's number range, whatever the float."""
+    return _n(round(value, 6))
 
 
 def _num(av: AttributeValue) -> int | float:
@@ -99,13 +105,19 @@ def encode_cursor(key: Item) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> Item:
+def decode_cursor(cursor: str, state: CallState) -> Item:
+    """The ExclusiveStartKey a cursor encodes, checked so that a forged one is a 422, not a DynamoDB error."""
+    invalid = ValueError("cursor is not one this API returned for this state")
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("cursor is not one this API returned") from exc
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise ValueError("cursor is not one this API returned")
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise invalid from exc
+    if not isinstance(raw, dict) or set(raw) != {"call_id", "state", "updated_at"}:
+        raise invalid
+    if not all(isinstance(v, dict) and set(v) == {"S"} and isinstance(v["S"], str) for v in raw.values()):
+        raise invalid
+    if raw["state"]["S"] != state.value or not is_valid_call_id(raw["call_id"]["S"]):
+        raise invalid
     return raw
 
 
@@ -130,7 +142,7 @@ class DynamoDBCallStore:
                     "call_id": _s(call_id),
                     "sequence": _n(packet.sequence),
                     "data": _s(packet.data),
-                    "timestamp": _n(packet.timestamp),
+                    "timestamp": _seconds(packet.timestamp),
                     "received_at": _n(received_at_ns),
                 },
                 "ConditionExpression": "attribute_not_exists(#seq)",
@@ -166,12 +178,15 @@ class DynamoDBCallStore:
                 if error_code(exc) != "TransactionCanceledException":
                     raise
                 reasons = exc.response.get("CancellationReasons", [])
-                codes = [r.get("Code") for r in reasons]
-                if "TransactionConflict" in codes and "ConditionalCheckFailed" not in codes:
+                codes = {r.get("Code") for r in reasons} - {"None", None}
+                if codes <= {"ConditionalCheckFailed"} and codes:
+                    return self._refusal(call_id, packet.sequence, reasons)
+                if codes <= RETRYABLE_CODES:
+                    # Another transaction held the call item, or a throttle: try again shortly.
                     time.sleep(random.uniform(0, 0.005 * 2**attempt))
                     continue
-                return self._refusal(call_id, packet.sequence, reasons)
-        raise DependencyUnavailableError("DynamoDB", "TransactionConflict")
+                raise
+        raise DependencyUnavailableError("DynamoDB", "transaction kept conflicting or being throttled")
 
     def _refusal(self, call_id: str, sequence: int, reasons: list[dict[str, Any]]) -> PacketWrite:
         packet_reason, call_reason = reasons[0], reasons[1]
@@ -399,7 +414,7 @@ class DynamoDBCallStore:
             "Limit": limit,
         }
         if cursor:
-            kwargs["ExclusiveStartKey"] = decode_cursor(cursor)
+            kwargs["ExclusiveStartKey"] = decode_cursor(cursor, state)
         try:
             with dependency("DynamoDB"):
                 response = self._ddb.query(**kwargs)
@@ -414,6 +429,8 @@ class DynamoDBCallStore:
                 created_at=item.get("created_at", item["updated_at"])["S"],
                 updated_at=item["updated_at"]["S"],
                 failure_reason=_str(item, "failure_reason"),
+                round=_int(item, "round"),
+                enqueued_round=_int(item, "enqueued_round"),
             )
             for item in response.get("Items", [])
         ]
