@@ -21,11 +21,32 @@ from callcore.bootstrap import Ports, build_ports
 from callcore.settings import Settings
 from devstack.aws_env import point_sdks_at
 from devstack.moto_process import MotoProcess, free_port
-from devstack.provision import Stack, provision
+from devstack.provision import Stack, parameters, provision
 from devstack.template import load_template
 
-# No test may reach real AWS: fixed fake credentials and a region before any client exists.
-point_sdks_at("http://127.0.0.1:9", os.environ)  # a closed port until a fixture sets a moto server
+# The session's moto server gets its port now, before any test module is imported:
+# the handler modules build their clients at import, as Lambda does at init, from the
+# environment. So the environment is the one the session stack will have, from the
+# start; no test can reach real AWS (fake credentials, a local endpoint).
+SESSION_MOTO_PORT = free_port()
+SESSION_ENDPOINT = f"http://127.0.0.1:{SESSION_MOTO_PORT}"
+point_sdks_at(SESSION_ENDPOINT, os.environ)
+
+
+def _expected_function_env(endpoint: str) -> dict[str, str]:
+    """What provisioning the template on a fresh moto server at ``endpoint`` will give the functions."""
+    template = load_template()
+    names = [name for name, res in template["Resources"].items() if res["Type"] == "AWS::SQS::Queue"]
+    stack = Stack(
+        parameters=parameters(template, {}),
+        tables={n: n for n, r in template["Resources"].items() if r["Type"] == "AWS::DynamoDB::Table"},
+        queue_urls={n: f"{endpoint}/123456789012/{n}" for n in names},
+        queue_arns={n: f"arn:aws:sqs:us-east-1:123456789012:{n}" for n in names},
+    )
+    return stack.function_environment(template)
+
+
+os.environ.update(_expected_function_env(SESSION_ENDPOINT))
 
 
 @dataclass(frozen=True)
@@ -38,9 +59,9 @@ class MotoStack:
         return Settings.from_env({**os.environ, **self.env, **{k: str(v) for k, v in overrides.items()}})
 
 
-def start_moto_stack(env_overrides: dict[str, str] | None = None) -> MotoStack:
+def start_moto_stack(env_overrides: dict[str, str] | None = None, port: int | None = None) -> MotoStack:
     """A moto server with the template's tables and queues, and the env the functions would get."""
-    moto = MotoProcess("127.0.0.1", free_port()).start()
+    moto = MotoProcess("127.0.0.1", port or free_port()).start()
     aws_env: dict[str, str] = {}
     point_sdks_at(moto.endpoint, aws_env)
     session = boto3.session.Session(
@@ -58,14 +79,12 @@ def start_moto_stack(env_overrides: dict[str, str] | None = None) -> MotoStack:
 
 @pytest.fixture(scope="session")
 def moto_stack() -> Iterator[MotoStack]:
-    ms = start_moto_stack()
-    saved = dict(os.environ)
-    os.environ.update(ms.env)  # so that `import ingest.app` builds its clients against moto
+    ms = start_moto_stack(port=SESSION_MOTO_PORT)
     try:
+        mismatched = {k: (os.environ.get(k), v) for k, v in ms.env.items() if os.environ.get(k) != v}
+        assert not mismatched, f"the session environment did not foresee the stack: {mismatched}"
         yield ms
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         ms.moto.stop()
 
 

@@ -34,11 +34,13 @@ class Ports:
     sqs: Any
 
 
-def build_ports(settings: Settings, session: boto3.session.Session | None = None) -> Ports:
-    """Build fresh clients; AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_<SERVICE>) points them at moto locally."""
+def build_ports(
+    settings: Settings, session: boto3.session.Session | None = None, endpoint_url: str | None = None
+) -> Ports:
+    """Build fresh clients. Locally, AWS_ENDPOINT_URL (or ``endpoint_url``) points them at moto."""
     session = session or boto3.session.Session()
-    dynamodb = session.client("dynamodb", config=CLIENT_CONFIG)
-    sqs = session.client("sqs", config=CLIENT_CONFIG)
+    dynamodb = session.client("dynamodb", config=CLIENT_CONFIG, endpoint_url=endpoint_url)
+    sqs = session.client("sqs", config=CLIENT_CONFIG, endpoint_url=endpoint_url)
     return Ports(
         settings=settings,
         store=DynamoDBCallStore(dynamodb, settings.calls_table, settings.packets_table),

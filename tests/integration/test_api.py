@@ -219,6 +219,7 @@ def test_openapi_documents_every_status(api: httpx.Client) -> None:
     assert {"200", "202", "404", "422", "503"} <= set(end)
     assert {"200", "404", "422", "503"} <= set(paths["/v1/call/{call_id}"]["get"]["responses"])
     assert {"200", "422", "503"} <= set(paths["/v1/calls"]["get"]["responses"])
+    assert {"202", "404", "409", "422", "503"} <= set(paths["/v1/call/{call_id}/retry"]["post"]["responses"])
     assert api.get("/docs").status_code == 200
 
 
@@ -226,3 +227,37 @@ def test_unknown_route_is_a_json_404(api: httpx.Client) -> None:
     response = api.get("/v1/nothing-here")
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
+
+
+def test_timestamp_beyond_the_supported_range_is_422(api: httpx.Client, call_id: str) -> None:
+    for timestamp in (1e300, -1.0):
+        response = api.post(f"/v1/call/stream/{call_id}", json=packet(0, timestamp=timestamp))
+        assert response.status_code == 422
+        assert "body.timestamp" in response.json()["message"]
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0, timestamp=1e-300)).status_code == 202
+
+
+def test_data_with_an_unpaired_surrogate_is_422(api: httpx.Client, call_id: str) -> None:
+    body = b'{"sequence": 0, "data": "\\ud800", "timestamp": 1.0}'
+    response = api.post(f"/v1/call/stream/{call_id}", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "surrogate" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        {"call_id": {"S": 5}},
+        {},
+        {"call_id": {"S": "a"}, "state": {"S": "FAILED"}, "updated_at": {"S": "x"}},
+        {"call_id": {"S": "a b"}, "state": {"S": "COMPLETED"}, "updated_at": {"S": "x"}},
+    ],
+)
+def test_a_forged_cursor_is_422_not_a_dependency_error(api: httpx.Client, key: dict[str, object]) -> None:
+    import base64
+    import json
+
+    cursor = base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+    response = api.get("/v1/calls", params={"state": "COMPLETED", "cursor": cursor})
+    assert response.status_code == 422
+    assert "cursor" in response.json()["message"]

@@ -14,6 +14,7 @@ from callcore.bootstrap import CLIENT_CONFIG, Ports, build_ports
 from devstack.moto_process import free_port
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
 from tests.integration.helpers import drain_queue, packet, stored_packets
+from tests.integration.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -51,6 +52,24 @@ def test_stopping_moto_mid_test_gives_503_with_retry_after_on_every_route(
         assert api.get("/healthz").status_code == 200
 
 
+def test_an_outage_mid_test_leaves_nothing_half_written(ports: Ports, api: httpx.Client, call_id: str) -> None:
+    # GIVEN the app reaching DynamoDB and SQS through a proxy in front of the moto server
+    proxy = TcpProxy(target_port=_moto_port(ports)).start()
+    through_proxy = build_ports(ports.settings, endpoint_url=proxy.endpoint)
+    from ingest.app import create_app
+
+    with LiveServer(create_app(through_proxy)) as server, httpx.Client(base_url=server.url, timeout=60) as cut_api:
+        assert cut_api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+        # WHEN both dependencies become unreachable
+        proxy.cut()
+        _assert_503(cut_api.post(f"/v1/call/stream/{call_id}", json=packet(1)))
+        _assert_503(cut_api.post(f"/v1/call/{call_id}/end"))
+    # THEN, seen directly on moto, the call is as the last success left it
+    assert stored_packets(ports, call_id) == {0: "audio-0"}
+    assert api.get(f"/v1/call/{call_id}").json()["state"] == "IN_PROGRESS"
+    assert [b for b in drain_queue(ports, ports.settings.work_queue_url) if b["call_id"] == call_id] == []
+
+
 def test_sqs_down_at_end_reverts_the_call_so_nothing_is_half_written(
     ports: Ports, api: httpx.Client, call_id: str
 ) -> None:
@@ -74,3 +93,8 @@ def test_sqs_down_at_end_reverts_the_call_so_nothing_is_half_written(
         {"call_id": call_id, "round": 2}
     ]
     assert stored_packets(ports, call_id) == {0: "audio-0", 1: "audio-1"}
+
+
+def _moto_port(ports: Ports) -> int:
+    port = ports.dynamodb.meta.endpoint_url.rsplit(":", 1)[1]
+    return int(port.rstrip("/"))

@@ -69,6 +69,22 @@ def end_call(call_id: CallId, ports: PortsDep, body: Annotated[EndIn | None, Bod
     )
 
 
+@router.post(
+    "/call/{call_id}/retry",
+    status_code=202,
+    response_model=EndOut,
+    summary="Retry a FAILED call's AI processing",
+    responses={
+        202: {"description": "FAILED -> PROCESSING_AI; a new work item is queued. The attempt history stays."},
+        **NOT_FOUND,
+        **_responses((409, "The call is not FAILED.")),
+    },
+)
+def retry_call(call_id: CallId, ports: PortsDep) -> EndOut:
+    call = services.retry_call(ports.store, ports.queue, call_id)
+    return EndOut(call_id=call_id, state=call.state)
+
+
 @router.get(
     "/call/{call_id}", response_model=CallOut, summary="A call's state, packets and AI results", responses=NOT_FOUND
 )
