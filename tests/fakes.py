@@ -14,8 +14,18 @@ import dataclasses
 import json
 import threading
 
-from callcore.domain.errors import CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
-from callcore.domain.model import AIResult, Arrival, AttemptRecord, Call, CallState, Packet, WorkItem, can_transition
+from callcore.domain.errors import AIError, CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
+from callcore.domain.model import (
+    AIResult,
+    Arrival,
+    AttemptRecord,
+    Call,
+    CallState,
+    Packet,
+    Sentiment,
+    WorkItem,
+    can_transition,
+)
 from callcore.ports import CallPage, PacketWrite
 
 
@@ -89,7 +99,7 @@ class InMemoryCallStore:
                 raise CallNotFoundError(call_id)
             if call.state is not source or (expected_round is not None and call.round != expected_round):
                 raise InvalidTransitionError(call_id, call.state, target, call)
-            if failure_reason is None and target is not CallState.FAILED:
+            if failure_reason is None and target is CallState.COMPLETED:
                 failure_reason_after = None
             else:
                 failure_reason_after = call.failure_reason if failure_reason is None else failure_reason
@@ -178,6 +188,8 @@ class InMemoryCallStore:
                 created_at=c.created_at,
                 updated_at=c.updated_at,
                 failure_reason=c.failure_reason,
+                round=c.round,
+                enqueued_round=c.enqueued_round,
             )
             for c in page
         ]
@@ -211,6 +223,10 @@ class FakeQueue:
     ``fail_next`` makes the next send raise DependencyUnavailableError("SQS", ...)
     once, as in a brief outage; ``fail_with`` makes every send raise that error until
     it is cleared. A failed send sends nothing.
+
+    ``change_visibility`` (what the worker calls to back off a failed message) records
+    ``(receipt_handle, timeout_s)`` in ``visibility_changes``; ``visibility_fail_with``
+    makes it raise instead, recording nothing.
     """
 
     def __init__(self) -> None:
@@ -218,6 +234,8 @@ class FakeQueue:
         self.sent: list[WorkItem] = []
         self.fail_next: bool = False
         self.fail_with: Exception | None = None
+        self.visibility_changes: list[tuple[str, int]] = []
+        self.visibility_fail_with: Exception | None = None
 
     def send(self, item: WorkItem) -> None:
         with self._lock:
@@ -227,3 +245,58 @@ class FakeQueue:
                 self.fail_next = False
                 raise DependencyUnavailableError("SQS", "simulated outage")
             self.sent.append(item)
+
+    def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
+        with self._lock:
+            if self.visibility_fail_with is not None:
+                raise self.visibility_fail_with
+            self.visibility_changes.append((receipt_handle, timeout_s))
+
+
+AIOutcome = str | AIError
+"""One scripted answer of ``FakeAIProvider.transcribe``: a transcript, or an error to raise."""
+
+
+class FakeAIProvider:
+    """An ``AIProvider`` with no latency whose answers are scripted per call.
+
+    ``script[call_id]`` lists the outcomes of that call's successive ``transcribe``
+    calls, in order: a transcript string is returned, an ``AIError`` (RetryableAIError,
+    PermanentAIError) is raised. Once a call's script is used up, or for a call with
+    no script, ``transcribe`` returns ``default_transcript``. Every ``transcribe`` is
+    recorded in ``calls`` as ``(call_id, packets)``, every ``score_sentiment`` in
+    ``scored``; ``score_sentiment`` returns ``sentiment``.
+    """
+
+    def __init__(
+        self,
+        script: dict[str, list[AIOutcome]] | None = None,
+        *,
+        default_transcript: str = "hello, thanks for calling",
+        sentiment: Sentiment | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._script = {call_id: list(outcomes) for call_id, outcomes in (script or {}).items()}
+        self.default_transcript = default_transcript
+        self.sentiment = sentiment or Sentiment(label="POSITIVE", score=0.5)
+        self.calls: list[tuple[str, list[Packet]]] = []
+        self.scored: list[str] = []
+
+    def calls_for(self, call_id: str) -> int:
+        """How many times ``transcribe`` was called for ``call_id``."""
+        with self._lock:
+            return sum(1 for recorded, _ in self.calls if recorded == call_id)
+
+    async def transcribe(self, call_id: str, packets: list[Packet]) -> str:
+        with self._lock:
+            self.calls.append((call_id, list(packets)))
+            outcomes = self._script.get(call_id)
+            outcome = outcomes.pop(0) if outcomes else self.default_transcript
+        if isinstance(outcome, AIError):
+            raise outcome
+        return outcome
+
+    async def score_sentiment(self, transcript: str) -> Sentiment:
+        with self._lock:
+            self.scored.append(transcript)
+        return self.sentiment

@@ -30,7 +30,7 @@ def build_handler(store: CallStore) -> Callable[[dict[str, Any], Any], dict[str,
         return failed
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        processor = BatchProcessor(event_type=EventType.SQS)
+        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
         return dict(
             process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
         )

@@ -77,7 +77,7 @@ def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str,
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # A processor per invocation: it holds the batch's state, and the local stack
         # runs several invocations at once, as Lambda's scaling does.
-        processor = AsyncBatchProcessor(event_type=EventType.SQS)
+        processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
         return dict(
             async_process_partial_response(
                 event=event, record_handler=record_handler, processor=processor, context=context

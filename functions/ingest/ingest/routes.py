@@ -110,7 +110,7 @@ def list_calls(
                 state=c.state,
                 created_at=c.created_at,
                 updated_at=c.updated_at,
-                failure_reason=c.failure_reason,
+                failure_reason=c.reason_for_failure,
             )
             for c in page.calls
         ],

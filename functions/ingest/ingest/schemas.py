@@ -128,7 +128,7 @@ class CallOut(BaseModel):
                     for a in call.attempts
                 ],
             ),
-            failure_reason=call.failure_reason,
+            failure_reason=call.reason_for_failure,
         )
 
 

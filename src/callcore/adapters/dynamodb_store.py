@@ -277,8 +277,10 @@ class DynamoDBCallStore:
         if failure_reason is not None:
             sets.append("failure_reason = :reason")
             values[":reason"] = _s(failure_reason)
-        elif target is not CallState.FAILED:
-            removes.append("failure_reason")  # a reason belongs to a FAILED call only
+        elif target is CallState.COMPLETED:
+            # Kept through an operator retry, so that a retry that cannot reach SQS puts
+            # the call back to FAILED with its reason; shown only while FAILED.
+            removes.append("failure_reason")
         if result is not None:
             sets += ["transcript = :transcript", "sentiment = :sentiment"]
             values[":transcript"] = _s(result.transcript)

@@ -164,6 +164,11 @@ class Call:
     failure_reason: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
 
+    @property
+    def reason_for_failure(self) -> str | None:
+        """The failure reason while the call is FAILED; a retried call keeps it stored but not shown."""
+        return self.failure_reason if self.state is CallState.FAILED else None
+
 
 @dataclass(frozen=True)
 class WorkItem:
