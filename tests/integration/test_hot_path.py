@@ -32,8 +32,17 @@ def dynamodb_calls(ports: Ports) -> Iterator[list[str]]:
 def test_a_new_packet_costs_one_write_request_and_no_read(
     api: httpx.Client, call_id: str, dynamodb_calls: list[str]
 ) -> None:
-    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202  # creates the call
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    dynamodb_calls.clear()
     assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).status_code == 202
+    assert dynamodb_calls == ["TransactWriteItems"]
+
+
+def test_the_first_packet_of_a_call_costs_two_write_requests_and_no_read(
+    api: httpx.Client, call_id: str, dynamodb_calls: list[str]
+) -> None:
+    # The packet-with-check transaction finds no call, then the one that creates it runs.
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
     assert dynamodb_calls == ["TransactWriteItems", "TransactWriteItems"]
 
 

@@ -128,12 +128,13 @@ class DynamoDBCallStore:
         self._packets = packets_table
 
     def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
-        """One TransactWriteItems: the packet if its sequence is new, and the call if IN_PROGRESS.
+        """Store the packet if its sequence is new and its call IN_PROGRESS, atomically.
 
-        The call half creates the call on its first packet and fences the packet against
-        the end of the call: end's conditional write and this transaction serialise, so a
-        stored packet is always one the worker will read. No read happens first; on a
-        cancellation the old items come back in the cancellation reasons.
+        One TransactWriteItems: put the packet, and check that the call is IN_PROGRESS.
+        End's conditional write on the call item serialises with it, so a stored packet
+        is always one the worker will read. No read happens first; on a cancellation the
+        old items come back in the cancellation reasons. A call's first packet finds no
+        call: a second transaction then creates the call with the packet.
         """
         put_packet = {
             "Put": {
@@ -150,37 +151,59 @@ class DynamoDBCallStore:
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
-        is_new = "attribute_not_exists(call_id)"
         in_progress = "#state = :in_progress"
+        key = {"call_id": _s(call_id)}
+        names = {"#state": "state"}
+        call_is_open = {
+            "ConditionCheck": {
+                "TableName": self._calls,
+                "Key": key,
+                "ConditionExpression": in_progress,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": {":in_progress": _s(CallState.IN_PROGRESS.value)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+        reasons = self._transact([put_packet, call_is_open])
+        if reasons is None:
+            return PacketWrite(stored=True)
+        call_reason = reasons[1]
+        if call_reason.get("Code") != "ConditionalCheckFailed" or "Item" in call_reason:
+            return self._refusal(call_id, packet.sequence, reasons)
+        # No call yet: create it with this packet. Racing first packets all get here; the
+        # condition lets each of them through once the first has created the call.
         open_call = {
             "Update": {
                 "TableName": self._calls,
-                "Key": {"call_id": _s(call_id)},
-                # Only attributes that never change on a packet, so the state index is
-                # not rewritten on every packet.
+                "Key": key,
                 "UpdateExpression": (
                     "SET #state = if_not_exists(#state, :in_progress), "
                     "created_at = if_not_exists(created_at, :now), "
                     "updated_at = if_not_exists(updated_at, :now)"
                 ),
-                "ConditionExpression": f"{is_new} OR {in_progress}",
-                "ExpressionAttributeNames": {"#state": "state"},
+                "ConditionExpression": f"attribute_not_exists(call_id) OR {in_progress}",
+                "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": {":in_progress": _s(CallState.IN_PROGRESS.value), ":now": _s(now)},
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
+        reasons = self._transact([put_packet, open_call])
+        return PacketWrite(stored=True) if reasons is None else self._refusal(call_id, packet.sequence, reasons)
+
+    def _transact(self, items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Run a transaction; None when it committed, else the cancellation reasons of failed conditions."""
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 with dependency("DynamoDB"):
-                    self._ddb.transact_write_items(TransactItems=[put_packet, open_call])
-                return PacketWrite(stored=True)
+                    self._ddb.transact_write_items(TransactItems=items)
+                return None
             except ClientError as exc:
                 if error_code(exc) != "TransactionCanceledException":
                     raise
-                reasons = exc.response.get("CancellationReasons", [])
+                reasons: list[dict[str, Any]] = exc.response.get("CancellationReasons", [])
                 codes = {r.get("Code") for r in reasons} - {"None", None}
-                if codes <= {"ConditionalCheckFailed"} and codes:
-                    return self._refusal(call_id, packet.sequence, reasons)
+                if codes and codes <= {"ConditionalCheckFailed"}:
+                    return reasons
                 if codes <= RETRYABLE_CODES:
                     # Another transaction held the call item, or a throttle: try again shortly.
                     time.sleep(random.uniform(0, 0.005 * 2**attempt))

@@ -1,0 +1,83 @@
+"""`python -m pbxsim`: simulate a PBX against a running stack and report what it lost."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pbxsim.plan import Rates
+from pbxsim.runner import Options, run
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, Path | None]:
+    p = argparse.ArgumentParser(prog="python -m pbxsim", description=__doc__)
+    p.add_argument("--base-url", default="http://127.0.0.1:8000", help="the stack's API (local or deployed)")
+    p.add_argument("--api-key", default=None, help="sent as X-API-Key")
+    p.add_argument("--calls", type=int, default=100, help="concurrent calls")
+    p.add_argument("--packets", type=int, default=20, help="packets per call")
+    p.add_argument("--interval-ms", type=float, default=20.0, help="pause before each packet of a call")
+    p.add_argument("--duplicate-rate", type=float, default=0.05)
+    p.add_argument("--reorder-rate", type=float, default=0.05)
+    p.add_argument("--late-rate", type=float, default=0.02, help="packets held back and sent last")
+    p.add_argument("--skip-rate", type=float, default=0.0, help="packets never sent (reported missing, not lost)")
+    p.add_argument("--connections", type=int, default=200, help="most requests in flight at once")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for COMPLETED or FAILED")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the calls to finish")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    for name in ("duplicate_rate", "reorder_rate", "late_rate", "skip_rate"):
+        if not 0 <= getattr(a, name) <= 1:
+            p.error(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if a.calls < 1 or a.packets < 1 or a.connections < 1:
+        p.error("--calls, --packets and --connections must be at least 1")
+    options = Options(
+        base_url=a.base_url,
+        api_key=a.api_key,
+        calls=a.calls,
+        packets=a.packets,
+        interval_s=a.interval_ms / 1000,
+        rates=Rates(duplicate=a.duplicate_rate, reorder=a.reorder_rate, late=a.late_rate, skip=a.skip_rate),
+        connections=a.connections,
+        wait=not a.no_wait,
+        timeout_s=a.timeout,
+        seed=a.seed,
+        progress=not a.quiet,
+    )
+    return options, a.json
+
+
+def render(report: dict[str, object], console: Console) -> None:
+    table = Table(title="PBX simulator report", show_header=False)
+    for key, value in report.items():
+        if key != "lost_by_call":
+            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, json_path = parse_args(argv)
+    report = asyncio.run(run(options))
+    as_dict = report.to_dict()
+    render(as_dict, Console(stderr=False))
+    if json_path:
+        json_path.write_text(json.dumps(as_dict, indent=2) + "\n")
+    if not report.ok:
+        print(
+            f"FAILED: {report.lost_packets} lost packets, {report.server_errors} server errors, "
+            f"{report.unverified_calls} calls not verified",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

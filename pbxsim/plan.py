@@ -1,0 +1,60 @@
+"""What a simulated PBX sends for one call: its packets, in the order it sends them."""
+
+from __future__ import annotations
+
+import base64
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rates:
+    duplicate: float = 0.05  # a packet is sent a second time
+    reorder: float = 0.05  # a packet swaps places with the next one
+    late: float = 0.02  # a packet is held back and sent after all the others
+    skip: float = 0.0  # a packet is never sent (the stack should report it missing)
+
+
+@dataclass(frozen=True)
+class Send:
+    sequence: int
+    data: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    call_id: str
+    sends: list[Send]
+    last_sequence: int
+    skipped: frozenset[int]
+
+
+_WORDS = ("hello", "thanks", "great", "problem", "refund", "account", "order", "please", "call", "back")
+
+
+def packet_data(rng: random.Random, sequence: int) -> str:
+    """Base64 of a few words of 'speech', so the mock AI has something to transcribe."""
+    words = " ".join(rng.choice(_WORDS) for _ in range(3))
+    return base64.b64encode(f"{words} ({sequence})".encode()).decode()
+
+
+def plan_call(call_id: str, packets: int, rates: Rates, rng: random.Random, start_ts: float = 0.0) -> CallPlan:
+    originals = [Send(seq, packet_data(rng, seq), start_ts + seq * 0.02) for seq in range(packets)]
+    skipped = frozenset(s.sequence for s in originals if rng.random() < rates.skip)
+    order = [s for s in originals if s.sequence not in skipped]
+    late = [s for s in order if rng.random() < rates.late]
+    order = [s for s in order if s not in late]
+    i = 0
+    while i < len(order) - 1:
+        if rng.random() < rates.reorder:
+            order[i], order[i + 1] = order[i + 1], order[i]
+            i += 2
+        else:
+            i += 1
+    sends: list[Send] = []
+    for s in [*order, *late]:
+        sends.append(s)
+        if rng.random() < rates.duplicate:
+            sends.append(s)
+    return CallPlan(call_id=call_id, sends=sends, last_sequence=packets - 1, skipped=skipped)
