@@ -8,8 +8,9 @@
    the backend calls gives the same guarantees here. moto is pure Python under one GIL,
    so nothing is lost in throughput.
 2. ``TransactWriteItems`` backs up the items it touches instead of deep-copying every
-   table it touches. moto's copy costs time proportional to the table, so an ingest
-   path that writes one packet per transaction slowed down as the packets table grew.
+   table it touches, and ``Query`` on a table's partition key reads that partition
+   instead of sorting the whole table. Both cost moto time proportional to the table,
+   so the stack slowed down with every packet stored.
 
 Run as ``python -m devstack.moto_server --port N``; it prints ``ready`` on stdout once it
 accepts connections.
@@ -19,9 +20,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
+import json
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -30,15 +35,68 @@ _WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class SerializedApp:
-    """Serve one request at a time through the wrapped WSGI app."""
+    """Serve one request at a time through the wrapped WSGI app.
+
+    An SQS long poll (ReceiveMessage with WaitTimeSeconds > 0) would hold the lock for
+    its whole wait. Instead it waits outside the lock, looking into moto's queue every
+    ``LONG_POLL_STEP_S`` (no request, so nearly free), and is served once the queue has
+    a visible message or its wait is over: a client long-polls as it would against SQS,
+    and other requests run meanwhile.
+    """
+
+    LONG_POLL_STEP_S = 0.02
 
     def __init__(self, app: _WsgiApp) -> None:
         self._app = app
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        wait_s, queue_url = self._long_poll(environ)
+        region = _REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
+        deadline = time.monotonic() + wait_s
+        while wait_s and time.monotonic() < deadline:
+            with self._lock:
+                if _has_visible_message(queue_url, region.group(1) if region else "us-east-1"):
+                    return list(self._app(environ, start_response))
+            time.sleep(self.LONG_POLL_STEP_S)
         with self._lock:
             return list(self._app(environ, start_response))
+
+    @staticmethod
+    def _long_poll(environ: dict[str, Any]) -> tuple[float, str]:
+        """The wait and queue of an SQS JSON-protocol ReceiveMessage (0 for anything else)."""
+        if environ.get("HTTP_X_AMZ_TARGET") != "AmazonSQS.ReceiveMessage":
+            return 0.0, ""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(body)
+        try:
+            request = json.loads(body)
+            wait, url = float(request.get("WaitTimeSeconds", 0)), str(request["QueueUrl"])
+        except (ValueError, KeyError, AttributeError, TypeError):
+            return 0.0, ""
+        # moto itself must not wait: it would hold the lock for the whole wait.
+        request["WaitTimeSeconds"] = 0
+        body = json.dumps(request).encode()
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        return wait, url
+
+
+_REGION = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/sqs/")
+
+
+def _has_visible_message(queue_url: str, region: str) -> bool:
+    """Whether moto's queue at ``queue_url`` (http://host/<account>/<name>) has a visible message."""
+    from moto.sqs.models import sqs_backends
+
+    parts = queue_url.rstrip("/").rsplit("/", 2)
+    if len(parts) != 3:
+        return True  # not a queue URL: let moto answer with its error
+    account, name = parts[1], parts[2]
+    queue = sqs_backends[account][region].queues.get(name)
+    if queue is None:
+        return True
+    return any(m.visible for m in queue._messages)
 
 
 def patch_transactions() -> None:
@@ -88,6 +146,37 @@ def patch_transactions() -> None:
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
+def patch_partition_queries() -> None:
+    """Make a Query on a table's own key read one partition, not the whole table.
+
+    moto answers ``Query(call_id = :id)`` by sorting every item of the table and then
+    filtering, so reading one call's packets got slower with every packet stored by any
+    call. Serialised requests make a per-table hint safe.
+    """
+    from moto.dynamodb.models.table import Table
+
+    original_query, original_all_items = Table.query, Table.all_items
+
+    def all_items(self: Any) -> Any:
+        hint = getattr(self, "_partition_hint", None)
+        if hint is not None and self.range_key_attr:
+            return list(self.items.get(hint, {}).values())
+        return original_all_items(self)
+
+    def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        on_index = kwargs.get("index_name") or (len(args) > 6 and args[6])
+        if on_index or hash_key is None:
+            return original_query(self, hash_key, *args, **kwargs)
+        self._partition_hint = hash_key
+        try:
+            return original_query(self, hash_key, *args, **kwargs)
+        finally:
+            self._partition_hint = None
+
+    Table.all_items = all_items  # type: ignore[method-assign]
+    Table.query = query  # type: ignore[method-assign]
+
+
 def serve(host: str, port: int) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import WSGIRequestHandler, make_server
@@ -97,6 +186,7 @@ def serve(host: str, port: int) -> None:
             pass  # a line per request drowns the stack's own log
 
     patch_transactions()
+    patch_partition_queries()
     app = SerializedApp(DomainDispatcherApplication(create_backend_app))
     server = make_server(host, port, app, threaded=True, request_handler=QuietHandler)
 

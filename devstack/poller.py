@@ -29,9 +29,8 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
-# moto answers a long poll by holding its request open, and the local moto server serves
-# one request at a time, so the poller polls without waiting and sleeps while idle.
-IDLE_POLL_S = 0.05
+# Long polling, as Lambda's pollers do; short enough that the stack stops promptly.
+LONG_POLL_S = 1
 RECEIVE_MAX = 10  # SQS's own cap per ReceiveMessage
 
 
@@ -143,7 +142,9 @@ class SqsPoller:
         deadline: float | None = None
         while not stop.is_set():
             wanted = min(RECEIVE_MAX, self.source.batch_size - len(batch))
-            messages = await loop.run_in_executor(self._executor, self._receive, wanted)
+            # Wait for the first message; then only for the rest of the batching window.
+            wait = LONG_POLL_S if deadline is None else max(0, min(LONG_POLL_S, round(deadline - time.monotonic())))
+            messages = await loop.run_in_executor(self._executor, self._receive, wanted, wait)
             batch += messages
             if len(batch) >= self.source.batch_size:
                 return batch
@@ -151,15 +152,13 @@ class SqsPoller:
                 deadline = time.monotonic() + self.source.batching_window_s
             if deadline is not None and time.monotonic() >= deadline:
                 return batch
-            if not messages:
-                await asyncio.sleep(IDLE_POLL_S)
         return batch
 
-    def _receive(self, count: int) -> list[dict[str, Any]]:
+    def _receive(self, count: int, wait_s: int) -> list[dict[str, Any]]:
         response = self._sqs.receive_message(
             QueueUrl=self._url,
             MaxNumberOfMessages=count,
-            WaitTimeSeconds=0,
+            WaitTimeSeconds=wait_s,
             MessageSystemAttributeNames=["All"],
             MessageAttributeNames=["All"],
         )

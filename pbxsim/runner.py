@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from pbxsim.http import Client, TransportError
 from pbxsim.plan import CallPlan, Rates, plan_call
 from pbxsim.report import CallOutcome, Report, lost_sequences
 
@@ -28,6 +28,7 @@ class Options:
     interval_s: float = 0.02
     rates: Rates = field(default_factory=Rates)
     connections: int = 200
+    end: bool = True  # end each call after its packets (False: measure ingest alone)
     wait: bool = True
     timeout_s: float = 600.0
     seed: int | None = None
@@ -72,32 +73,33 @@ async def run(options: Options) -> Report:
     report = Report()
     report.calls = {p.call_id: CallOutcome(call_id=p.call_id, last_sequence=p.last_sequence) for p in plans}
     bars = _Bars(options.progress, options.calls, sum(len(p.sends) for p in plans))
-    headers = {"X-API-Key": options.api_key} if options.api_key else {}
-    limits = httpx.Limits(max_connections=options.connections, max_keepalive_connections=options.connections)
-    async with httpx.AsyncClient(base_url=options.base_url, headers=headers, limits=limits, timeout=60) as client:
+    client = Client(options.base_url, options.connections, options.api_key)
+    try:
         with bars.shown():
             started = time.perf_counter()
             await asyncio.gather(*(_stream_call(client, plan, options, report, bars) for plan in plans))
             report.streaming_s = time.perf_counter() - started
-            if options.wait:
+            if options.wait and options.end:
                 await _wait_for_final(client, report, options, bars)
         await _verify(client, report, plans)
+    finally:
+        client.close()
     return report
 
 
-async def _post(client: httpx.AsyncClient, report: Report, path: str, body: dict[str, object]) -> int | None:
+async def _post(client: Client, report: Report, path: str, body: dict[str, object]) -> int | None:
     started = time.perf_counter()
     try:
-        response = await client.post(path, json=body)
-    except httpx.TransportError:
+        response = await client.post(path, body)
+    except TransportError:
         report.record(None, 0.0)
         return None
-    report.record(response.status_code, (time.perf_counter() - started) * 1000)
-    return response.status_code
+    report.record(response.status, (time.perf_counter() - started) * 1000)
+    return response.status
 
 
 async def _stream_call(
-    client: httpx.AsyncClient, plan: CallPlan, options: Options, report: Report, bars: _Bars
+    client: Client, plan: CallPlan, options: Options, report: Report, bars: _Bars
 ) -> None:
     outcome = report.calls[plan.call_id]
     for send in plan.sends:
@@ -109,50 +111,83 @@ async def _stream_call(
         bars.advance(bars.sent)
         if status == 202:
             outcome.acknowledged.add(send.sequence)
+    if not options.end:
+        return
     try:
-        response = await client.post(f"/v1/call/{plan.call_id}/end", json={"last_sequence": plan.last_sequence})
-    except httpx.TransportError:
+        response = await client.post(f"/v1/call/{plan.call_id}/end", {"last_sequence": plan.last_sequence})
+    except TransportError:
         report.connection_errors += 1
         return
-    if response.status_code >= 500:
+    if response.status >= 500:
         report.statuses["5xx"] += 1
-    elif response.status_code in (200, 202):
+    elif response.status in (200, 202):
         outcome.ended_at = time.time()
     bars.advance(bars.ended)
 
 
-async def _wait_for_final(client: httpx.AsyncClient, report: Report, options: Options, bars: _Bars) -> None:
-    """Watch the state listings (most recently changed first) rather than poll every call."""
+async def _wait_for_final(client: Client, report: Report, options: Options, bars: _Bars) -> None:
+    """Watch the state listings (most recently changed first) rather than poll every call.
+
+    Each round reads a listing only down to the first call it already knows, so a round
+    costs a page or two however many calls there are. Every tenth round, the calls still
+    pending are asked for one by one, in case an index lagged behind.
+    """
     deadline = time.monotonic() + options.timeout_s
     pending = {cid for cid, c in report.calls.items() if c.ended_at is not None}
+    known: set[str] = set()
+
+    def finish(call_id: str, state: str, updated_at: str) -> None:
+        outcome = report.calls[call_id]
+        outcome.final_state = state
+        if outcome.ended_at is not None:
+            outcome.completed_after_s = _iso_to_epoch(updated_at) - outcome.ended_at
+        pending.discard(call_id)
+        bars.advance(bars.finished)
+
+    rounds = 0
     while pending and time.monotonic() < deadline:
-        since = min(report.calls[cid].ended_at or 0.0 for cid in pending) - 5.0
+        rounds += 1
         for state in FINAL_STATES:
             cursor: str | None = None
             while True:
                 params: dict[str, str | int] = {"state": state, "limit": 100}
                 if cursor:
                     params["cursor"] = cursor
-                response = await client.get("/v1/calls", params=params)
-                if response.status_code != 200:
+                response = await client.get("/v1/calls", params)
+                if response.status != 200:
                     break
                 page = response.json()
+                reached_known = False
                 for item in page["calls"]:
-                    outcome = report.calls.get(item["call_id"])
-                    if outcome is not None and item["call_id"] in pending and outcome.ended_at is not None:
-                        outcome.final_state = state
-                        outcome.completed_after_s = _iso_to_epoch(item["updated_at"]) - outcome.ended_at
-                        pending.discard(item["call_id"])
-                        bars.advance(bars.finished)
+                    if item["call_id"] in known:
+                        reached_known = True
+                        break
+                    known.add(item["call_id"])
+                    if item["call_id"] in pending:
+                        finish(item["call_id"], state, item["updated_at"])
                 cursor = page["next_cursor"]
-                oldest = page["calls"][-1]["updated_at"] if page["calls"] else None
-                if cursor is None or oldest is None or _iso_to_epoch(oldest) < since:
+                if reached_known or cursor is None:
                     break
+        if pending and rounds % 10 == 0:
+            await _recheck(client, sorted(pending)[:200], finish)
         if pending:
             await asyncio.sleep(0.5)
 
 
-async def _verify(client: httpx.AsyncClient, report: Report, plans: list[CallPlan]) -> None:
+async def _recheck(client: Client, call_ids: list[str], finish: Callable[[str, str, str], None]) -> None:
+    slots = asyncio.Semaphore(20)
+
+    async def one(call_id: str) -> None:
+        async with slots:
+            response = await client.get(f"/v1/call/{call_id}")
+        if response.status == 200 and response.json()["state"] in FINAL_STATES:
+            body = response.json()
+            finish(call_id, body["state"], body["updated_at"])
+
+    await asyncio.gather(*(one(c) for c in call_ids))
+
+
+async def _verify(client: Client, report: Report, plans: list[CallPlan]) -> None:
     """Compare what each call's GET reports stored with the sequences answered 202."""
     slots = asyncio.Semaphore(50)
 
@@ -161,13 +196,13 @@ async def _verify(client: httpx.AsyncClient, report: Report, plans: list[CallPla
         async with slots:
             try:
                 response = await client.get(f"/v1/call/{plan.call_id}")
-            except httpx.TransportError as exc:
-                outcome.verify_error = f"GET failed: {exc!r}"
+            except TransportError as exc:
+                outcome.verify_error = f"GET failed: {exc}"
                 return
-        if response.status_code == 404 and not outcome.acknowledged:
+        if response.status == 404 and not outcome.acknowledged:
             return
-        if response.status_code != 200:
-            outcome.verify_error = f"GET answered {response.status_code}"
+        if response.status != 200:
+            outcome.verify_error = f"GET answered {response.status}"
             outcome.lost = set(outcome.acknowledged)
             return
         call = response.json()

@@ -21,7 +21,8 @@ CLIENT_CONFIG = Config(
     connect_timeout=1,
     read_timeout=3,
     retries={"mode": "standard", "max_attempts": 2},
-    max_pool_connections=64,
+    # The local stack serves many requests and worker batches from one process.
+    max_pool_connections=128,
 )
 
 

@@ -1,0 +1,349 @@
+"""`python -m bench.run`: measure the pipeline against its budgets, in one run.
+
+Every timing is a ratio against a baseline measured here, now, on this machine:
+- the local stack under the PBX simulator vs raw conditional PutItem on the same moto server,
+- the worker on a batch of 10 vs the AI latency L it waits for,
+- handler cold starts vs importing the libraries they stand on,
+- end of call to COMPLETED vs L.
+Writes bench/results.json and prints a table. Exit status 1 when a budget is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+AI_LATENCY_S = 1.0  # L: fixed mock AI latency for the worker and end-to-complete figures
+CONNECTIONS = 64  # requests in flight, for the simulator and for the storage baseline alike
+REPS = 5
+console = Console()
+
+BUDGETS: dict[str, tuple[str, float]] = {
+    "lost_packets": ("<=", 0),
+    "server_errors": ("<=", 0),
+    "ingest_vs_storage_ratio": (">=", 0.7),
+    "ddb_writes_per_packet": ("<=", 2),
+    "worker_batch_ratio": ("<=", 1.2),
+    "ingest_cold_ratio": ("<=", 1.15),
+    "worker_cold_ratio": ("<=", 1.5),
+    "end_to_complete_s_over_latency": ("<=", 1.0),
+}
+
+
+def log(message: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+
+
+# ---------------------------------------------------------------- the local stack
+
+
+class LocalStack:
+    """`python -m devstack` as a child process, with a fixed AI latency and no AI failures."""
+
+    def __init__(self) -> None:
+        from devstack.moto_process import free_port
+
+        self.api_port, self.moto_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.api_port}"
+        self.moto_endpoint = f"http://127.0.0.1:{self.moto_port}"
+        env = {
+            **os.environ,
+            "API_PORT": str(self.api_port),
+            "MOTO_PORT": str(self.moto_port),
+            "AI_FAILURE_RATE": "0",
+            "AI_MIN_LATENCY_S": str(AI_LATENCY_S),
+            "AI_MAX_LATENCY_S": str(AI_LATENCY_S),
+        }
+        self.log = open(ROOT / "bench" / "stack.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "devstack"], env=env, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the local stack did not start; see bench/stack.log")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def stack_ports(stack: LocalStack) -> Any:
+    """The project's own ports (store, queue) on the stack's moto server, for in-process figures."""
+    from callcore.bootstrap import build_ports
+    from callcore.settings import Settings
+    from devstack.aws_env import point_sdks_at
+
+    env: dict[str, str] = {}
+    point_sdks_at(stack.moto_endpoint, env)
+    os.environ.update(env)
+    return build_ports(Settings.from_env(), endpoint_url=stack.moto_endpoint)
+
+
+# ---------------------------------------------------------------- ingest vs storage
+
+
+def run_simulator(stack: LocalStack, calls: int, packets: int, end: bool) -> dict[str, Any]:
+    from pbxsim.plan import Rates
+    from pbxsim.runner import Options, run
+
+    options = Options(
+        base_url=stack.url,
+        calls=calls,
+        packets=packets,
+        interval_s=0.0,
+        rates=Rates(duplicate=0.1, reorder=0.1, late=0.05, skip=0.0),
+        connections=CONNECTIONS,
+        end=end,
+        wait=end,
+        timeout_s=600,
+        progress=False,
+    )
+    return asyncio.run(run(options)).to_dict()
+
+
+def storage_put_rate(stack: LocalStack, requests: int = 3000) -> float:
+    """Raw conditional PutItem/s on the stack's moto server, CONNECTIONS in flight."""
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "dynamodb", endpoint_url=stack.moto_endpoint, config=Config(max_pool_connections=CONNECTIONS)
+    )
+    run_id = uuid.uuid4().hex[:8]
+
+    def put(i: int) -> None:
+        client.put_item(
+            TableName="PacketsTable",
+            Item={
+                "call_id": {"S": f"baseline-{run_id}-{i % 500}"},
+                "sequence": {"N": str(i)},
+                "data": {"S": "UklGRiQAAABXQVZFZm10IBAAAAABAAEA"},
+                "timestamp": {"N": "1700000000.02"},
+                "received_at": {"N": str(time.time_ns())},
+            },
+            ConditionExpression="attribute_not_exists(#seq)",
+            ExpressionAttributeNames={"#seq": "sequence"},
+        )
+
+    put(-1)  # connect before the clock starts
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CONNECTIONS) as pool:
+        list(pool.map(put, range(requests)))
+    return requests / (time.perf_counter() - started)
+
+
+def count_writes_per_packet(ports: Any, calls: int = 20, packets: int = 50) -> tuple[float, dict[str, int]]:
+    """DynamoDB requests per new packet, counted with botocore's event hooks."""
+    from callcore import services
+    from callcore.domain.model import Packet
+
+    seen: list[str] = []
+
+    def record(model: Any, **kwargs: Any) -> None:
+        seen.append(model.name)
+
+    ports.dynamodb.meta.events.register("before-call.dynamodb", record)
+    try:
+        run_id = uuid.uuid4().hex[:8]
+        for c in range(calls):
+            for seq in range(packets):
+                services.record_packet(ports.store, f"writes-{run_id}-{c}", Packet(seq, f"d{seq}", 1.0 + seq))
+    finally:
+        ports.dynamodb.meta.events.unregister("before-call.dynamodb", record)
+    writes = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
+    counts = {name: seen.count(name) for name in sorted(set(seen))}
+    reads = [n for n in seen if n not in writes]
+    assert not reads, f"the hot path read: {reads}"
+    return sum(1 for n in seen if n in writes) / (calls * packets), counts
+
+
+# ---------------------------------------------------------------- worker batch
+
+
+def worker_batch_seconds(ports: Any) -> float:
+    """Wall time of the real worker handler on a batch of 10 records, mock AI latency L."""
+    from ai_worker.handler import WorkerDeps, build_handler
+    from callcore.adapters.ai.mock import MockAIProvider
+    from callcore.clock import now_iso, now_ns
+    from callcore.domain.model import CallState, Packet, WorkItem
+
+    run_id = uuid.uuid4().hex[:8]
+    records = []
+    for i in range(10):
+        call_id = f"batch-{run_id}-{i}"
+        for seq in range(5):
+            ports.store.add_packet(call_id, Packet(seq, "aGVsbG8=", 1.0), now=now_iso(), received_at_ns=now_ns())
+        call = ports.store.transition(
+            call_id, source=CallState.IN_PROGRESS, target=CallState.PROCESSING_AI, now=now_iso(), new_round=True
+        )
+        body = json.dumps(WorkItem(call_id, call.round).to_dict())
+        records.append(
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": "unused-on-success",
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int(time.time() * 1000))},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:WorkQueue",
+                "awsRegion": "us-east-1",
+            }
+        )
+    ai = MockAIProvider(0.0, AI_LATENCY_S, AI_LATENCY_S)
+    handler = build_handler(WorkerDeps(settings=ports.settings, store=ports.store, ai=ai, queue=ports.queue))
+    started = time.perf_counter()
+    response = handler({"Records": records}, None)
+    elapsed = time.perf_counter() - started
+    assert response == {"batchItemFailures": []}, response
+    return elapsed
+
+
+# ---------------------------------------------------------------- cold starts
+
+
+def import_seconds(statement: str) -> float:
+    """Seconds a fresh interpreter spends on ``statement`` (imports and module-level init)."""
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def cold_ratio(handler_import: str, baseline_import: str, reps: int) -> tuple[float, float, float]:
+    handler, baseline = [], []
+    for _ in range(reps):  # interleaved, so drift on a shared machine hits both alike
+        baseline.append(import_seconds(baseline_import))
+        handler.append(import_seconds(handler_import))
+    h, b = statistics.median(handler), statistics.median(baseline)
+    return h / b, h, b
+
+
+# ---------------------------------------------------------------- end to complete
+
+
+def end_to_complete_seconds(stack: LocalStack) -> float:
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        call_id = f"e2c-{uuid.uuid4().hex[:8]}"
+        for seq in range(3):
+            client.post(f"/v1/call/stream/{call_id}", json={"sequence": seq, "data": "aGVsbG8=", "timestamp": 1.0})
+        started = time.perf_counter()
+        assert client.post(f"/v1/call/{call_id}/end").status_code == 202
+        while client.get(f"/v1/call/{call_id}").json()["state"] != "COMPLETED":
+            if time.perf_counter() - started > 60:
+                raise RuntimeError(f"{call_id} did not complete")
+            time.sleep(0.01)
+        return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- main
+
+
+def median_of(reps: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
+    values = [measure() for _ in range(reps)]
+    return statistics.median(values), values
+
+
+def main() -> int:
+    results: dict[str, float] = {}
+    info: dict[str, Any] = {}
+    started = time.perf_counter()
+
+    log(f"cold starts: {REPS + 2} fresh interpreters each, interleaved with their baselines")
+    ratio, h, b = cold_ratio("import ingest.app", "import fastapi, mangum, pydantic, boto3", REPS + 2)
+    results["ingest_cold_ratio"] = ratio
+    info["ingest_cold"] = f"ingest.app {h * 1000:.0f} ms vs fastapi+mangum+pydantic+boto3 {b * 1000:.0f} ms"
+    ratio, h, b = cold_ratio("import ai_worker.handler", "import boto3", REPS + 2)
+    results["worker_cold_ratio"] = ratio
+    info["worker_cold"] = f"ai_worker.handler {h * 1000:.0f} ms vs boto3 {b * 1000:.0f} ms"
+
+    measure_on_stack(results, info)
+
+    RESULTS.write_text(json.dumps({k: results[k] for k in BUDGETS}, indent=2) + "\n")
+    return report(results, info, time.perf_counter() - started)
+
+
+def measure_on_stack(results: dict[str, float], info: dict[str, Any]) -> None:
+    log("starting the local stack (python -m devstack)")
+    stack = LocalStack()
+    try:
+        ports = stack_ports(stack)
+        log("PBX simulator: 1000 concurrent calls x 5 packets, 10% duplicated, 10% reordered, 5% late")
+        big = run_simulator(stack, calls=1000, packets=5, end=True)
+        results["lost_packets"] = big["lost_packets"]
+        results["server_errors"] = big["server_errors"]
+        info["simulator_1000_calls"] = {
+            k: big[k] for k in ("packets_sent", "responses", "latency_ms", "final_states", "end_to_completed_s")
+        }
+        # Ingest alone (calls not ended, so the AI worker is idle), as the storage
+        # baseline runs alone, interleaved with it.
+        ingest_rates, storage_rates = [], []
+        for _ in range(REPS):
+            storage_rates.append(storage_put_rate(stack))
+            small = run_simulator(stack, calls=300, packets=10, end=False)
+            ingest_rates.append(small["packets_per_s"])
+            results["server_errors"] += small["server_errors"]
+            results["lost_packets"] += small["lost_packets"]
+        writes, counts = count_writes_per_packet(ports)
+        results["ddb_writes_per_packet"] = writes
+        ingest, storage = statistics.median(ingest_rates), statistics.median(storage_rates)
+        results["ingest_vs_storage_ratio"] = ingest / (storage / writes)
+        info["ingest_packets_per_s"] = [round(r) for r in ingest_rates]
+        info["storage_put_items_per_s"] = [round(r) for r in storage_rates]
+        info["ddb_requests_for_1000_new_packets"] = counts
+
+        log(f"worker: batch of 10 records, mock AI latency {AI_LATENCY_S} s, {REPS} batches")
+        batch, batches = median_of(REPS, lambda: worker_batch_seconds(ports))
+        results["worker_batch_ratio"] = batch / AI_LATENCY_S
+        info["worker_batch_s"] = [round(b, 3) for b in batches]
+
+        log(f"end to COMPLETED: {REPS + 2} calls, one at a time")
+        e2c, e2cs = median_of(REPS + 2, lambda: end_to_complete_seconds(stack))
+        results["end_to_complete_s_over_latency"] = e2c - AI_LATENCY_S
+        info["end_to_complete_s"] = [round(v, 3) for v in e2cs]
+    finally:
+        stack.stop()
+
+
+def report(results: dict[str, float], info: dict[str, Any], elapsed_s: float) -> int:
+    table = Table(title=f"make bench ({elapsed_s:.0f} s; timings are medians of {REPS}+ runs)")
+    for column in ("figure", "value", "budget", ""):
+        table.add_column(column)
+    missed = 0
+    for key, (op, limit) in BUDGETS.items():
+        value = results[key]
+        ok = value <= limit if op == "<=" else value >= limit
+        missed += not ok
+        table.add_row(
+            key, f"{value:.3f}" if isinstance(value, float) else str(value), f"{op} {limit}", "ok" if ok else "MISSED"
+        )
+    console.print(table)
+    console.print_json(json.dumps(info))
+    console.print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

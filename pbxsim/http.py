@@ -1,0 +1,58 @@
+"""The simulator's HTTP client: urllib3 connections driven from asyncio through a thread pool.
+
+httpx's async client spent about 4 ms of CPU per request here, against 0.3 ms for
+urllib3, which made the simulator, not the stack, the bottleneck of a load test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import urllib3
+
+
+class TransportError(Exception):
+    """The request got no HTTP answer (refused, reset, timed out)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    def __init__(self, base_url: str, connections: int, api_key: str | None = None, timeout_s: float = 60) -> None:
+        self._base = base_url.rstrip("/")
+        self._pool = urllib3.PoolManager(
+            maxsize=connections, block=True, retries=False, timeout=urllib3.Timeout(total=timeout_s)
+        )
+        self._executor = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="pbxsim")
+        self._headers = {"content-type": "application/json", **({"X-API-Key": api_key} if api_key else {})}
+
+    def _send(self, method: str, path: str, body: Any, params: dict[str, Any] | None) -> Answer:
+        url = self._base + path + (f"?{urlencode(params)}" if params else "")
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            response = self._pool.request(method, url, body=data, headers=self._headers)
+        except urllib3.exceptions.HTTPError as exc:
+            raise TransportError(repr(exc)) from exc
+        return Answer(response.status, response.data)
+
+    async def post(self, path: str, body: Any = None) -> Answer:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._send, "POST", path, body, None)
+
+    async def get(self, path: str, params: dict[str, Any] | None = None) -> Answer:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._send, "GET", path, None, params)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._pool.clear()
