@@ -48,5 +48,10 @@ unit: $(APP_STAMP)
 build: $(SAM_STAMP)
 	PATH="$$(ls -d $$HOME/.pyenv/versions/3.12*/bin 2>/dev/null | head -n1):$$PATH" $(SAM_VENV)/bin/sam build
 
+# Performance against the budgets of DESIGN.md, every figure a ratio against a baseline
+# measured in the same run. Not part of `make test`: timings are noisy on shared machines.
+bench: $(APP_STAMP)
+	$(PY) -m bench.run
+
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache

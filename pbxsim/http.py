@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ class TransportError(Exception):
 class Answer:
     status: int
     body: bytes
+    latency_ms: float  # on the wire: from sending the request to the whole answer, not queueing here
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -41,11 +43,12 @@ class Client:
     def _send(self, method: str, path: str, body: Any, params: dict[str, Any] | None) -> Answer:
         url = self._base + path + (f"?{urlencode(params)}" if params else "")
         data = None if body is None else json.dumps(body).encode()
+        started = time.perf_counter()
         try:
             response = self._pool.request(method, url, body=data, headers=self._headers)
         except urllib3.exceptions.HTTPError as exc:
             raise TransportError(repr(exc)) from exc
-        return Answer(response.status, response.data)
+        return Answer(response.status, response.data, (time.perf_counter() - started) * 1000)
 
     async def post(self, path: str, body: Any = None) -> Answer:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._send, "POST", path, body, None)

@@ -88,13 +88,12 @@ async def run(options: Options) -> Report:
 
 
 async def _post(client: Client, report: Report, path: str, body: dict[str, object]) -> int | None:
-    started = time.perf_counter()
     try:
         response = await client.post(path, body)
     except TransportError:
         report.record(None, 0.0)
         return None
-    report.record(response.status, (time.perf_counter() - started) * 1000)
+    report.record(response.status, response.latency_ms)
     return response.status
 
 
