@@ -100,47 +100,84 @@ def _has_visible_message(queue_url: str, region: str) -> bool:
 
 
 def patch_transactions() -> None:
-    """Make moto's TransactWriteItems back up touched items, not whole tables."""
+    """TransactWriteItems that checks every condition once, then writes, backing up only its items.
+
+    moto's own copies every table a transaction touches (time proportional to the table)
+    and evaluates each condition twice. With requests serialised, a condition checked in
+    the first pass still holds in the second.
+    """
     from moto.dynamodb import models
-    from moto.dynamodb.models.table import Table
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
 
-    class _TableKeepingCopy:
-        # moto's transact_write_items calls copy.deepcopy(table); hand back the table
-        # itself so that its rollback is a no-op and ours (below) restores the items.
-        @staticmethod
-        def deepcopy(obj: Any, memo: dict[int, Any] | None = None) -> Any:
-            return obj if isinstance(obj, Table) else copy.deepcopy(obj, memo)
-
-    models.copy = _TableKeepingCopy  # type: ignore[assignment]
-    original = models.DynamoDBBackend.transact_write_items
-
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        backups = []
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:  # noqa: PLR0912, PLR0915
+        if len(transact_items) > 100:
+            raise TooManyTransactionsException()
+        plan: list[tuple[str, dict[str, Any], dict[str, Any], Any]] = []
+        reasons: list[tuple[str | None, str | None, Any]] = []
+        seen: set[tuple[str, str]] = set()
         for entry in transact_items:
+            if len(entry) != 1:
+                raise TransactWriteSingleOpException()
             op_type, op = next(iter(entry.items()))
-            table_name = op.get("TableName")
-            if table_name not in self.tables:
-                continue
-            table = self.tables[table_name]
+            if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+                raise ValueError("Unsupported transaction operation")
+            table = self.get_table(op["TableName"])
             if op_type == "Put":
                 names = [n for n in (table.hash_key_attr, table.range_key_attr) if n]
                 key = {n: op["Item"][n] for n in names if n in op["Item"]}
             else:
-                key = op.get("Key", {})
-            try:
-                current = self.get_item(table_name, key)
-            except Exception:  # noqa: BLE001, S112 - moto reports a bad key itself, below
-                continue
-            backups.append((table_name, key, copy.deepcopy(current)))
+                key = op["Key"]
+            identity = (op["TableName"], str(sorted(key.items())))
+            if identity in seen:
+                raise MultipleTransactionsException()
+            seen.add(identity)
+            current = self.get_item(op["TableName"], key)
+            condition = op.get("ConditionExpression")
+            holds = condition is None or get_filter_expression(
+                condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            ).expr(current)
+            if holds:
+                reasons.append((None, None, None))
+            else:
+                old = (
+                    current.to_json()["Attributes"]
+                    if current and op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD"
+                    else None
+                )
+                reasons.append(("ConditionalCheckFailed", "The conditional request failed", old))
+            plan.append((op_type, op, key, copy.deepcopy(current)))
+        if any(code is not None for code, _, _ in reasons):
+            raise TransactionCanceledException(reasons)
+        done = []
         try:
-            original(self, transact_items)
+            for op_type, op, key, before in plan:
+                name = op["TableName"]
+                if op_type == "Put":
+                    self.put_item(name, op["Item"])
+                elif op_type == "Delete":
+                    self.delete_item(name, key)
+                elif op_type == "Update":
+                    self.update_item(
+                        name,
+                        key,
+                        update_expression=op["UpdateExpression"],
+                        expression_attribute_names=op.get("ExpressionAttributeNames"),
+                        expression_attribute_values=op.get("ExpressionAttributeValues"),
+                    )
+                done.append((name, key, before))
         except Exception:
-            for table_name, key, item in reversed(backups):
-                table = self.tables[table_name]
+            for name, key, before in reversed(done):
+                table = self.tables[name]
                 hash_key, range_key = self.get_keys_value(table, key)
                 table.delete_item(hash_key, range_key)
-                if item is not None:
-                    table.put_item(item.to_json()["Attributes"])
+                if before is not None:
+                    table.put_item(before.to_json()["Attributes"])
             raise
 
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.loaders import Loader
 
 from callcore.adapters.ai.mock import MockAIProvider
 from callcore.adapters.dynamodb_store import DynamoDBCallStore
@@ -26,6 +30,48 @@ CLIENT_CONFIG = Config(
 )
 
 
+class _KnownServicesLoader(Loader):
+    """botocore's model loader, told which services exist instead of listing its data directory.
+
+    To check a service name, botocore lists every model directory it ships (some 3,000
+    stat calls, 20 to 30 ms of a cold start); this code only ever loads these.
+    """
+
+    SERVICES = ("dynamodb", "sqs")
+
+    def list_available_services(self, type_name: str) -> list[str]:
+        return list(self.SERVICES)
+
+
+def _session() -> boto3.session.Session:
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _KnownServicesLoader())
+    return boto3.session.Session(botocore_session=core)
+
+
+class LazyClient:
+    """A client made on first use, once per process, by whichever thread gets there first.
+
+    Making a client costs 40 to 50 ms (botocore parses its service model and endpoint
+    data), as much as the rest of a handler's init. DESIGN.md wants a cold start (import
+    and init) close to `import boto3`, so clients are made when first needed: packets and
+    successful AI attempts never call SQS at all, and DynamoDB's client is made by a
+    sandbox's first request, then reused by every request after it.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make()
+        return getattr(self._client, name)
+
+
 @dataclass(frozen=True)
 class Ports:
     settings: Settings
@@ -38,10 +84,11 @@ class Ports:
 def build_ports(
     settings: Settings, session: boto3.session.Session | None = None, endpoint_url: str | None = None
 ) -> Ports:
-    """Build fresh clients. Locally, AWS_ENDPOINT_URL (or ``endpoint_url``) points them at moto."""
-    session = session or boto3.session.Session()
-    dynamodb = session.client("dynamodb", config=CLIENT_CONFIG, endpoint_url=endpoint_url)
-    sqs = session.client("sqs", config=CLIENT_CONFIG, endpoint_url=endpoint_url)
+    """Build the ports, whose clients are made on first use. Locally, AWS_ENDPOINT_URL (or
+    ``endpoint_url``) points them at moto."""
+    session = session or _session()
+    dynamodb = LazyClient(lambda: session.client("dynamodb", config=CLIENT_CONFIG, endpoint_url=endpoint_url))
+    sqs = LazyClient(lambda: session.client("sqs", config=CLIENT_CONFIG, endpoint_url=endpoint_url))
     return Ports(
         settings=settings,
         store=DynamoDBCallStore(dynamodb, settings.calls_table, settings.packets_table),
