@@ -115,7 +115,7 @@ def patch_transactions() -> None:
         TransactWriteSingleOpException,
     )
 
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:  # noqa: PLR0912, PLR0915
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:  # noqa: PLR0912
         if len(transact_items) > 100:
             raise TooManyTransactionsException()
         plan: list[tuple[str, dict[str, Any], dict[str, Any], Any]] = []
