@@ -99,7 +99,7 @@ def _has_visible_message(queue_url: str, region: str) -> bool:
     return any(m.visible for m in queue._messages)
 
 
-def patch_transactions() -> None:
+def patch_transactions() -> None:  # noqa: PLR0915 - one function, as moto's own
     """TransactWriteItems that checks every condition once, then writes, backing up only its items.
 
     moto's own copies every table a transaction touches (time proportional to the table)
