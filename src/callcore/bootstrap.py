@@ -13,9 +13,9 @@ import botocore.session
 from botocore.config import Config
 from botocore.loaders import Loader
 
-from callcore.adapters.ai.mock import MockAIProvider
 from callcore.adapters.dynamodb_store import DynamoDBCallStore
 from callcore.adapters.sqs_queue import SQSWorkQueue
+from callcore.ports import AIProvider
 from callcore.settings import Settings
 
 # Fail fast: a PBX retries a 503 sooner than it would wait for a hung request, and the
@@ -98,8 +98,11 @@ def build_ports(
     )
 
 
-def build_ai_provider(settings: Settings) -> MockAIProvider:
+def build_ai_provider(settings: Settings) -> AIProvider:
     """The provider AI_PROVIDER names (Settings has already refused unknown names)."""
+    # Imported here: the ingest function builds ports too, and never needs an AI provider.
+    from callcore.adapters.ai.mock import MockAIProvider
+
     return MockAIProvider(
         failure_rate=settings.ai_failure_rate,
         min_latency_s=settings.ai_min_latency_s,
