@@ -43,16 +43,6 @@ def ticking_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(services, "seconds_since", lambda iso: 0.0)
 
 
-@pytest.fixture
-def store() -> InMemoryCallStore:
-    return InMemoryCallStore()
-
-
-@pytest.fixture
-def queue() -> FakeQueue:
-    return FakeQueue()
-
-
 def packet(sequence: int, data: str | None = None, timestamp: float = 1.0) -> Packet:
     return Packet(sequence=sequence, data=f"audio-{sequence}" if data is None else data, timestamp=timestamp)
 

@@ -38,16 +38,6 @@ SETTINGS = Settings(retry_base_delay_s=2.0, retry_max_delay_s=60.0, max_receive_
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
-@pytest.fixture
-def store() -> InMemoryCallStore:
-    return InMemoryCallStore()
-
-
-@pytest.fixture
-def queue() -> FakeQueue:
-    return FakeQueue()
-
-
 def retryable(message: str = "mock AI service answered HTTP 503 Service Unavailable") -> RetryableAIError:
     return RetryableAIError(message, status=503)
 
