@@ -1,4 +1,4 @@
-"""Run moto's own server (DynamoDB, SQS, ...) with two fixes that make it behave like AWS under load.
+"""Run moto's own server (DynamoDB, SQS, ...) with fixes that make it behave like AWS under load.
 
 1. Requests are served one at a time. moto's threaded server runs every request in its
    own thread with no lock around the backends, so a conditional write can interleave
@@ -6,9 +6,10 @@
    restores a snapshot of whole tables, wiping out items other threads wrote meanwhile.
    DynamoDB guarantees atomic conditional writes and isolated transactions; serialising
    the backend calls gives the same guarantees here. moto is pure Python under one GIL,
-   so nothing is lost in throughput.
-2. ``TransactWriteItems`` backs up the items it touches instead of deep-copying every
-   table it touches, and ``Query`` on a table's partition key reads that partition
+   so nothing is lost in throughput. SQS long polls wait outside the lock (see
+   SerializedApp), so a waiting poller holds up nobody.
+2. ``TransactWriteItems`` checks each condition once and backs up only the items it
+   touches, instead of deep-copying every table it touches, and ``Query`` on a table's partition key reads that partition
    instead of sorting the whole table. Both cost moto time proportional to the table,
    so the stack slowed down with every packet stored.
 

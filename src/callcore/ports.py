@@ -31,7 +31,7 @@ class CallPage:
 
 class CallStore(Protocol):
     def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
-        """Store a packet, creating its call, in one atomic write; only while IN_PROGRESS."""
+        """Store a packet atomically with its call (created by its first packet), only while IN_PROGRESS."""
         ...
 
     def count_duplicate(self, call_id: str) -> None: ...
