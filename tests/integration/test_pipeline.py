@@ -252,6 +252,18 @@ def idle_stack(pipeline_stack: MotoStack) -> Iterator[Pipeline]:
         yield Pipeline(stack=pipeline_stack, ports=ports, api=api)
 
 
+class RecordingQueue:
+    """The real SQS queue, noting each visibility change the worker makes."""
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+        self.visibility_changes: list[tuple[str, int]] = []
+
+    def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
+        self._queue.change_visibility(receipt_handle, timeout_s)
+        self.visibility_changes.append((receipt_handle, timeout_s))
+
+
 class OneCallFails(SwitchableAI):
     def __init__(self, failing_call: str) -> None:
         super().__init__(0.0, latency_s=0.2)
@@ -273,9 +285,8 @@ def test_a_batch_reports_exactly_its_failing_record_and_runs_its_records_concurr
     event = _received_batch(idle_stack, 10)
     ai = OneCallFails(failing_call=ids[4])
     settings = idle_stack.ports.settings
-    handler = build_handler(
-        WorkerDeps(settings=settings, store=idle_stack.ports.store, ai=ai, queue=idle_stack.ports.queue)
-    )
+    queue = RecordingQueue(idle_stack.ports.queue)
+    handler = build_handler(WorkerDeps(settings=settings, store=idle_stack.ports.store, ai=ai, queue=queue))
 
     response = handler(event, None)
 
@@ -287,7 +298,12 @@ def test_a_batch_reports_exactly_its_failing_record_and_runs_its_records_concurr
     assert max(starts) < min(ends)
     states = {cid: idle_stack.call(cid)["state"] for cid in ids}
     assert states == {cid: "PROCESSING_AI" if cid == ids[4] else "COMPLETED" for cid in ids}
-    # The failed record's visibility was pushed back (backoff of up to 30 s), so it is not
-    # receivable now.
-    again = idle_stack.ports.sqs.receive_message(QueueUrl=idle_stack.stack.stack.queue_urls["WorkQueue"])
-    assert again.get("Messages", []) == []
+    # The failed record's visibility was set, on the real queue, to a backoff of 0 to 30 s
+    # (full jitter); while it lasts, the record cannot be received.
+    failing_handle = next(r["receiptHandle"] for r in event["Records"] if r["messageId"] == failing)
+    [(handle, delay)] = queue.visibility_changes
+    assert handle == failing_handle
+    assert 0 <= delay <= 30
+    if delay >= 1:
+        again = idle_stack.ports.sqs.receive_message(QueueUrl=idle_stack.stack.stack.queue_urls["WorkQueue"])
+        assert again.get("Messages", []) == []
