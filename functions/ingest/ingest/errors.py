@@ -34,15 +34,15 @@ def error_response(
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
-def _responses(*pairs: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+def error_responses(*pairs: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorOut, "description": text} for status, text in pairs}
 
 
 # OpenAPI documentation of the errors each route can return.
-UNAUTHORIZED = _responses((401, "Missing or unknown X-API-Key (when the service has keys configured)."))
-INVALID = _responses((422, "Malformed JSON, wrong types, missing fields, or a bad call_id."))
-UNAVAILABLE = _responses((503, "DynamoDB or SQS is throttling or unreachable; retry after Retry-After seconds."))
-NOT_FOUND = _responses((404, "No call with this call_id."))
+UNAUTHORIZED = error_responses((401, "Missing or unknown X-API-Key (when the service has keys configured)."))
+INVALID = error_responses((422, "Malformed JSON, wrong types, missing fields, or a bad call_id."))
+UNAVAILABLE = error_responses((503, "DynamoDB or SQS is throttling or unreachable; retry after Retry-After seconds."))
+NOT_FOUND = error_responses((404, "No call with this call_id."))
 
 
 def _describe_validation(errors: list[dict[str, Any]]) -> str:

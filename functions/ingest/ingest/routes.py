@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from callcore import services
 from callcore.domain.model import CallState, Packet
 from ingest.deps import CallId, PortsDep, require_api_key
-from ingest.errors import INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, _responses
+from ingest.errors import INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, error_responses
 from ingest.schemas import CallListOut, CallOut, CallSummaryOut, EndIn, EndOut, PacketAck, PacketIn
 
 router = APIRouter(
@@ -29,7 +30,7 @@ router = APIRouter(
             "description": "Duplicate: this sequence is stored with the same data. Nothing changed.",
         },
         202: {"description": "Stored durably. The first packet creates the call (IN_PROGRESS)."},
-        **_responses(
+        **error_responses(
             (409, "This sequence is stored with different data, or the call is no longer IN_PROGRESS. Nothing stored."),
             (413, "`data` is larger than MAX_PACKET_BYTES."),
         ),
@@ -77,7 +78,7 @@ def end_call(call_id: CallId, ports: PortsDep, body: Annotated[EndIn | None, Bod
     responses={
         202: {"description": "FAILED -> PROCESSING_AI; a new work item is queued. The attempt history stays."},
         **NOT_FOUND,
-        **_responses((409, "The call is not FAILED.")),
+        **error_responses((409, "The call is not FAILED.")),
     },
 )
 def retry_call(call_id: CallId, ports: PortsDep) -> EndOut:
@@ -103,22 +104,8 @@ def list_calls(
         page = services.list_calls(ports.store, state, limit=limit, cursor=cursor)
     except ValueError as exc:
         raise _invalid_cursor(str(exc)) from exc
-    return CallListOut(
-        calls=[
-            CallSummaryOut(
-                call_id=c.call_id,
-                state=c.state,
-                created_at=c.created_at,
-                updated_at=c.updated_at,
-                failure_reason=c.reason_for_failure,
-            )
-            for c in page.calls
-        ],
-        next_cursor=page.next_cursor,
-    )
+    return CallListOut(calls=[CallSummaryOut.from_call(c) for c in page.calls], next_cursor=page.next_cursor)
 
 
 def _invalid_cursor(message: str) -> Exception:
-    from fastapi.exceptions import RequestValidationError
-
     return RequestValidationError([{"loc": ("query", "cursor"), "msg": message, "type": "value_error"}])

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from callcore.domain.model import MAX_SEQUENCE, CallState
+from callcore.domain.model import MAX_SEQUENCE, Call, CallState
 from callcore.services import CallDetails
 
 # Year 5138 as epoch seconds: any real timestamp, and far inside DynamoDB's number range.
@@ -138,6 +138,16 @@ class CallSummaryOut(BaseModel):
     created_at: str
     updated_at: str
     failure_reason: str | None
+
+    @classmethod
+    def from_call(cls, call: Call) -> CallSummaryOut:
+        return cls(
+            call_id=call.call_id,
+            state=call.state,
+            created_at=call.created_at,
+            updated_at=call.updated_at,
+            failure_reason=call.reason_for_failure,
+        )
 
 
 class CallListOut(BaseModel):
