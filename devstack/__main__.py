@@ -96,7 +96,9 @@ def main() -> int:
             f"\n  PBX AI Call Processor: http://{HOST}:{settings.api_port}  (docs: http://{HOST}:{settings.api_port}/docs)\n",
             flush=True,
         )
-        asyncio.run(_serve(server, pollers, schedules, moto))
+        # uvicorn's own loop (uvloop when installed), as `uvicorn.run` would pick.
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(_serve(server, pollers, schedules, moto))
         return 0
     except KeyboardInterrupt:
         return 0

@@ -152,13 +152,16 @@ def patch_transactions() -> None:  # noqa: PLR0915 - one function, as moto's own
                     else None
                 )
                 reasons.append(("ConditionalCheckFailed", "The conditional request failed", old))
-            plan.append((op_type, op, key, copy.deepcopy(current)))
+            # Only an item this transaction writes needs a backup to restore.
+            plan.append((op_type, op, key, None if op_type == "ConditionCheck" else copy.deepcopy(current)))
         if any(code is not None for code, _, _ in reasons):
             raise TransactionCanceledException(reasons)
         done = []
         try:
             for op_type, op, key, before in plan:
                 name = op["TableName"]
+                if op_type == "ConditionCheck":
+                    continue
                 if op_type == "Put":
                     self.put_item(name, op["Item"])
                 elif op_type == "Delete":

@@ -38,12 +38,34 @@ def test_a_new_packet_costs_one_write_request_and_no_read(
     assert dynamodb_calls == ["TransactWriteItems"]
 
 
-def test_the_first_packet_of_a_call_costs_two_write_requests_and_no_read(
+def test_a_call_opened_by_sequence_0_costs_one_write_request_and_no_read(
+    api: httpx.Client, call_id: str, dynamodb_calls: list[str]
+) -> None:
+    # Sequence 0 goes straight to the transaction that creates the call with the packet.
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    assert dynamodb_calls == ["TransactWriteItems"]
+    assert api.get(f"/v1/call/{call_id}").json()["state"] == "IN_PROGRESS"
+
+
+def test_a_call_opened_by_a_later_sequence_costs_two_write_requests_and_no_read(
     api: httpx.Client, call_id: str, dynamodb_calls: list[str]
 ) -> None:
     # The packet-with-check transaction finds no call, then the one that creates it runs.
-    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(3)).status_code == 202
     assert dynamodb_calls == ["TransactWriteItems", "TransactWriteItems"]
+
+
+def test_sequence_0_of_an_existing_call_costs_one_write_request_and_changes_nothing_on_the_call(
+    api: httpx.Client, call_id: str, dynamodb_calls: list[str]
+) -> None:
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).status_code == 202
+    before = api.get(f"/v1/call/{call_id}").json()
+    dynamodb_calls.clear()
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    assert dynamodb_calls == ["TransactWriteItems"]
+    after = api.get(f"/v1/call/{call_id}").json()
+    assert (after["created_at"], after["state"]) == (before["created_at"], "IN_PROGRESS")
+    assert after["packets"]["received"] == 2
 
 
 def test_a_duplicate_costs_two_write_requests_and_no_read(

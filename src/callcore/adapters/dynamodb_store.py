@@ -134,7 +134,9 @@ class DynamoDBCallStore:
         End's conditional write on the call item serialises with it, so a stored packet
         is always one the worker will read. No read happens first; on a cancellation the
         old items come back in the cancellation reasons. A call's first packet finds no
-        call: a second transaction then creates the call with the packet.
+        call: a second transaction then creates the call with the packet. Sequence 0 is
+        nearly always a call's first packet, so it goes straight to that transaction,
+        which is just as correct for a call that exists (it changes nothing on it).
         """
         put_packet = {
             "Put": {
@@ -164,12 +166,13 @@ class DynamoDBCallStore:
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
-        reasons = self._transact([put_packet, call_is_open])
-        if reasons is None:
-            return PacketWrite(stored=True)
-        call_reason = reasons[1]
-        if call_reason.get("Code") != "ConditionalCheckFailed" or "Item" in call_reason:
-            return self._refusal(call_id, packet.sequence, reasons)
+        if packet.sequence != 0:
+            reasons = self._transact([put_packet, call_is_open])
+            if reasons is None:
+                return PacketWrite(stored=True)
+            call_reason = reasons[1]
+            if call_reason.get("Code") != "ConditionalCheckFailed" or "Item" in call_reason:
+                return self._refusal(call_id, packet.sequence, reasons)
         # No call yet: create it with this packet. Racing first packets all get here; the
         # condition lets each of them through once the first has created the call.
         open_call = {
