@@ -1,0 +1,44 @@
+"""The ingest package's stand-in for FastAPI's pydantic.v1 checks: same answers, no import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pydantic
+
+import ingest  # noqa: F401 - installs the checks
+from ingest import fastapi_compat
+
+
+def test_importing_the_ingest_app_does_not_import_pydantic_v1() -> None:
+    code = "import sys, ingest.app; print('pydantic.v1' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_fastapi_looks_its_checks_up_in_the_replaced_places() -> None:
+    import fastapi._compat.shared
+    import fastapi.encoders
+
+    assert fastapi._compat.shared.is_pydantic_v1_model_class is fastapi_compat.is_pydantic_v1_model_class
+    assert fastapi.encoders.is_pydantic_v1_model_instance is fastapi_compat.is_pydantic_v1_model_instance
+
+
+def test_v1_models_are_still_recognised_once_pydantic_v1_is_loaded() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pydantic import v1
+
+    class OldModel(v1.BaseModel):
+        x: int
+
+    class NewModel(pydantic.BaseModel):
+        x: int
+
+    assert fastapi_compat.is_pydantic_v1_model_class(OldModel)
+    assert fastapi_compat.is_pydantic_v1_model_instance(OldModel(x=1))
+    assert not fastapi_compat.is_pydantic_v1_model_class(NewModel)
+    assert not fastapi_compat.is_pydantic_v1_model_instance(NewModel(x=1))
+    assert not fastapi_compat.is_pydantic_v1_model_class(int)
