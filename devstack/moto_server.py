@@ -9,9 +9,11 @@
    so nothing is lost in throughput. SQS long polls wait outside the lock (see
    SerializedApp), so a waiting poller holds up nobody.
 2. ``TransactWriteItems`` checks each condition once and backs up only the items it
-   touches, instead of deep-copying every table it touches; and ``Query`` on a table's
-   partition key reads that partition instead of sorting the whole table. Both cost moto time proportional to the table,
-   so the stack slowed down with every packet stored.
+   writes, instead of deep-copying every table it touches; and ``Query`` on a table's
+   partition key reads that partition instead of sorting the whole table. Both cost
+   moto time proportional to the table, so the stack slowed down with every packet stored.
+3. An ``UpdateExpression`` is parsed once per distinct text (moto parses it twice per
+   ``UpdateItem``): the AI worker's writes are UpdateItems.
 
 Run as ``python -m devstack.moto_server --port N``; it prints ``ready`` on stdout once it
 accepts connections.
