@@ -34,7 +34,7 @@ RESULTS = ROOT / "bench" / "results.json"
 AI_LATENCY_S = 1.0  # L: fixed mock AI latency for the worker and end-to-complete figures
 CONNECTIONS = 64  # requests in flight, for the simulator and for the storage baseline alike
 REPS = 5
-PAIRS = 9  # ingest-vs-storage pairs
+PAIRS = 11  # ingest-vs-storage pairs
 console = Console()
 
 BUDGETS: dict[str, tuple[str, float]] = {
