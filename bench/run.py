@@ -130,9 +130,11 @@ def storage_put_rate(stack: LocalStack, requests: int = 3000) -> float:
     """Raw conditional PutItem/s on the stack's moto server, CONNECTIONS in flight."""
     from botocore.config import Config
 
-    client = boto3.session.Session().client(
-        "dynamodb", endpoint_url=stack.moto_endpoint, config=Config(max_pool_connections=CONNECTIONS)
-    )
+    from callcore.bootstrap import CLIENT_CONFIG
+
+    # The app's own client settings (parameter validation off among them), as many connections as in flight.
+    config = CLIENT_CONFIG.merge(Config(max_pool_connections=CONNECTIONS))
+    client = boto3.session.Session().client("dynamodb", endpoint_url=stack.moto_endpoint, config=config)
     run_id = uuid.uuid4().hex[:8]
 
     def put(i: int) -> None:

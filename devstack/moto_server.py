@@ -256,8 +256,10 @@ def patch_item_responses() -> None:
 
     In DynamoDB's JSON protocol an answer is its result as JSON: attribute values are
     already ``{"S": ...}`` dicts of strings, numbers, booleans, lists and dicts. Only
-    binary attributes (bytes) and timestamps need the shapes; ``json.dumps`` refuses
-    those, and moto's serializer then writes the answer as before.
+    raw bytes (binary attributes, where moto keeps them as bytes) and timestamps need
+    the shapes; ``json.dumps`` refuses those, and moto's serializer then writes the
+    answer as before. (UpdateItem's answer holds binary attributes already base64-encoded:
+    written as they are, where moto's serializer would encode them a second time.)
     """
     from moto.dynamodb.responses import DynamoResult
 

@@ -63,10 +63,11 @@ class LazyClient:
     sandbox's first request, then reused by every request after it.
     """
 
-    def __init__(self, make: Callable[[], Any]) -> None:
+    def __init__(self, make: Callable[[], Any], lock: threading.RLock | None = None) -> None:
         self._make = make
         self._client: Any = None
-        self._lock = threading.Lock()
+        # Clients made from one boto3 Session share its lock: a Session is not thread-safe.
+        self._lock = lock or threading.RLock()
 
     def __getattr__(self, name: str) -> Any:
         if self._client is None:
@@ -90,10 +91,12 @@ def build_ports(
 ) -> Ports:
     """Build the ports, whose clients are made on first use. Locally, AWS_ENDPOINT_URL (or
     ``endpoint_url``) points them at moto."""
-    # The session too is made on first use (another 5 ms of init), once for both clients.
-    shared = LazyClient(lambda: session or _session())
-    dynamodb = LazyClient(lambda: shared.client("dynamodb", config=CLIENT_CONFIG, endpoint_url=endpoint_url))
-    sqs = LazyClient(lambda: shared.client("sqs", config=CLIENT_CONFIG, endpoint_url=endpoint_url))
+    # The session too is made on first use (another 5 ms of init), once for both clients,
+    # and all three are made under one lock (re-entrant: a client's maker uses the session).
+    lock = threading.RLock()
+    shared = LazyClient(lambda: session or _session(), lock)
+    dynamodb = LazyClient(lambda: shared.client("dynamodb", config=CLIENT_CONFIG, endpoint_url=endpoint_url), lock)
+    sqs = LazyClient(lambda: shared.client("sqs", config=CLIENT_CONFIG, endpoint_url=endpoint_url), lock)
     return Ports(
         settings=settings,
         store=DynamoDBCallStore(dynamodb, settings.calls_table, settings.packets_table),

@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 
 import httpx
+import pytest
 
 from callcore.bootstrap import Ports
 from tests.integration.helpers import drain_queue, packet, post_concurrently, stored_packets
@@ -41,25 +42,28 @@ def test_concurrent_distinct_packets_are_all_received(
     assert len(stored_packets(ports, call_id)) == n + 1
 
 
+# Sequence 0 opens a call with another transaction than the other sequences: race both.
+@pytest.mark.parametrize("sequence", [0, 7])
 def test_the_same_packet_ten_times_at_once_is_stored_once_with_one_202(
-    live_api: str, api: httpx.Client, ports: Ports, call_id: str
+    live_api: str, api: httpx.Client, ports: Ports, call_id: str, sequence: int
 ) -> None:
-    responses = post_concurrently(live_api, [(f"/v1/call/stream/{call_id}", packet(7))] * 10)
+    responses = post_concurrently(live_api, [(f"/v1/call/stream/{call_id}", packet(sequence))] * 10)
     assert Counter(r.status_code for r in responses) == {202: 1, 200: 9}
     assert sum(r.json()["status"] == "duplicate" for r in responses) == 9
-    assert stored_packets(ports, call_id) == {7: "audio-7"}
+    assert stored_packets(ports, call_id) == {sequence: f"audio-{sequence}"}
     stats = api.get(f"/v1/call/{call_id}").json()["packets"]
     assert (stats["received"], stats["duplicates"]) == (1, 9)
 
 
+@pytest.mark.parametrize("sequence", [0, 3])
 def test_one_sequence_with_different_data_at_once_keeps_exactly_the_accepted_one(
-    live_api: str, ports: Ports, call_id: str
+    live_api: str, ports: Ports, call_id: str, sequence: int
 ) -> None:
-    bodies = [packet(3, data=f"variant-{i}") for i in range(10)]
+    bodies = [packet(sequence, data=f"variant-{i}") for i in range(10)]
     responses = post_concurrently(live_api, [(f"/v1/call/stream/{call_id}", b) for b in bodies])
     assert Counter(r.status_code for r in responses) == {202: 1, 409: 9}
     winner = next(b for b, r in zip(bodies, responses, strict=True) if r.status_code == 202)
-    assert stored_packets(ports, call_id) == {3: winner["data"]}
+    assert stored_packets(ports, call_id) == {sequence: winner["data"]}
 
 
 def test_packets_racing_the_end_are_either_stored_and_in_the_ai_work_or_refused(

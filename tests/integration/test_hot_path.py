@@ -56,16 +56,28 @@ def test_a_call_opened_by_a_later_sequence_costs_two_write_requests_and_no_read(
 
 
 def test_sequence_0_of_an_existing_call_costs_one_write_request_and_changes_nothing_on_the_call(
-    api: httpx.Client, call_id: str, dynamodb_calls: list[str]
+    api: httpx.Client, ports: Ports, call_id: str, dynamodb_calls: list[str]
 ) -> None:
     assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).status_code == 202
-    before = api.get(f"/v1/call/{call_id}").json()
+    before = ports.store.get_call(call_id)
     dynamodb_calls.clear()
     assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
     assert dynamodb_calls == ["TransactWriteItems"]
-    after = api.get(f"/v1/call/{call_id}").json()
-    assert (after["created_at"], after["state"]) == (before["created_at"], "IN_PROGRESS")
-    assert after["packets"]["received"] == 2
+    assert ports.store.get_call(call_id) == before  # every attribute of the call item, updated_at included
+    assert api.get(f"/v1/call/{call_id}").json()["packets"]["received"] == 2
+
+
+def test_sequence_0_sent_again_after_the_end_is_a_duplicate_and_counted(
+    api: httpx.Client, ports: Ports, call_id: str
+) -> None:
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+    again = api.post(f"/v1/call/stream/{call_id}", json=packet(0))
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    other = api.post(f"/v1/call/stream/{call_id}", json=packet(0, data="other"))
+    assert other.status_code == 409
+    call = api.get(f"/v1/call/{call_id}").json()
+    assert (call["state"], call["packets"]["received"], call["packets"]["duplicates"]) == ("PROCESSING_AI", 1, 1)
 
 
 def test_a_duplicate_costs_two_write_requests_and_no_read(

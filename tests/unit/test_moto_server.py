@@ -32,6 +32,11 @@ RESULTS: dict[str, dict[str, Any]] = {
     "GetItem": {"Item": ITEM},
     "UpdateItem": {"Attributes": ITEM},
     "Scan": {"Count": 1, "ScannedCount": 1, "Items": [ITEM], "LastEvaluatedKey": {"call_id": {"S": "c1"}}},
+    "BatchGetItem": {
+        "Responses": {"CallsTable": [ITEM]},
+        "UnprocessedKeys": {},
+        "ConsumedCapacity": [{"TableName": "CallsTable", "CapacityUnits": 1.0}],
+    },
 }
 
 

@@ -32,12 +32,20 @@ def is_pydantic_v1_model_instance(obj: Any) -> bool:
     return v1 is not None and isinstance(obj, v1.BaseModel)
 
 
+_REPLACED = (
+    (fastapi._compat.shared, "is_pydantic_v1_model_class", is_pydantic_v1_model_class),
+    (fastapi._compat.shared, "is_pydantic_v1_model_instance", is_pydantic_v1_model_instance),
+    (fastapi._compat, "is_pydantic_v1_model_instance", is_pydantic_v1_model_instance),
+    (fastapi.encoders, "is_pydantic_v1_model_instance", is_pydantic_v1_model_instance),
+)
+
+
 def install() -> None:
-    """Replace FastAPI's checks, where it looks them up (by module global, or imported by name)."""
-    shared: Any = fastapi._compat.shared
-    shared.is_pydantic_v1_model_class = is_pydantic_v1_model_class
-    shared.is_pydantic_v1_model_instance = is_pydantic_v1_model_instance
-    compat: Any = fastapi._compat
-    compat.is_pydantic_v1_model_instance = is_pydantic_v1_model_instance
-    encoders: Any = fastapi.encoders
-    encoders.is_pydantic_v1_model_instance = is_pydantic_v1_model_instance
+    """Replace FastAPI's checks, where it looks them up (by module global, or imported by name).
+
+    Fails loudly if a FastAPI upgrade moved one, rather than patching a name nobody reads.
+    """
+    for module, name, replacement in _REPLACED:
+        if not callable(getattr(module, name, None)):
+            raise RuntimeError(f"{module.__name__}.{name} is gone: review ingest/fastapi_compat.py for this FastAPI")
+        setattr(module, name, replacement)
