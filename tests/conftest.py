@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from callcore.bootstrap import Ports, build_ports
+from callcore.bootstrap import AwsClients, Ports, build_clients, build_ports
 from callcore.settings import Settings
 from devstack.aws_env import point_sdks_at
 from devstack.moto_process import MotoProcess, free_port
@@ -89,8 +89,14 @@ def moto_stack() -> Iterator[MotoStack]:
 
 
 @pytest.fixture(scope="session")
-def ports(moto_stack: MotoStack) -> Ports:
-    return build_ports(moto_stack.settings())
+def aws_clients(moto_stack: MotoStack) -> AwsClients:
+    """The raw SDK clients behind the session's ports, for what a test reads or counts directly."""
+    return build_clients(endpoint_url=moto_stack.moto.endpoint)
+
+
+@pytest.fixture(scope="session")
+def ports(moto_stack: MotoStack, aws_clients: AwsClients) -> Ports:
+    return build_ports(moto_stack.settings(), aws_clients)
 
 
 class LiveServer:

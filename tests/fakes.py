@@ -14,7 +14,13 @@ import dataclasses
 import json
 import threading
 
-from callcore.domain.errors import AIError, CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
+from callcore.domain.errors import (
+    AIError,
+    CallNotFoundError,
+    CallTooLargeError,
+    DependencyUnavailableError,
+    InvalidTransitionError,
+)
 from callcore.domain.model import (
     AIResult,
     Arrival,
@@ -23,8 +29,8 @@ from callcore.domain.model import (
     CallState,
     Packet,
     Sentiment,
+    TransitionRule,
     WorkItem,
-    can_transition,
 )
 from callcore.ports import CallPage, PacketWrite
 
@@ -42,6 +48,8 @@ class InMemoryCallStore:
         self._lock = threading.Lock()
         self._calls: dict[str, Call] = {}
         self._packets: dict[str, dict[int, _StoredPacket]] = {}
+        # The token of each call's last transition and last attempt, as the adapter keeps them.
+        self._tokens: dict[tuple[str, str], str] = {}
 
     def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
         """Store the packet if its sequence is new AND the call is absent or IN_PROGRESS.
@@ -79,64 +87,50 @@ class InMemoryCallStore:
     def transition(
         self,
         call_id: str,
+        rule: TransitionRule,
         *,
-        source: CallState,
-        target: CallState,
         now: str,
-        new_round: bool = False,
+        token: str,
         expected_round: int | None = None,
         last_sequence: int | None = None,
         failure_reason: str | None = None,
         result: AIResult | None = None,
     ) -> Call:
-        """Like the adapter: the state machine must allow the move, and the call must be in ``source``
-        (and in ``expected_round``, when given)."""
-        if not can_transition(source, target):
-            raise InvalidTransitionError(call_id, source, target)
+        """Like the adapter: the call must be in the rule's source (and ``expected_round``, when
+        given); the same ``token`` again returns the call as it is."""
         with self._lock:
             call = self._calls.get(call_id)
             if call is None:
                 raise CallNotFoundError(call_id)
-            if call.state is not source or (expected_round is not None and call.round != expected_round):
-                raise InvalidTransitionError(call_id, call.state, target, call)
-            if failure_reason is None and target is CallState.COMPLETED:
-                failure_reason_after = None
-            else:
-                failure_reason_after = call.failure_reason if failure_reason is None else failure_reason
-            updated = dataclasses.replace(
-                call,
-                state=target,
-                updated_at=now,
-                round=call.round + 1 if new_round else call.round,
-                last_sequence=call.last_sequence if last_sequence is None else last_sequence,
-                failure_reason=failure_reason_after,
-                transcript=result.transcript if result else call.transcript,
-                sentiment=result.sentiment if result else call.sentiment,
+            if call.state is not rule.source or (expected_round is not None and call.round != expected_round):
+                if self._tokens.get((call_id, "transition")) == token:
+                    return call
+                raise InvalidTransitionError(call_id, call.state, rule.target, call)
+            updated = call.moved(
+                rule, now=now, last_sequence=last_sequence, failure_reason=failure_reason, result=result
             )
             self._calls[call_id] = updated
+            self._tokens[(call_id, "transition")] = token
             return updated
 
-    def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
-        """Only if the call is still in ``current`` in the same ``round``; otherwise nothing."""
+    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> int | None:
         with self._lock:
             call = self._calls.get(call_id)
-            if call is None or call.state is not current or call.round != round:
-                return
-            self._calls[call_id] = dataclasses.replace(call, state=back_to, updated_at=now)
-
-    def start_attempt(self, call_id: str, round: int, *, now: str) -> int | None:
-        with self._lock:
-            call = self._calls.get(call_id)
+            if self._tokens.get((call_id, "attempt")) == token and call is not None:
+                return call.ai_attempts
             if call is None or call.state is not CallState.PROCESSING_AI or call.round != round:
                 return None
             number = call.ai_attempts + 1
             record = AttemptRecord(round=round, number=number, started_at=now)
             self._calls[call_id] = dataclasses.replace(call, ai_attempts=number, attempts=[*call.attempts, record])
+            self._tokens[(call_id, "attempt")] = token
             return number
 
-    def record_attempt_error(self, call_id: str, attempt: int, error: str) -> None:
+    def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
         with self._lock:
             call = self._calls[call_id]
+            if call.round != round:
+                return
             attempts = list(call.attempts)
             attempts[attempt - 1] = dataclasses.replace(attempts[attempt - 1], error=error)
             self._calls[call_id] = dataclasses.replace(call, attempts=attempts, ai_last_error=error)
@@ -156,13 +150,23 @@ class InMemoryCallStore:
             stored = self._packets.get(call_id, {})
             return [Arrival(seq, stored[seq].received_at_ns) for seq in sorted(stored)]
 
-    def packets(self, call_id: str) -> list[Packet]:
-        """Every stored packet of the call, in sequence order."""
+    def packets(self, call_id: str, *, max_bytes: int | None = None) -> list[Packet]:
+        """Every stored packet of the call, in sequence order; CallTooLargeError past ``max_bytes``."""
         with self._lock:
             stored = self._packets.get(call_id, {})
-            return [stored[seq].packet for seq in sorted(stored)]
+            packets = [stored[seq].packet for seq in sorted(stored)]
+        total = 0
+        for packet in packets:
+            total += len(packet.data)
+            if max_bytes is not None and total > max_bytes:
+                raise CallTooLargeError(
+                    f"call {call_id!r} has more than {max_bytes} bytes of packet data (at packet {packet.sequence})"
+                )
+        return packets
 
-    def list_calls(self, state: CallState, *, limit: int, cursor: str | None) -> CallPage:
+    def list_calls(
+        self, state: CallState, *, limit: int, cursor: str | None, updated_before: str | None = None
+    ) -> CallPage:
         """Calls in ``state``, most recently updated first (ties: call_id descending).
 
         The cursor is a position (updated_at, call_id), like DynamoDB's
@@ -174,7 +178,11 @@ class InMemoryCallStore:
         after = _decode_cursor(cursor, state) if cursor else None
         with self._lock:
             ordered = sorted(
-                (c for c in self._calls.values() if c.state is state),
+                (
+                    c
+                    for c in self._calls.values()
+                    if c.state is state and (updated_before is None or c.updated_at < updated_before)
+                ),
                 key=lambda c: (c.updated_at, c.call_id),
                 reverse=True,
             )

@@ -15,7 +15,7 @@ from botocore.loaders import Loader
 
 from callcore.adapters.dynamodb_store import DynamoDBCallStore
 from callcore.adapters.sqs_queue import SQSWorkQueue
-from callcore.ports import AIProvider
+from callcore.ports import AIProvider, CallStore, WorkQueue
 from callcore.settings import Settings
 
 # Fail fast: a PBX retries a 503 sooner than it would wait for a hung request, and the
@@ -78,31 +78,43 @@ class LazyClient:
 
 
 @dataclass(frozen=True)
-class Ports:
-    settings: Settings
-    store: DynamoDBCallStore
-    queue: SQSWorkQueue
+class AwsClients:
+    """The SDK clients the adapters use, made on first use. Only bootstrap and tools see them."""
+
     dynamodb: Any
     sqs: Any
 
 
-def build_ports(
-    settings: Settings, session: boto3.session.Session | None = None, endpoint_url: str | None = None
-) -> Ports:
-    """Build the ports, whose clients are made on first use. Locally, AWS_ENDPOINT_URL (or
-    ``endpoint_url``) points them at moto."""
+@dataclass(frozen=True)
+class Ports:
+    """What routes and handlers get: the settings and the ports, never a raw client."""
+
+    settings: Settings
+    store: CallStore
+    queue: WorkQueue
+
+
+def build_clients(session: boto3.session.Session | None = None, endpoint_url: str | None = None) -> AwsClients:
+    """Clients made on first use. Locally, AWS_ENDPOINT_URL (or ``endpoint_url``) points them at moto."""
     # The session too is made on first use (another 5 ms of init), once for both clients,
     # and all three are made under one lock (re-entrant: a client's maker uses the session).
     lock = threading.RLock()
     shared = LazyClient(lambda: session or _session(), lock)
-    dynamodb = LazyClient(lambda: shared.client("dynamodb", config=CLIENT_CONFIG, endpoint_url=endpoint_url), lock)
-    sqs = LazyClient(lambda: shared.client("sqs", config=CLIENT_CONFIG, endpoint_url=endpoint_url), lock)
+    return AwsClients(
+        dynamodb=LazyClient(lambda: shared.client("dynamodb", config=CLIENT_CONFIG, endpoint_url=endpoint_url), lock),
+        sqs=LazyClient(lambda: shared.client("sqs", config=CLIENT_CONFIG, endpoint_url=endpoint_url), lock),
+    )
+
+
+def build_ports(
+    settings: Settings, clients: AwsClients | None = None, *, endpoint_url: str | None = None
+) -> Ports:
+    """The ports over ``clients`` (by default new ones, for ``endpoint_url``)."""
+    clients = clients or build_clients(endpoint_url=endpoint_url)
     return Ports(
         settings=settings,
-        store=DynamoDBCallStore(dynamodb, settings.calls_table, settings.packets_table),
-        queue=SQSWorkQueue(sqs, settings.work_queue_url),
-        dynamodb=dynamodb,
-        sqs=sqs,
+        store=DynamoDBCallStore(clients.dynamodb, settings.calls_table, settings.packets_table),
+        queue=SQSWorkQueue(clients.sqs, settings.work_queue_url),
     )
 
 
@@ -120,6 +132,12 @@ def build_ai_provider(settings: Settings) -> AIProvider:
 
 
 @functools.cache
+def default_clients() -> AwsClients:
+    """The process-wide clients (one set per Lambda sandbox)."""
+    return build_clients()
+
+
+@functools.cache
 def default_ports() -> Ports:
     """The process-wide ports, built on first use and reused by every request."""
-    return build_ports(Settings.from_env())
+    return build_ports(Settings.from_env(), default_clients())

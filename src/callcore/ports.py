@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from callcore.domain.model import AIResult, Arrival, Call, CallState, Packet, Sentiment, WorkItem
+    from callcore.domain.model import (
+        AIResult,
+        Arrival,
+        Call,
+        CallState,
+        Packet,
+        Sentiment,
+        TransitionRule,
+        WorkItem,
+    )
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,12 @@ class CallPage:
 
 
 class CallStore(Protocol):
+    """Where calls and their packets live. Every method is one atomic step (one conditional write).
+
+    The rules (which transitions exist, what they change) come from the domain: a store
+    carries out a ``TransitionRule``, it does not decide one.
+    """
+
     def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
         """Store a packet atomically with its call (created by its first packet), only while IN_PROGRESS."""
         ...
@@ -39,38 +54,38 @@ class CallStore(Protocol):
     def transition(
         self,
         call_id: str,
+        rule: TransitionRule,
         *,
-        source: CallState,
-        target: CallState,
         now: str,
-        new_round: bool = False,
+        token: str,
         expected_round: int | None = None,
         last_sequence: int | None = None,
         failure_reason: str | None = None,
         result: AIResult | None = None,
     ) -> Call:
-        """Move the call from ``source`` (in ``expected_round``, if given) to ``target`` in one conditional write.
+        """Carry out ``rule`` if the call is in its source state (and in ``expected_round``, if given).
 
+        ``token`` names this one request: the same token again (a write resent after its
+        answer was lost) returns the call as moved, instead of a refusal.
         Raises CallNotFoundError, or InvalidTransitionError with the current state.
         """
         ...
 
-    def start_attempt(self, call_id: str, round: int, *, now: str) -> int | None:
+    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> int | None:
         """Count one AI attempt, only while the call is PROCESSING_AI in ``round``.
 
         Returns the attempt's number (over all rounds), or None when the call is not
-        PROCESSING_AI in that round: the work item is stale or a duplicate.
+        PROCESSING_AI in that round: the work item is stale or a duplicate. The same
+        ``token`` again counts nothing and returns the same number.
         """
         ...
 
-    def record_attempt_error(self, call_id: str, attempt: int, error: str) -> None: ...
-
-    def packets(self, call_id: str) -> list[Packet]:
-        """Every stored packet of the call, in sequence order."""
+    def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
+        """Note an attempt's error, only while the call is still in ``round``."""
         ...
 
-    def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
-        """Undo a transition whose follow-up failed, if nothing moved the call since."""
+    def packets(self, call_id: str, *, max_bytes: int | None = None) -> list[Packet]:
+        """Every stored packet of the call, in sequence order. Raises CallTooLargeError past ``max_bytes``."""
         ...
 
     def mark_enqueued(self, call_id: str, round: int) -> None:
@@ -81,13 +96,22 @@ class CallStore(Protocol):
 
     def arrivals(self, call_id: str) -> list[Arrival]: ...
 
-    def list_calls(self, state: CallState, *, limit: int, cursor: str | None) -> CallPage:
-        """Calls in one state, most recently changed first. Raises ValueError for a bad cursor."""
+    def list_calls(
+        self, state: CallState, *, limit: int, cursor: str | None, updated_before: str | None = None
+    ) -> CallPage:
+        """Calls in one state, most recently changed first, changed before ``updated_before`` if given.
+
+        Raises ValueError for a bad cursor.
+        """
         ...
 
 
 class WorkQueue(Protocol):
     def send(self, item: WorkItem) -> None: ...
+
+    def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
+        """When the queue may deliver a received message again: a failed attempt's backoff."""
+        ...
 
 
 class AIProvider(Protocol):

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from callcore.clock import now_iso, now_ns, seconds_since
+from callcore.clock import iso_seconds_ago, now_iso, now_ns, seconds_since
 from callcore.domain.errors import (
     CallNotAcceptingPacketsError,
     CallNotFoundError,
+    CallTooLargeError,
     DependencyUnavailableError,
     InvalidTransitionError,
     PermanentAIError,
     RetryableAIError,
     SequenceConflictError,
 )
-from callcore.domain.model import AIResult, Call, CallState, Packet, PacketStats, WorkItem
+from callcore.domain.model import AIResult, Call, CallState, Packet, PacketStats, WorkItem, error_text, transition_rule
 from callcore.ports import AIProvider, CallPage, CallStore, WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -56,72 +58,50 @@ class EndOutcome:
     processing: bool  # True while the call's AI work is pending (202), False once finished (200)
 
 
+def new_token() -> str:
+    """A name for one write request, so that the same request resent is recognised as itself."""
+    return uuid.uuid4().hex
+
+
 def end_call(store: CallStore, queue: WorkQueue, call_id: str, last_sequence: int | None = None) -> EndOutcome:
-    """IN_PROGRESS -> PROCESSING_AI and exactly one work item; repeating it changes nothing."""
+    """IN_PROGRESS -> PROCESSING_AI and exactly one work item; repeating it changes nothing.
+
+    Once the call is PROCESSING_AI its round's work item will be processed: sent by the
+    request that moved it, or, if that send failed, by the sweeper (``sweep_processing``).
+    So every 202 for an end, this one's or a repeat's, keeps that promise.
+    """
+    rule = transition_rule(call_id, CallState.IN_PROGRESS, CallState.PROCESSING_AI)
     try:
-        call = store.transition(
-            call_id,
-            source=CallState.IN_PROGRESS,
-            target=CallState.PROCESSING_AI,
-            now=now_iso(),
-            new_round=True,
-            last_sequence=last_sequence,
-        )
+        call = store.transition(call_id, rule, now=now_iso(), token=new_token(), last_sequence=last_sequence)
     except InvalidTransitionError as exc:
-        if exc.call is not None and _work_item_may_be_lost(exc.call):
-            _send(store, queue, exc.call)
         return EndOutcome(state=exc.current, processing=exc.current is CallState.PROCESSING_AI)
-    _enqueue(store, queue, call, previous=CallState.IN_PROGRESS)
+    _enqueue(store, queue, call)
     return EndOutcome(state=call.state, processing=True)
 
 
-# Longer than any request that could still be sending a round's first work item (the
-# ingest function times out after 10 s), so concurrent ends never send a second one.
-RESEND_AFTER_S = 30.0
-
-
-def _work_item_may_be_lost(call: Call) -> bool:
-    """PROCESSING_AI, but the request that moved it there never recorded its send.
-
-    That happens only when SQS failed and putting the call back failed too; without a
-    new send the call would stay in PROCESSING_AI forever.
-    """
-    return (
-        call.state is CallState.PROCESSING_AI
-        and call.enqueued_round < call.round
-        and seconds_since(call.updated_at) > RESEND_AFTER_S
-    )
-
-
-def _send(store: CallStore, queue: WorkQueue, call: Call) -> None:
-    queue.send(WorkItem(call_id=call.call_id, round=call.round))
-    try:
-        store.mark_enqueued(call.call_id, call.round)
-    except DependencyUnavailableError:
-        # The item is on the queue. At worst a later end sends it again, and the worker
-        # acts on one work item a round.
-        logger.warning("call %s round %d: work item sent but not recorded", call.call_id, call.round)
-
-
-def _enqueue(store: CallStore, queue: WorkQueue, call: Call, *, previous: CallState) -> None:
-    """Send the call's work item; if that fails, put the call back so the client can retry.
+def _enqueue(store: CallStore, queue: WorkQueue, call: Call) -> None:
+    """Send the work item of the round that ``call`` just entered, and record that it was sent.
 
     Only the request that won the transition sends, which is why concurrent ends put
-    exactly one item on the queue.
+    exactly one item on the queue. A failed send is not undone by moving the call back:
+    a concurrent repeat of the end may already have answered 202 on seeing
+    PROCESSING_AI. The call keeps ``enqueued_round < round``, and the sweeper sends the
+    item once no request can still be sending it.
     """
+    item = WorkItem(call_id=call.call_id, round=call.round)
     try:
-        _send(store, queue, call)
-    except DependencyUnavailableError:
-        try:
-            store.revert_transition(call.call_id, current=call.state, round=call.round, back_to=previous, now=now_iso())
-        except DependencyUnavailableError:
-            logger.error(
-                "call %s is %s in round %d but its work item was not sent and the state could not be reverted",
-                call.call_id,
-                call.state.value,
-                call.round,
-            )
-        raise
+        queue.send(item)
+    except DependencyUnavailableError as exc:
+        logger.warning(
+            "call %s round %d: work item not sent (%s); the sweeper will send it", call.call_id, call.round, exc
+        )
+        return
+    try:
+        store.mark_enqueued(call.call_id, call.round)
+    except DependencyUnavailableError as exc:
+        # The item is on the queue. At worst the sweeper sends it again, and the worker
+        # acts on one work item a round.
+        logger.warning("call %s round %d: work item sent but not recorded (%s)", call.call_id, call.round, exc)
 
 
 @dataclass(frozen=True)
@@ -149,10 +129,9 @@ def retry_call(store: CallStore, queue: WorkQueue, call_id: str) -> Call:
 
     Raises CallNotFoundError, or InvalidTransitionError from any state but FAILED.
     """
-    call = store.transition(
-        call_id, source=CallState.FAILED, target=CallState.PROCESSING_AI, now=now_iso(), new_round=True
-    )
-    _enqueue(store, queue, call, previous=CallState.FAILED)
+    rule = transition_rule(call_id, CallState.FAILED, CallState.PROCESSING_AI)
+    call = store.transition(call_id, rule, now=now_iso(), token=new_token())
+    _enqueue(store, queue, call)
     return call
 
 
@@ -162,29 +141,37 @@ class ProcessOutcome(StrEnum):
     SKIPPED = "skipped"  # not PROCESSING_AI in the item's round: already done, or a stale duplicate
 
 
-async def process_call(store: CallStore, ai: AIProvider, item: WorkItem) -> ProcessOutcome:
+async def process_call(store: CallStore, ai: AIProvider, item: WorkItem, *, max_call_bytes: int) -> ProcessOutcome:
     """One AI attempt for a work item.
 
     Raises RetryableAIError (or DependencyUnavailableError) for SQS to deliver the item
-    again; a permanent AI error fails the call at once instead of burning retries.
-    Every write is conditional on the call being PROCESSING_AI in the item's round, so
-    a redelivered message changes nothing once the round is over.
+    again; a permanent AI error, or a call over its size limits, fails the call at once
+    instead of burning retries. Every write is conditional on the call being
+    PROCESSING_AI in the item's round, so a redelivered message changes nothing once the
+    round is over.
     """
-    attempt = await asyncio.to_thread(store.start_attempt, item.call_id, item.round, now=now_iso())
+    attempt = await asyncio.to_thread(
+        functools.partial(store.start_attempt, item.call_id, item.round, now=now_iso(), token=new_token())
+    )
     if attempt is None:
         return ProcessOutcome.SKIPPED
-    packets = await asyncio.to_thread(store.packets, item.call_id)
     try:
+        packets = await asyncio.to_thread(functools.partial(store.packets, item.call_id, max_bytes=max_call_bytes))
         transcript = await ai.transcribe(item.call_id, packets)
         sentiment = await ai.score_sentiment(transcript)
-    except PermanentAIError as exc:
-        await asyncio.to_thread(store.record_attempt_error, item.call_id, attempt, str(exc))
+    except (PermanentAIError, CallTooLargeError) as exc:
+        await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
         reason = f"AI failed permanently on attempt {attempt}: {exc}"
         return await _finish(store, item, CallState.FAILED, failure_reason=reason)
     except RetryableAIError as exc:
-        await asyncio.to_thread(store.record_attempt_error, item.call_id, attempt, str(exc))
+        await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
         raise
-    return await _finish(store, item, CallState.COMPLETED, result=AIResult(transcript, sentiment))
+    result = AIResult(transcript, sentiment).bounded()
+    try:
+        return await _finish(store, item, CallState.COMPLETED, result=result)
+    except CallTooLargeError as exc:
+        reason = f"the AI result could not be stored on attempt {attempt}: {exc}"
+        return await _finish(store, item, CallState.FAILED, failure_reason=reason)
 
 
 async def _finish(
@@ -195,14 +182,15 @@ async def _finish(
     failure_reason: str | None = None,
     result: AIResult | None = None,
 ) -> ProcessOutcome:
+    rule = transition_rule(item.call_id, CallState.PROCESSING_AI, target)
     try:
         await asyncio.to_thread(
             functools.partial(
                 store.transition,
                 item.call_id,
-                source=CallState.PROCESSING_AI,
-                target=target,
+                rule,
                 now=now_iso(),
+                token=new_token(),
                 expected_round=item.round,
                 failure_reason=failure_reason,
                 result=result,
@@ -211,6 +199,21 @@ async def _finish(
     except InvalidTransitionError:
         return ProcessOutcome.SKIPPED  # a duplicate delivery finished the round first
     return ProcessOutcome.COMPLETED if target is CallState.COMPLETED else ProcessOutcome.FAILED
+
+
+def _fail_round(store: CallStore, call_id: str, round: int, reason: str) -> bool:
+    """PROCESSING_AI -> FAILED for ``round`` only; False when the round was already over."""
+    rule = transition_rule(call_id, CallState.PROCESSING_AI, CallState.FAILED)
+    try:
+        store.transition(call_id, rule, now=now_iso(), token=new_token(), expected_round=round, failure_reason=reason)
+    except InvalidTransitionError:
+        return False
+    return True
+
+
+def _attempts_text(call: Call, round: int) -> str:
+    in_round = sum(1 for a in call.attempts if a.round == round)
+    return f"{in_round} attempt{'s' if in_round != 1 else ''}; last error: {call.ai_last_error or 'none recorded'}"
 
 
 def fail_exhausted(store: CallStore, item: WorkItem) -> bool:
@@ -222,43 +225,57 @@ def fail_exhausted(store: CallStore, item: WorkItem) -> bool:
     call = store.get_call(item.call_id)
     if call is None or call.state is not CallState.PROCESSING_AI or call.round != item.round:
         return False
-    in_round = sum(1 for a in call.attempts if a.round == item.round)
-    reason = (
-        f"AI processing gave up after {in_round} attempt{'s' if in_round != 1 else ''}"
-        f" (all retries used); last error: {call.ai_last_error or 'none recorded'}"
-    )
-    try:
-        store.transition(
-            item.call_id,
-            source=CallState.PROCESSING_AI,
-            target=CallState.FAILED,
-            now=now_iso(),
-            expected_round=item.round,
-            failure_reason=reason,
-        )
-    except InvalidTransitionError:
-        return False
-    return True
+    reason = f"AI processing gave up after all retries ({_attempts_text(call, item.round)})"
+    return _fail_round(store, item.call_id, item.round, reason)
 
 
-def resend_lost_work(store: CallStore, queue: WorkQueue, *, page_size: int = 100) -> int:
-    """Send the work item of every PROCESSING_AI call whose send was never recorded.
+@dataclass(frozen=True)
+class SweepOutcome:
+    resent: int
+    failed: int
 
-    The end (or retry) that moved such a call failed to reach SQS and failed to put the
-    call back too; without this sweep it would stay in PROCESSING_AI. Returns how many
-    items were sent.
+
+def sweep_processing(
+    store: CallStore,
+    queue: WorkQueue,
+    *,
+    resend_after_s: float,
+    give_up_after_s: float,
+    page_size: int = 100,
+) -> SweepOutcome:
+    """No call stays PROCESSING_AI for good.
+
+    - A round whose work item was never recorded as sent (its end's send failed) gets
+      it sent, once no request can still be sending it (``resend_after_s``, longer than
+      any ingest request).
+    - A round older than ``give_up_after_s``, the longest a work item can spend in its
+      retries and the dead-letter queue, lost its item (expired from the queue, or the
+      dead-letter handler could not record the failure): the call is FAILED with that
+      reason, and the operator can retry it.
     """
-    sent = 0
+    resent = failed = 0
+    cutoff = iso_seconds_ago(resend_after_s)
     cursor: str | None = None
     while True:
-        page = store.list_calls(CallState.PROCESSING_AI, limit=page_size, cursor=cursor)
-        for call in page.calls:
-            if _work_item_may_be_lost(call):
-                logger.warning(
-                    "call %s round %d: resending a work item that was never recorded", call.call_id, call.round
+        page = store.list_calls(CallState.PROCESSING_AI, limit=page_size, cursor=cursor, updated_before=cutoff)
+        for listed in page.calls:
+            age = seconds_since(listed.updated_at)
+            if age > give_up_after_s:
+                call = store.get_call(listed.call_id) or listed
+                reason = (
+                    f"no AI result {age:.0f} s after the call entered PROCESSING_AI (the retries end within "
+                    f"{give_up_after_s:.0f} s): its work item was lost ({_attempts_text(call, listed.round)}). "
+                    "Retry the call to process it again."
                 )
-                _send(store, queue, call)
-                sent += 1
+                if _fail_round(store, listed.call_id, listed.round, reason):
+                    logger.error("call %s round %d: work item lost; call FAILED", listed.call_id, listed.round)
+                    failed += 1
+            elif listed.enqueued_round < listed.round:
+                logger.warning(
+                    "call %s round %d: sending a work item never recorded as sent", listed.call_id, listed.round
+                )
+                _enqueue(store, queue, listed)
+                resent += 1
         if page.next_cursor is None:
-            return sent
+            return SweepOutcome(resent=resent, failed=failed)
         cursor = page.next_cursor

@@ -58,6 +58,17 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     # Under DynamoDB's 400 KB item limit, with room for the packet's other attributes.
     max_packet_bytes: int = 256 * 1024
+    # Sequences 0 .. MAX_CALL_PACKETS - 1: two hours of 20 ms packets.
+    max_call_packets: int = 360_000
+    # Packet data of one call the worker will load: two hours of 8 kHz mu-law is 77 MB of base64.
+    max_call_bytes: int = 128 * 1024 * 1024
+    # The sweeper sends a round's unsent work item only after this long, when no ingest
+    # request (10 s timeout) can still be sending it: concurrent ends never send two.
+    work_resend_after_s: float = 30.0
+    # After this long in PROCESSING_AI a round's work item is lost for good: longer than
+    # MAX_RECEIVE_COUNT receives at the work queue's 360 s visibility timeout, plus the
+    # dead-letter handler's retries. The sweeper then fails the call with that reason.
+    processing_timeout_s: float = 3600.0
     api_port: int = 8000
     moto_port: int = 5000
 
@@ -79,9 +90,15 @@ class Settings:
             max_receive_count=_int(env, "MAX_RECEIVE_COUNT", cls.max_receive_count, 1),
             api_keys=tuple(k.strip() for k in env.get("API_KEYS", "").split(",") if k.strip()),
             max_packet_bytes=_int(env, "MAX_PACKET_BYTES", cls.max_packet_bytes, 1),
+            max_call_packets=_int(env, "MAX_CALL_PACKETS", cls.max_call_packets, 1),
+            max_call_bytes=_int(env, "MAX_CALL_BYTES", cls.max_call_bytes, 1),
+            work_resend_after_s=_float(env, "WORK_RESEND_AFTER_S", cls.work_resend_after_s, 1.0),
+            processing_timeout_s=_float(env, "PROCESSING_TIMEOUT_S", cls.processing_timeout_s, 1.0),
             api_port=_int(env, "API_PORT", cls.api_port, 1),
             moto_port=_int(env, "MOTO_PORT", cls.moto_port, 1),
         )
+        if settings.processing_timeout_s <= settings.work_resend_after_s:
+            raise SettingsError("PROCESSING_TIMEOUT_S must be longer than WORK_RESEND_AFTER_S")
         if settings.ai_max_latency_s < settings.ai_min_latency_s:
             raise SettingsError("AI_MAX_LATENCY_S must be >= AI_MIN_LATENCY_S")
         if settings.ai_provider not in {"mock"}:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from callcore.bootstrap import Ports
+from callcore.bootstrap import AwsClients, Ports
 
 
 def packet(sequence: int, data: str | None = None, timestamp: float | None = None) -> dict[str, Any]:
@@ -20,8 +22,47 @@ def packet(sequence: int, data: str | None = None, timestamp: float | None = Non
     }
 
 
+# Under LOCAL_FAULTS the moto server answers like AWS under stress, and the app may
+# answer 503: tests then retry as a PBX would, and assert what still must hold.
+FAULTS_ON = bool(os.environ.get("LOCAL_FAULTS", "").strip())
+MAX_503_RETRIES = 10
+
+
+@dataclass
+class Answers:
+    """Every answer a retrying client saw, and the last one of each request."""
+
+    final: list[httpx.Response] = field(default_factory=list)
+    all_statuses: list[int] = field(default_factory=list)
+
+    @property
+    def unexpected(self) -> list[int]:
+        """Answers a client must never see: anything but 2xx, 4xx and 503."""
+        return [s for s in self.all_statuses if not (200 <= s < 300 or 400 <= s < 500 or s == 503)]
+
+
+async def post_retrying(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any] | None, seen: list[int] | None = None
+) -> httpx.Response:
+    """POST, and on 503 wait Retry-After (at most 1 s here) and send the same request again."""
+    for _ in range(MAX_503_RETRIES):
+        response = await client.post(path, json=body) if body is not None else await client.post(path)
+        if seen is not None:
+            seen.append(response.status_code)
+        if response.status_code != 503:
+            return response
+        await asyncio.sleep(min(1.0, float(response.headers.get("Retry-After", "1"))))
+    return response
+
+
 def post_concurrently(base_url: str, requests: Sequence[tuple[str, dict[str, Any] | None]]) -> list[httpx.Response]:
     """Send every (path, json) at once over separate connections; answers in request order."""
+    return post_concurrently_retrying(base_url, requests).final
+
+
+def post_concurrently_retrying(base_url: str, requests: Sequence[tuple[str, dict[str, Any] | None]]) -> Answers:
+    """Send every (path, json) at once over separate connections, each retried on 503 like a PBX."""
+    answers = Answers()
 
     async def run() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=len(requests) + 1, max_keepalive_connections=0)
@@ -30,14 +71,15 @@ def post_concurrently(base_url: str, requests: Sequence[tuple[str, dict[str, Any
 
             async def one(path: str, body: dict[str, Any] | None) -> httpx.Response:
                 await start.wait()
-                return await client.post(path, json=body) if body is not None else await client.post(path)
+                return await post_retrying(client, path, body, answers.all_statuses)
 
             tasks = [asyncio.create_task(one(p, b)) for p, b in requests]
             await asyncio.sleep(0)  # let every task reach the start line
             start.set()
             return list(await asyncio.gather(*tasks))
 
-    return asyncio.run(run())
+    answers.final = asyncio.run(run())
+    return answers
 
 
 def stored_packets(ports: Ports, call_id: str) -> dict[int, str]:
@@ -45,14 +87,14 @@ def stored_packets(ports: Ports, call_id: str) -> dict[int, str]:
     return {p.sequence: p.data for p in ports.store.packets(call_id)}
 
 
-def drain_queue(ports: Ports, queue_url: str) -> list[dict[str, Any]]:
+def drain_queue(clients: AwsClients, queue_url: str) -> list[dict[str, Any]]:
     """Receive and delete every message now visible on a queue; return their bodies."""
     bodies: list[dict[str, Any]] = []
     while True:
-        response = ports.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        response = clients.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
         messages = response.get("Messages", [])
         if not messages:
             return bodies
         for message in messages:
             bodies.append(json.loads(message["Body"]))
-            ports.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            clients.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -10,23 +10,23 @@ import boto3
 import httpx
 import pytest
 
-from callcore.bootstrap import Ports
+from callcore.bootstrap import AwsClients, Ports
 from tests.integration.helpers import packet
 
 
 @pytest.fixture
-def dynamodb_calls(ports: Ports) -> Iterator[list[str]]:
+def dynamodb_calls(aws_clients: AwsClients) -> Iterator[list[str]]:
     """The DynamoDB operations the app's client sends, in order."""
     calls: list[str] = []
 
     def record(model: Any, **kwargs: Any) -> None:
         calls.append(model.name)
 
-    ports.dynamodb.meta.events.register("before-call.dynamodb", record)
+    aws_clients.dynamodb.meta.events.register("before-call.dynamodb", record)
     try:
         yield calls
     finally:
-        ports.dynamodb.meta.events.unregister("before-call.dynamodb", record)
+        aws_clients.dynamodb.meta.events.unregister("before-call.dynamodb", record)
 
 
 def test_a_new_packet_costs_one_write_request_and_no_read(

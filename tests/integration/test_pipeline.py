@@ -17,7 +17,7 @@ import pytest
 from ai_worker import dlq
 from ai_worker.handler import WorkerDeps, build_handler
 from callcore.adapters.ai.mock import MockAIProvider
-from callcore.bootstrap import Ports, build_ports
+from callcore.bootstrap import AwsClients, Ports, build_clients, build_ports
 from callcore.domain.errors import RetryableAIError
 from callcore.domain.model import Packet, Sentiment, WorkItem
 from devstack.poller import SqsPoller, build_pollers, to_lambda_record
@@ -57,6 +57,7 @@ class SwitchableAI:
 class Pipeline:
     stack: MotoStack
     ports: Ports
+    clients: AwsClients
     api: httpx.Client
     ai: SwitchableAI = field(default_factory=lambda: SwitchableAI(0.0))
 
@@ -87,7 +88,7 @@ class Pipeline:
             time.sleep(0.05)
 
     def queue_is_empty(self, logical_name: str) -> bool:
-        attrs = self.ports.sqs.get_queue_attributes(
+        attrs = self.clients.sqs.get_queue_attributes(
             QueueUrl=self.stack.stack.queue_urls[logical_name],
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )["Attributes"]
@@ -132,14 +133,15 @@ def pipeline_stack() -> Iterator[MotoStack]:
 @pytest.fixture
 def pipeline(pipeline_stack: MotoStack) -> Iterator[Pipeline]:
     settings = pipeline_stack.settings(MAX_RECEIVE_COUNT=MAX_RECEIVES, RETRY_BASE_DELAY_S=0, RETRY_MAX_DELAY_S=0)
-    ports = build_ports(settings, endpoint_url=pipeline_stack.moto.endpoint)
+    clients = build_clients(endpoint_url=pipeline_stack.moto.endpoint)
+    ports = build_ports(settings, clients)
     from ingest.app import create_app
 
     with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=30) as api:
-        pipe = Pipeline(stack=pipeline_stack, ports=ports, api=api)
+        pipe = Pipeline(stack=pipeline_stack, ports=ports, clients=clients, api=api)
         deps = WorkerDeps(settings=settings, store=ports.store, ai=pipe.ai, queue=ports.queue)
         handlers = {"AiWorkerFunction": build_handler(deps), "DlqHandlerFunction": dlq.build_handler(ports.store)}
-        pollers = build_pollers(load_template(), pipeline_stack.stack, ports.sqs, handlers)
+        pollers = build_pollers(load_template(), pipeline_stack.stack, clients.sqs, handlers)
         with RunningPollers(pollers):
             yield pipe
 
@@ -162,7 +164,7 @@ def test_an_always_failing_ai_fails_the_call_through_the_dlq_after_max_receives(
     call = pipeline.wait_for_states([call_id], FINAL)[call_id]
     assert call["state"] == "FAILED"
     assert call["ai"]["attempts"] == MAX_RECEIVES
-    assert call["failure_reason"].startswith(f"AI processing gave up after {MAX_RECEIVES} attempts")
+    assert call["failure_reason"].startswith(f"AI processing gave up after all retries ({MAX_RECEIVES} attempts")
     assert "HTTP 503" in call["failure_reason"]
     assert [h["error"] is not None for h in call["ai"]["history"]] == [True] * MAX_RECEIVES
 
@@ -233,7 +235,7 @@ def _received_batch(pipeline: Pipeline, expected: int) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10
     while len(messages) < expected and time.monotonic() < deadline:
-        response = pipeline.ports.sqs.receive_message(
+        response = pipeline.clients.sqs.receive_message(
             QueueUrl=url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
         )
         messages += response.get("Messages", [])
@@ -245,11 +247,12 @@ def _received_batch(pipeline: Pipeline, expected: int) -> dict[str, Any]:
 def idle_stack(pipeline_stack: MotoStack) -> Iterator[Pipeline]:
     """The pipeline's stack with no pollers, so a test can invoke the worker by hand."""
     settings = pipeline_stack.settings(MAX_RECEIVE_COUNT=MAX_RECEIVES, RETRY_BASE_DELAY_S=30, RETRY_MAX_DELAY_S=30)
-    ports = build_ports(settings, endpoint_url=pipeline_stack.moto.endpoint)
+    clients = build_clients(endpoint_url=pipeline_stack.moto.endpoint)
+    ports = build_ports(settings, clients)
     from ingest.app import create_app
 
     with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=30) as api:
-        yield Pipeline(stack=pipeline_stack, ports=ports, api=api)
+        yield Pipeline(stack=pipeline_stack, ports=ports, clients=clients, api=api)
 
 
 class RecordingQueue:
@@ -258,6 +261,9 @@ class RecordingQueue:
     def __init__(self, queue: Any) -> None:
         self._queue = queue
         self.visibility_changes: list[tuple[str, int]] = []
+
+    def send(self, item: WorkItem) -> None:
+        self._queue.send(item)
 
     def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
         self._queue.change_visibility(receipt_handle, timeout_s)
@@ -305,5 +311,5 @@ def test_a_batch_reports_exactly_its_failing_record_and_runs_its_records_concurr
     assert handle == failing_handle
     assert 0 <= delay <= 30
     if delay >= 1:
-        again = idle_stack.ports.sqs.receive_message(QueueUrl=idle_stack.stack.stack.queue_urls["WorkQueue"])
+        again = idle_stack.clients.sqs.receive_message(QueueUrl=idle_stack.stack.stack.queue_urls["WorkQueue"])
         assert again.get("Messages", []) == []

@@ -22,7 +22,7 @@ from callcore.bootstrap import build_ai_provider, default_ports
 from callcore.domain.errors import DependencyUnavailableError, RetryableAIError
 from callcore.domain.model import WorkItem
 from callcore.domain.retry import backoff_delay
-from callcore.ports import AIProvider, CallStore
+from callcore.ports import AIProvider, CallStore, WorkQueue
 from callcore.settings import Settings
 
 logger = Logger(service="ai-worker")
@@ -33,7 +33,7 @@ class WorkerDeps:
     settings: Settings
     store: CallStore
     ai: AIProvider
-    queue: Any  # SQSWorkQueue, or a fake with change_visibility
+    queue: WorkQueue
 
 
 def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
@@ -47,7 +47,9 @@ def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str,
             return "unreadable"
         receive_count = int(record.attributes.approximate_receive_count)
         try:
-            outcome = await services.process_call(deps.store, deps.ai, item)
+            outcome = await services.process_call(
+                deps.store, deps.ai, item, max_call_bytes=deps.settings.max_call_bytes
+            )
         except (RetryableAIError, DependencyUnavailableError) as exc:
             last_try = receive_count >= deps.settings.max_receive_count
             # After the last try, let the redrive happen at once: no point waiting.

@@ -1,4 +1,4 @@
-"""Scheduled sweep: no ended call may stay in PROCESSING_AI for want of a work item."""
+"""Scheduled sweep: no ended call may stay in PROCESSING_AI for good."""
 
 from __future__ import annotations
 
@@ -10,18 +10,26 @@ from aws_lambda_powertools import Logger
 from callcore import services
 from callcore.bootstrap import default_ports
 from callcore.ports import CallStore, WorkQueue
+from callcore.settings import Settings
 
 logger = Logger(service="sweeper")
 
 
-def build_handler(store: CallStore, queue: WorkQueue) -> Callable[[dict[str, Any], Any], dict[str, int]]:
+def build_handler(
+    store: CallStore, queue: WorkQueue, settings: Settings
+) -> Callable[[dict[str, Any], Any], dict[str, int]]:
     def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
-        resent = services.resend_lost_work(store, queue)
-        logger.info("sweep done", extra={"resent": resent})
-        return {"resent": resent}
+        outcome = services.sweep_processing(
+            store,
+            queue,
+            resend_after_s=settings.work_resend_after_s,
+            give_up_after_s=settings.processing_timeout_s,
+        )
+        logger.info("sweep done", extra={"resent": outcome.resent, "failed": outcome.failed})
+        return {"resent": outcome.resent, "failed": outcome.failed}
 
     return handler
 
 
 _ports = default_ports()
-lambda_handler = build_handler(_ports.store, _ports.queue)
+lambda_handler = build_handler(_ports.store, _ports.queue, _ports.settings)

@@ -7,27 +7,37 @@ from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from callcore.domain.errors import DependencyUnavailableError
+from callcore.domain.errors import DependencyMisconfiguredError, DependencyUnavailableError
 
-# Error codes that mean "try again later", not "your request is wrong".
+# Error codes that mean "try again later", not "your request is wrong". Some are codes of
+# a transaction's CancellationReasons (ProvisionedThroughputExceeded, ThrottlingError,
+# TransactionConflict), the others of whole requests.
 RETRYABLE_CODES = frozenset(
     {
         "ProvisionedThroughputExceededException",
+        "ProvisionedThroughputExceeded",
         "ThrottlingException",
         "Throttling",
+        "ThrottlingError",
+        "RequestThrottled",
         "RequestLimitExceeded",
+        "SlowDown",
         "InternalServerError",
         "InternalFailure",
+        "InternalError",
         "ServiceUnavailable",
-        "ResourceNotFoundException",
-        "AWS.SimpleQueueService.NonExistentQueue",
-        "QueueDoesNotExist",
+        "ServiceUnavailableException",
         "TransactionConflict",
         "TransactionConflictException",
         "TransactionInProgressException",
-        "ThrottlingError",
         "KMS.ThrottlingException",
     }
+)
+
+# The table or queue we were configured with does not exist: no retry can help until
+# someone fixes the configuration, so this must not read as "try again later".
+MISCONFIGURED_CODES = frozenset(
+    {"ResourceNotFoundException", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NoSuchBucket"}
 )
 
 
@@ -43,6 +53,8 @@ def dependency(name: str) -> Iterator[None]:
     except ClientError as exc:
         code = error_code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in MISCONFIGURED_CODES:
+            raise DependencyMisconfiguredError(name, code) from exc
         if code in RETRYABLE_CODES or status >= 500:
             raise DependencyUnavailableError(name, code or f"HTTP {status}") from exc
         raise

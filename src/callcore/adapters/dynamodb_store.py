@@ -7,12 +7,19 @@ import binascii
 import json
 import random
 import time
-from typing import Any
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
 from callcore.adapters.aws_errors import RETRYABLE_CODES, dependency, error_code
-from callcore.domain.errors import CallNotFoundError, DependencyUnavailableError, InvalidTransitionError
+from callcore.domain.errors import (
+    CallNotFoundError,
+    CallTooLargeError,
+    DependencyUnavailableError,
+    InvalidTransitionError,
+)
 from callcore.domain.model import (
     AIResult,
     Arrival,
@@ -21,7 +28,7 @@ from callcore.domain.model import (
     CallState,
     Packet,
     Sentiment,
-    can_transition,
+    TransitionRule,
     is_valid_call_id,
 )
 from callcore.ports import CallPage, PacketWrite
@@ -33,10 +40,26 @@ AttributeValue = dict[str, Any]
 Item = dict[str, AttributeValue]
 
 STATE_INDEX = "by-state"
+# Packets by arrival, keys only: a call's arrival order without reading its audio.
+ARRIVAL_INDEX = "by-arrival"
 
-# A transaction that meets another one on the same call item is cancelled with
-# TransactionConflict; it is safe to try again at once, a few times.
+# A write that meets a transaction on the same item fails with TransactionConflict(Exception),
+# which botocore does not retry: the other transaction is over within milliseconds, so
+# trying again shortly, a few times, is what DynamoDB's documentation advises.
+# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html#transaction-conflict-handling
 _CONFLICT_RETRIES = 5
+_CONFLICT_CODES = frozenset({"TransactionConflictException", "TransactionConflict", "TransactionInProgressException"})
+
+_T = TypeVar("_T")
+
+
+def _conflict_pause(attempt: int) -> None:
+    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+
+
+def _is_item_too_large(exc: ClientError) -> bool:
+    message = str(exc.response.get("Error", {}).get("Message", ""))
+    return error_code(exc) == "ValidationException" and "size" in message.lower()
 
 
 def _s(value: str) -> AttributeValue:
@@ -91,6 +114,7 @@ def call_from_item(item: Item) -> Call:
         ai_attempts=_int(item, "ai_attempts"),
         ai_last_error=_str(item, "ai_last_error"),
         transcript=_str(item, "transcript"),
+        transcript_truncated=item.get("transcript_truncated", {}).get("BOOL", False),
         sentiment=sentiment,
         failure_reason=_str(item, "failure_reason"),
         attempts=attempts,
@@ -194,11 +218,17 @@ class DynamoDBCallStore:
         return PacketWrite(stored=True) if reasons is None else self._refusal(call_id, packet.sequence, reasons)
 
     def _transact(self, items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        """Run a transaction; None when it committed, else the cancellation reasons of failed conditions."""
+        """Run a transaction; None when it committed, else the cancellation reasons of failed conditions.
+
+        Each try carries its own ClientRequestToken: botocore resends the same token when
+        an answer is lost, and DynamoDB answers a committed token with success instead
+        of running the transaction again (which would find its own packet, a "duplicate").
+        https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html#DDB-TransactWriteItems-request-ClientRequestToken
+        """
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 with dependency("DynamoDB"):
-                    self._ddb.transact_write_items(TransactItems=items)
+                    self._ddb.transact_write_items(TransactItems=items, ClientRequestToken=uuid.uuid4().hex)
                 return None
             except ClientError as exc:
                 if error_code(exc) != "TransactionCanceledException":
@@ -207,12 +237,33 @@ class DynamoDBCallStore:
                 codes = {r.get("Code") for r in reasons} - {"None", None}
                 if codes and codes <= {"ConditionalCheckFailed"}:
                     return reasons
-                if codes <= RETRYABLE_CODES:
-                    # Another transaction held the call item, or a throttle: try again shortly.
-                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                if codes <= RETRYABLE_CODES | {"ConditionalCheckFailed"}:
+                    # A conflict or a throttle on one item says nothing of its condition: a
+                    # ConditionalCheckFailed beside it is not the whole answer. Try again.
+                    _conflict_pause(attempt)
                     continue
+                if "ValidationError" in codes:
+                    raise CallTooLargeError(f"DynamoDB refused the packet: {exc}") from exc
                 raise
-        raise DependencyUnavailableError("DynamoDB", "transaction kept conflicting or being throttled")
+        raise DependencyUnavailableError("DynamoDB", "TransactionConflict")
+
+    def _write(self, request: Callable[[], _T]) -> _T:
+        """One single-item write, tried again on a transaction conflict; item-size refusals are CallTooLargeError."""
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                with dependency("DynamoDB"):
+                    return request()
+            except DependencyUnavailableError as exc:
+                if exc.reason not in _CONFLICT_CODES or attempt + 1 == _CONFLICT_RETRIES:
+                    raise
+            except ClientError as exc:
+                if _is_item_too_large(exc):
+                    raise CallTooLargeError(
+                        f"the call's record would exceed DynamoDB's 400 KB item limit: {exc}"
+                    ) from exc
+                raise
+            _conflict_pause(attempt)
+        raise AssertionError("unreachable")
 
     def _refusal(self, call_id: str, sequence: int, reasons: list[dict[str, Any]]) -> PacketWrite:
         packet_reason, call_reason = reasons[0], reasons[1]
@@ -240,14 +291,15 @@ class DynamoDBCallStore:
 
     def count_duplicate(self, call_id: str) -> None:
         try:
-            with dependency("DynamoDB"):
-                self._ddb.update_item(
+            self._write(
+                lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
                     UpdateExpression="ADD duplicates :one",
                     ConditionExpression="attribute_exists(call_id)",
                     ExpressionAttributeValues={":one": _n(1)},
                 )
+            )
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
@@ -255,8 +307,8 @@ class DynamoDBCallStore:
 
     def mark_enqueued(self, call_id: str, round: int) -> None:
         try:
-            with dependency("DynamoDB"):
-                self._ddb.update_item(
+            self._write(
+                lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
                     UpdateExpression="SET enqueued_round = :round",
@@ -264,6 +316,7 @@ class DynamoDBCallStore:
                     ExpressionAttributeNames={"#round": "round"},
                     ExpressionAttributeValues={":round": _n(round)},
                 )
+            )
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
@@ -272,28 +325,33 @@ class DynamoDBCallStore:
     def transition(
         self,
         call_id: str,
+        rule: TransitionRule,
         *,
-        source: CallState,
-        target: CallState,
         now: str,
-        new_round: bool = False,
+        token: str,
         expected_round: int | None = None,
         last_sequence: int | None = None,
         failure_reason: str | None = None,
         result: AIResult | None = None,
     ) -> Call:
-        if not can_transition(source, target):
-            raise InvalidTransitionError(call_id, source, target)
-        sets = ["#state = :target", "updated_at = :now"]
+        """``rule`` as one conditional write; the write also records ``token``, so that when
+        botocore resends a write whose answer was lost, its refusal is recognised as our
+        own success rather than a lost race."""
+        sets = ["#state = :target", "updated_at = :now", "transition_token = :token"]
         removes = []
         names = {"#state": "state"}
-        values: dict[str, AttributeValue] = {":target": _s(target.value), ":source": _s(source.value), ":now": _s(now)}
+        values: dict[str, AttributeValue] = {
+            ":target": _s(rule.target.value),
+            ":source": _s(rule.source.value),
+            ":now": _s(now),
+            ":token": _s(token),
+        }
         condition = "#state = :source"
         if expected_round is not None:
             condition += " AND #round = :expected_round"
             values[":expected_round"] = _n(expected_round)
             names["#round"] = "round"
-        if new_round:
+        if rule.starts_round:
             sets.append("#round = if_not_exists(#round, :zero) + :one")
             values |= {":zero": _n(0), ":one": _n(1)}
             names["#round"] = "round"
@@ -303,20 +361,19 @@ class DynamoDBCallStore:
         if failure_reason is not None:
             sets.append("failure_reason = :reason")
             values[":reason"] = _s(failure_reason)
-        elif target is CallState.COMPLETED:
-            # Kept through an operator retry, so that a retry that cannot reach SQS puts
-            # the call back to FAILED with its reason; shown only while FAILED.
+        elif rule.clears_failure_reason:
             removes.append("failure_reason")
         if result is not None:
-            sets += ["transcript = :transcript", "sentiment = :sentiment"]
+            sets += ["transcript = :transcript", "transcript_truncated = :truncated", "sentiment = :sentiment"]
             values[":transcript"] = _s(result.transcript)
+            values[":truncated"] = {"BOOL": result.transcript_truncated}
             values[":sentiment"] = {
                 "M": {"label": _s(result.sentiment.label), "score": _n(float(result.sentiment.score))}
             }
         update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         try:
-            with dependency("DynamoDB"):
-                response = self._ddb.update_item(
+            response = self._write(
+                lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
                     UpdateExpression=update,
@@ -326,26 +383,36 @@ class DynamoDBCallStore:
                     ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
+            )
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
             old = exc.response.get("Item")
             if not old:
                 raise CallNotFoundError(call_id) from exc
-            raise InvalidTransitionError(call_id, CallState(old["state"]["S"]), target, call_from_item(old)) from exc
+            if _str(old, "transition_token") == token:
+                return call_from_item(old)  # our write committed; its answer was lost
+            raise InvalidTransitionError(
+                call_id, CallState(old["state"]["S"]), rule.target, call_from_item(old)
+            ) from exc
         return call_from_item(response["Attributes"])
 
-    def start_attempt(self, call_id: str, round: int, *, now: str) -> int | None:
+    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> int | None:
         try:
-            with dependency("DynamoDB"):
-                response = self._ddb.update_item(
+            response = self._write(
+                lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
                     UpdateExpression=(
                         "SET ai_attempts = if_not_exists(ai_attempts, :zero) + :one, "
-                        "attempts = list_append(if_not_exists(attempts, :empty), :attempt)"
+                        "attempts = list_append(if_not_exists(attempts, :empty), :attempt), "
+                        "attempt_token = :token"
                     ),
-                    ConditionExpression="#state = :processing AND #round = :round",
+                    # The token makes a resent write (lost answer) count the attempt once.
+                    ConditionExpression=(
+                        "#state = :processing AND #round = :round "
+                        "AND (attribute_not_exists(attempt_token) OR attempt_token <> :token)"
+                    ),
                     ExpressionAttributeNames={"#state": "state", "#round": "round"},
                     ExpressionAttributeValues={
                         ":zero": _n(0),
@@ -356,46 +423,38 @@ class DynamoDBCallStore:
                         ":attempt": {"L": [{"M": {"round": _n(round), "started_at": _s(now)}}]},
                         ":processing": _s(CallState.PROCESSING_AI.value),
                         ":round": _n(round),
+                        ":token": _s(token),
                     },
                     ReturnValues="UPDATED_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
+            )
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
+            old = exc.response.get("Item") or {}
+            if _str(old, "attempt_token") == token:
+                return _int(old, "ai_attempts")  # our write committed; its answer was lost
             return None
         return int(response["Attributes"]["ai_attempts"]["N"])
 
-    def record_attempt_error(self, call_id: str, attempt: int, error: str) -> None:
-        with dependency("DynamoDB"):
-            self._ddb.update_item(
-                TableName=self._calls,
-                Key={"call_id": _s(call_id)},
-                UpdateExpression=f"SET attempts[{attempt - 1}].#error = :error, ai_last_error = :error",
-                ConditionExpression="attribute_exists(call_id)",
-                ExpressionAttributeNames={"#error": "error"},
-                ExpressionAttributeValues={":error": _s(error[:1000])},
-            )
-
-    def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
+    def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
         try:
-            with dependency("DynamoDB"):
-                self._ddb.update_item(
+            self._write(
+                lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
-                    UpdateExpression="SET #state = :back, updated_at = :now",
-                    ConditionExpression="#state = :current AND #round = :round",
-                    ExpressionAttributeNames={"#state": "state", "#round": "round"},
-                    ExpressionAttributeValues={
-                        ":back": _s(back_to.value),
-                        ":current": _s(current.value),
-                        ":round": _n(round),
-                        ":now": _s(now),
-                    },
+                    UpdateExpression=f"SET attempts[{attempt - 1}].#error = :error, ai_last_error = :error",
+                    # Only while the attempt's round is the call's round: a stale round's late
+                    # error must not overwrite the current round's.
+                    ConditionExpression="#round = :round",
+                    ExpressionAttributeNames={"#error": "error", "#round": "round"},
+                    ExpressionAttributeValues={":error": _s(error), ":round": _n(round)},
                 )
+            )
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
-            # Something else moved the call on; there is nothing of ours left to undo.
 
     def get_call(self, call_id: str) -> Call | None:
         with dependency("DynamoDB"):
@@ -404,40 +463,64 @@ class DynamoDBCallStore:
         return call_from_item(item) if item else None
 
     def arrivals(self, call_id: str) -> list[Arrival]:
+        """From the keys-only arrival index, read consistently: GET's cost is the same whatever the audio's size."""
         return [
             Arrival(sequence=int(item["sequence"]["N"]), received_at_ns=_int(item, "received_at"))
-            for item in self._query_packets(call_id, projection="#seq, received_at")
+            for page in self._query_packets(call_id, index=ARRIVAL_INDEX, projection="#seq, received_at")
+            for item in page
         ]
 
-    def packets(self, call_id: str) -> list[Packet]:
-        """Every stored packet of the call, in sequence order."""
-        return [packet_from_item(item) for item in self._query_packets(call_id)]
+    def packets(self, call_id: str, *, max_bytes: int | None = None) -> list[Packet]:
+        """Every stored packet of the call, in sequence order; CallTooLargeError past ``max_bytes`` of data."""
+        packets: list[Packet] = []
+        total = 0
+        for page in self._query_packets(call_id):
+            for item in page:
+                packet = packet_from_item(item)
+                total += len(packet.data)
+                if max_bytes is not None and total > max_bytes:
+                    raise CallTooLargeError(
+                        f"call {call_id!r} has more than {max_bytes} bytes of packet data (at packet {packet.sequence})"
+                    )
+                packets.append(packet)
+        return packets
 
-    def _query_packets(self, call_id: str, projection: str | None = None) -> list[Item]:
+    def _query_packets(
+        self, call_id: str, *, index: str | None = None, projection: str | None = None
+    ) -> Iterator[list[Item]]:
+        """The call's packet items, a page at a time, so that a reader can stop early."""
         kwargs: dict[str, Any] = {
             "TableName": self._packets,
             "KeyConditionExpression": "call_id = :id",
             "ExpressionAttributeValues": {":id": _s(call_id)},
             "ConsistentRead": True,
         }
+        if index:
+            kwargs["IndexName"] = index
         if projection:
             kwargs |= {"ProjectionExpression": projection, "ExpressionAttributeNames": {"#seq": "sequence"}}
-        items: list[Item] = []
-        with dependency("DynamoDB"):
-            while True:
+        while True:
+            with dependency("DynamoDB"):
                 response = self._ddb.query(**kwargs)
-                items.extend(response.get("Items", []))
-                if "LastEvaluatedKey" not in response:
-                    return items
-                kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+            yield response.get("Items", [])
+            if "LastEvaluatedKey" not in response:
+                return
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    def list_calls(self, state: CallState, *, limit: int, cursor: str | None) -> CallPage:
+    def list_calls(
+        self, state: CallState, *, limit: int, cursor: str | None, updated_before: str | None = None
+    ) -> CallPage:
+        values = {":state": _s(state.value)}
+        key_condition = "#state = :state"
+        if updated_before is not None:
+            key_condition += " AND updated_at < :before"
+            values[":before"] = _s(updated_before)
         kwargs: dict[str, Any] = {
             "TableName": self._calls,
             "IndexName": STATE_INDEX,
-            "KeyConditionExpression": "#state = :state",
+            "KeyConditionExpression": key_condition,
             "ExpressionAttributeNames": {"#state": "state"},
-            "ExpressionAttributeValues": {":state": _s(state.value)},
+            "ExpressionAttributeValues": values,
             "ScanIndexForward": False,
             "Limit": limit,
         }

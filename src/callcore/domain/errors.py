@@ -59,6 +59,22 @@ class DependencyUnavailableError(CallCoreError):
         self.retry_after_s = retry_after_s
 
 
+class DependencyMisconfiguredError(CallCoreError):
+    """A dependency says the resource we asked for does not exist: a wrong table or queue name.
+
+    Not "retry later": no retry can succeed until the configuration is fixed.
+    """
+
+    def __init__(self, dependency: str, reason: str) -> None:
+        super().__init__(f"{dependency} is misconfigured: {reason}")
+        self.dependency = dependency
+        self.reason = reason
+
+
+class CallTooLargeError(CallCoreError):
+    """A call (or its stored record) is over a documented limit. Retrying cannot help."""
+
+
 class AIError(CallCoreError):
     """The AI service could not transcribe or score a call."""
 

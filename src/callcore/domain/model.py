@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+
+from callcore.domain.errors import InvalidTransitionError
 
 CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _CALL_ID_RE = re.compile(CALL_ID_PATTERN)
@@ -41,6 +43,35 @@ FINISHED_STATES = frozenset({CallState.COMPLETED, CallState.FAILED, CallState.AR
 
 def can_transition(current: CallState, target: CallState) -> bool:
     return target in _TRANSITIONS[current]
+
+
+@dataclass(frozen=True)
+class TransitionRule:
+    """What one allowed move of the state machine does to a call, besides its state.
+
+    Stores translate a rule into one conditional write; they do not decide any of it.
+    """
+
+    source: CallState
+    target: CallState
+    # Every entry into PROCESSING_AI is a new round: a work item acts only on its own
+    # round, so a stale or redelivered item can never touch a later round's work.
+    starts_round: bool
+    # A completed call has no failure to show. A retried call keeps its reason stored
+    # (shown only while FAILED), so that the history of why it was retried survives.
+    clears_failure_reason: bool
+
+
+def transition_rule(call_id: str, source: CallState, target: CallState) -> TransitionRule:
+    """The rule for ``source`` -> ``target``. Raises InvalidTransitionError when the state machine forbids it."""
+    if not can_transition(source, target):
+        raise InvalidTransitionError(call_id, source, target)
+    return TransitionRule(
+        source=source,
+        target=target,
+        starts_round=target is CallState.PROCESSING_AI,
+        clears_failure_reason=target is CallState.COMPLETED,
+    )
 
 
 def is_valid_call_id(call_id: str) -> bool:
@@ -131,10 +162,33 @@ class Sentiment:
     score: float
 
 
+# A call's record is one DynamoDB item (400 KB at most, everything included). The
+# transcript is the only part that grows with the call; a 10-minute call reads as about
+# 10 KB of text, so 100 KB holds well over an hour and leaves room for the rest.
+MAX_TRANSCRIPT_BYTES = 100_000
+# An attempt's error as kept on the call: enough to diagnose, and small enough that the
+# history of hundreds of attempts stays well inside the item.
+MAX_ERROR_TEXT = 500
+
+
+def error_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
 @dataclass(frozen=True)
 class AIResult:
     transcript: str
     sentiment: Sentiment
+    transcript_truncated: bool = False
+
+    def bounded(self, max_bytes: int = MAX_TRANSCRIPT_BYTES) -> AIResult:
+        """The result as stored on the call: the transcript cut at ``max_bytes`` of UTF-8, and flagged if cut."""
+        encoded = self.transcript.encode("utf-8")
+        if len(encoded) <= max_bytes:
+            return self
+        cut = encoded[:max_bytes].decode("utf-8", errors="ignore")
+        return AIResult(transcript=cut, sentiment=self.sentiment, transcript_truncated=True)
 
 
 @dataclass(frozen=True)
@@ -160,6 +214,7 @@ class Call:
     ai_attempts: int = 0
     ai_last_error: str | None = None
     transcript: str | None = None
+    transcript_truncated: bool = False
     sentiment: Sentiment | None = None
     failure_reason: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
@@ -168,6 +223,31 @@ class Call:
     def reason_for_failure(self) -> str | None:
         """The failure reason while the call is FAILED; a retried call keeps it stored but not shown."""
         return self.failure_reason if self.state is CallState.FAILED else None
+
+    def moved(
+        self,
+        rule: TransitionRule,
+        *,
+        now: str,
+        last_sequence: int | None = None,
+        failure_reason: str | None = None,
+        result: AIResult | None = None,
+    ) -> Call:
+        """The call after ``rule``: what an in-memory store keeps, and what DynamoDB's write produces."""
+        reason: str | None = failure_reason
+        if reason is None and not rule.clears_failure_reason:
+            reason = self.failure_reason
+        return replace(
+            self,
+            state=rule.target,
+            updated_at=now,
+            round=self.round + 1 if rule.starts_round else self.round,
+            last_sequence=self.last_sequence if last_sequence is None else last_sequence,
+            failure_reason=reason,
+            transcript=result.transcript if result else self.transcript,
+            transcript_truncated=result.transcript_truncated if result else self.transcript_truncated,
+            sentiment=result.sentiment if result else self.sentiment,
+        )
 
 
 @dataclass(frozen=True)
