@@ -57,10 +57,11 @@ class LazyClient:
     """A client (or session) made on first use, once per process, by whichever thread gets there first.
 
     Making a client costs 40 to 50 ms (botocore parses its service model and endpoint
-    data), as much as the rest of a handler's init. DESIGN.md wants a cold start (import
-    and init) close to `import boto3`, so clients are made when first needed: packets and
-    successful AI attempts never call SQS at all, and DynamoDB's client is made by a
-    sandbox's first request, then reused by every request after it.
+    data), as much as the rest of a handler's init. The cold-start budget (README,
+    Performance) is an import and init close to `import boto3`, so clients are made when
+    first needed: packets and successful AI attempts never call SQS at all, and
+    DynamoDB's client is made by a sandbox's first request, then reused by every request
+    after it.
     """
 
     def __init__(self, make: Callable[[], Any], lock: threading.RLock | None = None) -> None:

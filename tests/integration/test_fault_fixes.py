@@ -1,0 +1,310 @@
+"""Defects that only the faults of real AWS reach, each with the interleaving that reached it.
+
+Each test names the interleaving in its name and its GIVEN/WHEN/THEN, runs the real app
+and adapters against a moto server, and failed before its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.stub import Stubber
+
+from ai_worker import sweeper
+from callcore import services
+from callcore.adapters.dynamodb_store import ARRIVAL_INDEX, DynamoDBCallStore
+from callcore.bootstrap import CLIENT_CONFIG, AwsClients, Ports
+from callcore.domain.errors import DependencyUnavailableError
+from callcore.domain.model import MAX_TRANSCRIPT_BYTES, CallState, Packet, WorkItem, transition_rule
+from callcore.ports import WorkQueue
+from tests.conftest import LiveServer
+from tests.fakes import FakeAIProvider
+from tests.integration.helpers import drain_queue, packet
+
+
+def _iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class HangingQueue:
+    """SQS that takes a send in, hangs until released, then fails: a send timing out."""
+
+    def __init__(self, real: WorkQueue) -> None:
+        self._real = real
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def send(self, item: WorkItem) -> None:
+        self.entered.set()
+        assert self.release.wait(timeout=30)
+        raise DependencyUnavailableError("SQS", "ReadTimeoutError")
+
+    def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
+        self._real.change_visibility(receipt_handle, timeout_s)
+
+
+# ---------------------------------------------------------------- item 1
+
+
+def test_end_a_wins_its_send_hangs_then_fails_while_end_b_gets_202_and_the_call_still_gets_its_work_item(
+    ports: Ports, api: httpx.Client, aws_clients: AwsClients, call_id: str
+) -> None:
+    # GIVEN an app whose SQS send hangs, then fails
+    hanging = HangingQueue(ports.queue)
+    from ingest.app import create_app
+
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    with LiveServer(create_app(replace(ports, queue=hanging))) as server:
+        answers: dict[str, httpx.Response] = {}
+
+        def end_a() -> None:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                answers["A"] = client.post(f"/v1/call/{call_id}/end")
+
+        a = threading.Thread(target=end_a)
+        # WHEN end A wins the transition and hangs in its send
+        a.start()
+        assert hanging.entered.wait(timeout=30)
+        # ... end B (the PBX retrying) sees PROCESSING_AI
+        answers["B"] = api.post(f"/v1/call/{call_id}/end")
+        # ... and then A's send fails
+        hanging.release.set()
+        a.join(timeout=30)
+    # THEN both ends were accepted, and the call did not go back to IN_PROGRESS
+    assert answers["B"].status_code == 202
+    assert answers["A"].status_code == 202
+    call = ports.store.get_call(call_id)
+    assert call is not None
+    assert (call.state, call.round, call.enqueued_round) == (CallState.PROCESSING_AI, 1, 0)
+    # ... and the sweeper sends the work item both 202s promised, once
+    sweep = sweeper.build_handler(ports.store, ports.queue, replace(ports.settings, work_resend_after_s=1.0))
+    _age_round(ports, call_id, seconds=5)
+    sweep({}, None)
+    items = [b for b in drain_queue(aws_clients, ports.settings.work_queue_url) if b["call_id"] == call_id]
+    assert items == [{"call_id": call_id, "round": 1}]
+
+
+def _age_round(ports: Ports, call_id: str, *, seconds: float) -> None:
+    """Move the call's updated_at back, as if its round began ``seconds`` ago (the GSI key moves too)."""
+    old = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
+    store = ports.store
+    assert isinstance(store, DynamoDBCallStore)
+    store._ddb.update_item(
+        TableName=ports.settings.calls_table,
+        Key={"call_id": {"S": call_id}},
+        UpdateExpression="SET updated_at = :old",
+        ExpressionAttributeValues={":old": {"S": old}},
+    )
+
+
+# ---------------------------------------------------------------- item 2
+
+
+@pytest.fixture
+def stubbed_store(ports: Ports) -> Iterator[tuple[DynamoDBCallStore, Stubber]]:
+    """The DynamoDB store over a client whose answers a test scripts exactly as AWS shapes them."""
+    real = boto3.session.Session(aws_access_key_id="t", aws_secret_access_key="t", region_name="us-east-1").client(
+        "dynamodb", config=CLIENT_CONFIG
+    )
+    stubber = Stubber(real)
+    with stubber:
+        yield DynamoDBCallStore(real, ports.settings.calls_table, ports.settings.packets_table), stubber
+
+
+def _cancelled(reasons: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "service_error_code": "TransactionCanceledException",
+        "service_message": "Transaction cancelled, please refer cancellation reasons for specific reasons",
+        "http_status_code": 400,
+        "response_meta": {},
+        "modeled_fields": {"CancellationReasons": reasons},
+    }
+
+
+def test_a_stored_packet_sent_again_while_another_packet_holds_the_call_item_is_retried_not_a_500(
+    stubbed_store: tuple[DynamoDBCallStore, Stubber],
+) -> None:
+    store, stubber = stubbed_store
+    stored = {"call_id": {"S": "c1"}, "sequence": {"N": "5"}, "data": {"S": "a"}, "timestamp": {"N": "1"}}
+    # GIVEN packet 5 is stored, and another packet's transaction holds the call item:
+    # DynamoDB cancels with [ConditionalCheckFailed (packet), TransactionConflict (call)]
+    stubber.add_client_error(
+        "transact_write_items",
+        **_cancelled(
+            [
+                {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed", "Item": stored},
+                {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"},
+            ]
+        ),
+    )
+    # ... and once the other transaction is over, the same request finds only the packet
+    stubber.add_client_error(
+        "transact_write_items",
+        **_cancelled(
+            [
+                {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed", "Item": stored},
+                {"Code": "None"},
+            ]
+        ),
+    )
+    # WHEN the packet arrives again
+    write = store.add_packet("c1", Packet(5, "a", 1.0), now="2026-01-01T00:00:00.000000Z", received_at_ns=1)
+    # THEN it is a duplicate of the stored packet, not an unhandled error
+    assert (write.stored, write.existing) == (False, Packet(5, "a", 1.0))
+    stubber.assert_no_pending_responses()
+
+
+def test_a_transaction_that_keeps_conflicting_is_dependency_unavailable(
+    stubbed_store: tuple[DynamoDBCallStore, Stubber],
+) -> None:
+    store, stubber = stubbed_store
+    for _ in range(5):
+        stubber.add_client_error(
+            "transact_write_items",
+            **_cancelled(
+                [
+                    {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"},
+                    {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"},
+                ]
+            ),
+        )
+    with pytest.raises(DependencyUnavailableError):
+        store.add_packet("c1", Packet(5, "a", 1.0), now="2026-01-01T00:00:00.000000Z", received_at_ns=1)
+
+
+def test_an_end_whose_write_meets_a_packet_transaction_on_the_call_item_is_retried(
+    stubbed_store: tuple[DynamoDBCallStore, Stubber],
+) -> None:
+    store, stubber = stubbed_store
+    moved = {
+        "call_id": {"S": "c1"},
+        "state": {"S": "PROCESSING_AI"},
+        "created_at": {"S": "2026-01-01T00:00:00.000000Z"},
+        "updated_at": {"S": "2026-01-01T00:00:01.000000Z"},
+        "round": {"N": "1"},
+    }
+    # GIVEN a packet transaction holds the call item: a single-item write gets
+    # TransactionConflictException, which botocore does not retry
+    stubber.add_client_error(
+        "update_item",
+        service_error_code="TransactionConflictException",
+        service_message="Transaction is ongoing for the item",
+        http_status_code=400,
+    )
+    stubber.add_response("update_item", {"Attributes": moved})
+    # WHEN the end's transition is written
+    rule = transition_rule("c1", CallState.IN_PROGRESS, CallState.PROCESSING_AI)
+    call = store.transition("c1", rule, now="2026-01-01T00:00:01.000000Z", token="t1")
+    # THEN it was tried again and went through
+    assert (call.state, call.round) == (CallState.PROCESSING_AI, 1)
+    stubber.assert_no_pending_responses()
+
+
+# ---------------------------------------------------------------- item 4
+
+
+def test_a_transcript_larger_than_the_call_item_completes_truncated_and_says_so(
+    ports: Ports, api: httpx.Client, call_id: str
+) -> None:
+    # GIVEN an ended call whose AI returns 500 KB of text (DynamoDB items hold 400 KB)
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+    ai = FakeAIProvider(default_transcript="word " * 100_000)
+    # WHEN the worker processes it
+    outcome = asyncio.run(
+        services.process_call(ports.store, ai, WorkItem(call_id, 1), max_call_bytes=ports.settings.max_call_bytes)
+    )
+    # THEN the call is COMPLETED, with the transcript cut to the limit and flagged as cut
+    assert outcome is services.ProcessOutcome.COMPLETED
+    body = api.get(f"/v1/call/{call_id}").json()
+    assert body["state"] == "COMPLETED"
+    assert body["ai"]["transcript_truncated"] is True
+    assert len(body["ai"]["transcript"].encode()) <= MAX_TRANSCRIPT_BYTES
+
+
+# ---------------------------------------------------------------- item 5
+
+
+def test_a_call_whose_recorded_work_item_expired_from_the_queue_is_failed_with_a_reason_by_the_sweeper(
+    ports: Ports, api: httpx.Client, aws_clients: AwsClients, call_id: str
+) -> None:
+    # GIVEN an ended call whose work item was sent and recorded, then lost (expired,
+    # or its dead letter's handler failed): nothing will ever process its round
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+    drain_queue(aws_clients, ports.settings.work_queue_url)
+    call = ports.store.get_call(call_id)
+    assert call is not None and call.enqueued_round == call.round == 1
+    # WHEN the sweeper runs after the longest retry horizon
+    _age_round(ports, call_id, seconds=ports.settings.processing_timeout_s + 60)
+    outcome = sweeper.build_handler(ports.store, ports.queue, ports.settings)({}, None)
+    # THEN the call is FAILED, saying why and what to do
+    assert outcome["failed"] >= 1
+    body = api.get(f"/v1/call/{call_id}").json()
+    assert body["state"] == "FAILED"
+    assert "work item was lost" in body["failure_reason"]
+    assert "Retry the call" in body["failure_reason"]
+
+
+def test_a_call_within_the_retry_horizon_is_left_to_its_retries(
+    ports: Ports, api: httpx.Client, aws_clients: AwsClients, call_id: str
+) -> None:
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+    drain_queue(aws_clients, ports.settings.work_queue_url)
+    _age_round(ports, call_id, seconds=ports.settings.processing_timeout_s - 60)
+    sweeper.build_handler(ports.store, ports.queue, ports.settings)({}, None)
+    assert api.get(f"/v1/call/{call_id}").json()["state"] == "PROCESSING_AI"
+    assert [b for b in drain_queue(aws_clients, ports.settings.work_queue_url) if b["call_id"] == call_id] == []
+
+
+# ---------------------------------------------------------------- item 6
+
+
+def test_get_reads_arrivals_from_the_keys_only_index_never_the_audio(
+    ports: Ports, api: httpx.Client, aws_clients: AwsClients, call_id: str
+) -> None:
+    # GIVEN a call with large packets
+    big = "A" * 100_000
+    for seq in range(5):
+        assert api.post(f"/v1/call/stream/{call_id}", json=packet(seq, data=big)).status_code == 202
+    requests: list[dict[str, Any]] = []
+
+    def record(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+        requests.append({"operation": model.name, **params})
+
+    aws_clients.dynamodb.meta.events.register("provide-client-params.dynamodb", record)
+    try:
+        # WHEN the call is read
+        body = api.get(f"/v1/call/{call_id}").json()
+    finally:
+        aws_clients.dynamodb.meta.events.unregister("provide-client-params.dynamodb", record)
+    # THEN its statistics are right, and no request read a packet item: the packets
+    # were read from the keys-only index, whose items hold no audio
+    assert body["packets"]["received"] == 5
+    queries = [r for r in requests if r["operation"] == "Query"]
+    assert queries and all(q.get("IndexName") == ARRIVAL_INDEX for q in queries)
+    assert {r["operation"] for r in requests} <= {"GetItem", "Query"}
+    assert all(r["TableName"] == ports.settings.calls_table for r in requests if r["operation"] == "GetItem")
+
+
+def test_the_worker_refuses_a_call_over_its_byte_limit_with_a_reason_naming_it(
+    ports: Ports, api: httpx.Client, call_id: str
+) -> None:
+    for seq in range(3):
+        assert api.post(f"/v1/call/stream/{call_id}", json=packet(seq, data="B" * 1000)).status_code == 202
+    assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+    ai = FakeAIProvider()
+    outcome = asyncio.run(services.process_call(ports.store, ai, WorkItem(call_id, 1), max_call_bytes=2500))
+    assert outcome is services.ProcessOutcome.FAILED
+    assert ai.calls == []
+    reason = api.get(f"/v1/call/{call_id}").json()["failure_reason"]
+    assert "more than 2500 bytes" in reason
