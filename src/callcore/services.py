@@ -159,7 +159,10 @@ async def process_call(store: CallStore, ai: AIProvider, item: WorkItem, *, max_
         packets = await asyncio.to_thread(functools.partial(store.packets, item.call_id, max_bytes=max_call_bytes))
         transcript = await ai.transcribe(item.call_id, packets)
         sentiment = await ai.score_sentiment(transcript)
-    except (PermanentAIError, CallTooLargeError) as exc:
+    except CallTooLargeError as exc:
+        await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
+        return await _finish(store, item, CallState.FAILED, failure_reason=f"the call is too large to process: {exc}")
+    except PermanentAIError as exc:
         await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
         reason = f"AI failed permanently on attempt {attempt}: {exc}"
         return await _finish(store, item, CallState.FAILED, failure_reason=reason)

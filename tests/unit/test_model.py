@@ -1,19 +1,30 @@
-"""The call model: packet statistics, the state machine, call ids and work items."""
+"""The call model: packet statistics, the state machine and its transition rules, call ids,
+work items, and the bounds on what a call's record keeps."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
+from callcore.domain.errors import InvalidTransitionError
 from callcore.domain.model import (
+    MAX_ERROR_TEXT,
+    MAX_TRANSCRIPT_BYTES,
     MISSING_LIST_LIMIT,
+    AIResult,
     Arrival,
+    Call,
     CallState,
     PacketStats,
+    Sentiment,
+    TransitionRule,
     WorkItem,
     can_transition,
+    error_text,
     is_valid_call_id,
+    transition_rule,
 )
 
 
@@ -183,6 +194,156 @@ def test_moves_outside_the_state_diagram_are_forbidden(current: CallState, targe
 @pytest.mark.parametrize("state", list(CallState))
 def test_no_state_transitions_to_itself(state: CallState) -> None:
     assert not can_transition(state, state)
+
+
+# --- transition rules ------------------------------------------------------------------
+
+ALLOWED_MOVES = [(source, target) for source, targets in ALLOWED.items() for target in targets]
+FORBIDDEN_MOVES = [(source, target) for source in CallState for target in CallState if target not in ALLOWED[source]]
+
+
+@pytest.mark.parametrize(("source", "target"), FORBIDDEN_MOVES)
+def test_transition_rule_for_a_forbidden_move_raises_invalid_transition_naming_both_states(
+    source: CallState, target: CallState
+) -> None:
+    with pytest.raises(InvalidTransitionError) as excinfo:
+        transition_rule("c1", source, target)
+
+    assert (excinfo.value.call_id, excinfo.value.current, excinfo.value.target) == ("c1", source, target)
+    assert excinfo.value.call is None  # refused by the state machine, before any store was asked
+
+
+@pytest.mark.parametrize(("source", "target"), ALLOWED_MOVES)
+def test_transition_rule_for_an_allowed_move_carries_its_source_and_target(
+    source: CallState, target: CallState
+) -> None:
+    rule = transition_rule("c1", source, target)
+
+    assert (rule.source, rule.target) == (source, target)
+
+
+@pytest.mark.parametrize(("source", "target"), ALLOWED_MOVES)
+def test_every_entry_into_processing_ai_and_only_that_starts_a_new_round(source: CallState, target: CallState) -> None:
+    assert transition_rule("c1", source, target).starts_round is (target is CallState.PROCESSING_AI)
+
+
+@pytest.mark.parametrize(("source", "target"), ALLOWED_MOVES)
+def test_only_completing_a_call_clears_its_failure_reason(source: CallState, target: CallState) -> None:
+    assert transition_rule("c1", source, target).clears_failure_reason is (target is CallState.COMPLETED)
+
+
+T0 = "2024-01-01T00:00:00.000000Z"
+T1 = "2024-01-01T00:00:01.000000Z"
+
+
+def call_in(state: CallState, **changes: Any) -> Call:
+    base = Call(call_id="c1", state=state, created_at=T0, updated_at=T0, round=1, last_sequence=7)
+    return dataclasses.replace(base, **changes)
+
+
+def test_moving_into_processing_ai_starts_the_next_round_and_stamps_the_time() -> None:
+    # GIVEN a FAILED call in round 1, WHEN the operator retries it
+    call = call_in(CallState.FAILED, failure_reason="gave up")
+
+    moved = call.moved(transition_rule("c1", CallState.FAILED, CallState.PROCESSING_AI), now=T1)
+
+    # THEN it is PROCESSING_AI in round 2; its reason stays stored but is not shown
+    assert (moved.state, moved.round, moved.updated_at) == (CallState.PROCESSING_AI, 2, T1)
+    assert moved.failure_reason == "gave up"
+    assert moved.reason_for_failure is None
+    assert moved.last_sequence == 7
+
+
+def test_moving_to_completed_stores_the_result_and_clears_the_failure_reason() -> None:
+    call = call_in(CallState.PROCESSING_AI, round=2, failure_reason="round 1 gave up")
+    result = AIResult("hello", Sentiment("POSITIVE", 0.9), transcript_truncated=True)
+
+    moved = call.moved(transition_rule("c1", CallState.PROCESSING_AI, CallState.COMPLETED), now=T1, result=result)
+
+    assert (moved.state, moved.round) == (CallState.COMPLETED, 2)
+    assert moved.failure_reason is None
+    assert (moved.transcript, moved.sentiment, moved.transcript_truncated) == ("hello", result.sentiment, True)
+
+
+def test_moving_to_failed_stores_the_given_reason() -> None:
+    call = call_in(CallState.PROCESSING_AI)
+
+    moved = call.moved(
+        transition_rule("c1", CallState.PROCESSING_AI, CallState.FAILED), now=T1, failure_reason="undecodable"
+    )
+
+    assert moved.state is CallState.FAILED
+    assert moved.reason_for_failure == "undecodable"
+    assert moved.round == 1
+
+
+def test_a_rule_built_by_hand_is_carried_out_as_written() -> None:
+    # The store carries out a rule; it does not decide one.
+    rule = TransitionRule(
+        source=CallState.IN_PROGRESS, target=CallState.PROCESSING_AI, starts_round=False, clears_failure_reason=True
+    )
+
+    moved = call_in(CallState.IN_PROGRESS, failure_reason="x").moved(rule, now=T1, last_sequence=9)
+
+    assert (moved.round, moved.failure_reason, moved.last_sequence) == (1, None, 9)
+
+
+# --- AIResult.bounded and error_text ----------------------------------------------------
+
+SENTIMENT = Sentiment("NEUTRAL", 0.5)
+
+
+def test_a_transcript_within_the_limit_is_stored_unchanged_and_not_flagged() -> None:
+    result = AIResult("x" * MAX_TRANSCRIPT_BYTES, SENTIMENT)
+
+    bounded = result.bounded()
+
+    assert bounded == result
+    assert bounded.transcript_truncated is False
+
+
+def test_a_transcript_over_the_limit_is_cut_to_the_limit_and_flagged() -> None:
+    result = AIResult("x" * (MAX_TRANSCRIPT_BYTES + 1), SENTIMENT)
+
+    bounded = result.bounded()
+
+    assert bounded.transcript == "x" * MAX_TRANSCRIPT_BYTES
+    assert bounded.transcript_truncated is True
+    assert bounded.sentiment == SENTIMENT
+
+
+def test_a_transcript_over_the_limit_is_cut_on_a_utf8_character_boundary() -> None:
+    # GIVEN a transcript of two-byte characters and an odd byte limit that falls inside one
+    result = AIResult("\u00e9" * 10, SENTIMENT)  # 20 bytes of UTF-8
+
+    # WHEN it is bounded to 7 bytes
+    bounded = result.bounded(max_bytes=7)
+
+    # THEN the half character is dropped, not mangled: 3 whole characters, 6 bytes
+    assert bounded.transcript == "\u00e9" * 3
+    assert len(bounded.transcript.encode("utf-8")) == 6
+    assert bounded.transcript_truncated is True
+
+
+def test_a_transcript_exactly_at_a_custom_limit_is_not_flagged() -> None:
+    result = AIResult("\u00e9" * 10, SENTIMENT)
+
+    assert result.bounded(max_bytes=20) == result
+
+
+def test_error_text_keeps_a_short_message_as_it_is() -> None:
+    assert error_text(ValueError("HTTP 503")) == "HTTP 503"
+
+
+def test_error_text_of_an_error_without_a_message_is_its_type_name() -> None:
+    assert error_text(TimeoutError()) == "TimeoutError"
+
+
+def test_error_text_cuts_a_long_message_to_the_limit_and_marks_the_cut() -> None:
+    text = error_text(RuntimeError("e" * (MAX_ERROR_TEXT * 3)))
+
+    assert len(text) == MAX_ERROR_TEXT
+    assert text.endswith("\u2026")
 
 
 # --- call ids --------------------------------------------------------------------------

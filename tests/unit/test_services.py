@@ -1,4 +1,5 @@
-"""Use cases against the in-memory fakes: packets, the end of a call, reading calls."""
+"""Use cases against the in-memory fakes: packets, the end of a call (and the sweep that
+sends a work item whose send failed), reading calls, and the store's idempotent writes."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from callcore import services
 from callcore.domain.errors import (
     CallNotAcceptingPacketsError,
     CallNotFoundError,
-    DependencyUnavailableError,
+    InvalidTransitionError,
     SequenceConflictError,
 )
-from callcore.domain.model import CallState, Packet, WorkItem
+from callcore.domain.model import Call, CallState, Packet, WorkItem, transition_rule
 from callcore.services import PacketOutcome
 from tests.fakes import FakeQueue, InMemoryCallStore
 
 T0 = "2024-01-01T00:00:00.000000Z"
+# Earlier than every reading of the ticking clock below.
+BEFORE_ALL_TICKS = "2000-01-01T00:00:00.000000Z"
 
 
 @pytest.fixture(autouse=True)
@@ -37,14 +40,37 @@ def ticking_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     def now_iso() -> str:
         return f"2024-01-02T00:00:00.{now_ns() // 1_000:06d}Z"
 
+    def iso_seconds_ago(seconds: float) -> str:
+        # As no time passes, only "0 s ago" is later than anything stored.
+        return now_iso() if seconds <= 0 else BEFORE_ALL_TICKS
+
     monkeypatch.setattr(services, "now_ns", now_ns)
     monkeypatch.setattr(services, "now_iso", now_iso)
     # Ticks are microseconds apart: to the service, no time passes unless a test says so.
     monkeypatch.setattr(services, "seconds_since", lambda iso: 0.0)
+    monkeypatch.setattr(services, "iso_seconds_ago", iso_seconds_ago)
 
 
 def packet(sequence: int, data: str | None = None, timestamp: float = 1.0) -> Packet:
     return Packet(sequence=sequence, data=f"audio-{sequence}" if data is None else data, timestamp=timestamp)
+
+
+def move(
+    store: InMemoryCallStore,
+    call_id: str,
+    source: CallState,
+    target: CallState,
+    *,
+    now: str = T0,
+    failure_reason: str | None = None,
+) -> Call:
+    """One transition the way a use case makes it, with a fresh token."""
+    rule = transition_rule(call_id, source, target)
+    return store.transition(call_id, rule, now=now, token=services.new_token(), failure_reason=failure_reason)
+
+
+def sweep(store: InMemoryCallStore, queue: FakeQueue, *, resend_after_s: float = 0.0) -> services.SweepOutcome:
+    return services.sweep_processing(store, queue, resend_after_s=resend_after_s, give_up_after_s=3600.0)
 
 
 def record_all(store: InMemoryCallStore, call_id: str, *sequences: int) -> None:
@@ -135,7 +161,7 @@ def test_packet_after_end_is_refused_with_the_state_and_not_stored(store: InMemo
 def test_packet_for_a_failed_call_is_refused_with_state_failed(store: InMemoryCallStore, queue: FakeQueue) -> None:
     record_all(store, "c1", 1)
     services.end_call(store, queue, "c1")
-    store.transition("c1", source=CallState.PROCESSING_AI, target=CallState.FAILED, now=T0, failure_reason="x")
+    move(store, "c1", CallState.PROCESSING_AI, CallState.FAILED, failure_reason="x")
 
     with pytest.raises(CallNotAcceptingPacketsError) as excinfo:
         services.record_packet(store, "c1", packet(2))
@@ -250,7 +276,7 @@ def test_end_with_last_sequence_records_it_on_the_call(store: InMemoryCallStore,
     assert call.last_sequence == 5
 
 
-def test_end_when_the_queue_is_down_raises_and_puts_the_call_back_in_progress(
+def test_end_when_the_queue_is_down_still_answers_processing_and_leaves_the_item_unsent(
     store: InMemoryCallStore, queue: FakeQueue
 ) -> None:
     # GIVEN an open call and an SQS outage
@@ -258,73 +284,104 @@ def test_end_when_the_queue_is_down_raises_and_puts_the_call_back_in_progress(
     queue.fail_next = True
 
     # WHEN the call ends
-    with pytest.raises(DependencyUnavailableError) as excinfo:
-        services.end_call(store, queue, "c1")
+    outcome = services.end_call(store, queue, "c1")
 
-    # THEN the client is told to retry, nothing was sent and the call is open again
-    assert excinfo.value.dependency == "SQS"
+    # THEN the end is accepted (202): the call stays ended, and its round's work item is
+    # known not to be on the queue, for the sweeper to send
+    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)
     assert queue.sent == []
     call = store.get_call("c1")
     assert call is not None
-    assert call.state is CallState.IN_PROGRESS
+    assert call.state is CallState.PROCESSING_AI
+    assert (call.round, call.enqueued_round) == (1, 0)
 
 
-def test_end_after_a_queue_outage_succeeds_in_round_2(store: InMemoryCallStore, queue: FakeQueue) -> None:
+def test_packets_are_refused_after_an_end_whose_send_failed(store: InMemoryCallStore, queue: FakeQueue) -> None:
     record_all(store, "c1", 1)
     queue.fail_next = True
-    with pytest.raises(DependencyUnavailableError):
-        services.end_call(store, queue, "c1")
-
-    outcome = services.end_call(store, queue, "c1")
-
-    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)
-    assert queue.sent == [WorkItem(call_id="c1", round=2)]
-
-
-def test_packets_are_accepted_again_after_a_failed_end_is_reverted(store: InMemoryCallStore, queue: FakeQueue) -> None:
-    record_all(store, "c1", 1)
-    queue.fail_next = True
-    with pytest.raises(DependencyUnavailableError):
-        services.end_call(store, queue, "c1")
-
-    assert services.record_packet(store, "c1", packet(2)) is PacketOutcome.ACCEPTED
-
-
-class _RevertFailsStore(InMemoryCallStore):
-    """A store that is down at the moment the service tries to undo its transition."""
-
-    def revert_transition(self, call_id: str, *, current: CallState, round: int, back_to: CallState, now: str) -> None:
-        raise DependencyUnavailableError("DynamoDB", "simulated outage")
-
-
-def test_end_when_queue_and_revert_both_fail_raises_the_queue_error() -> None:
-    store, queue = _RevertFailsStore(), FakeQueue()
-    record_all(store, "c1", 1)
-    queue.fail_next = True
-
-    with pytest.raises(DependencyUnavailableError) as excinfo:
-        services.end_call(store, queue, "c1")
-
-    assert excinfo.value.dependency == "SQS"
-
-
-def test_a_call_whose_send_and_revert_both_failed_still_gets_a_work_item_on_the_next_end(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    store, queue = _RevertFailsStore(), FakeQueue()
-    record_all(store, "c1", 1)
-    queue.fail_next = True
-    with pytest.raises(DependencyUnavailableError):
-        services.end_call(store, queue, "c1")
-
-    # WHEN the PBX retries the end, as the 503 told it to, a little later
-    monkeypatch.setattr(services, "seconds_since", lambda iso: services.RESEND_AFTER_S + 1)
     services.end_call(store, queue, "c1")
 
-    # THEN some work item exists for the call's current round
+    with pytest.raises(CallNotAcceptingPacketsError) as excinfo:
+        services.record_packet(store, "c1", packet(2))
+
+    assert excinfo.value.state is CallState.PROCESSING_AI
+    assert [p.sequence for p in store.packets("c1")] == [1]
+
+
+@pytest.mark.parametrize("seconds_later", [0.0, 31.0, 86_400.0])
+def test_a_repeated_end_after_a_failed_send_sends_nothing_however_late(
+    store: InMemoryCallStore, queue: FakeQueue, monkeypatch: pytest.MonkeyPatch, seconds_later: float
+) -> None:
+    # GIVEN an end whose send failed
+    record_all(store, "c1", 1)
+    queue.fail_next = True
+    services.end_call(store, queue, "c1")
+
+    # WHEN the PBX repeats the end, at once or much later
+    monkeypatch.setattr(services, "seconds_since", lambda iso: seconds_later)
+    outcome = services.end_call(store, queue, "c1")
+
+    # THEN it is told the call is processing, and the sending is left to the sweeper
+    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)
+    assert queue.sent == []
     call = store.get_call("c1")
     assert call is not None
-    assert WorkItem(call_id="c1", round=call.round) in queue.sent
+    assert (call.state, call.round, call.enqueued_round) == (CallState.PROCESSING_AI, 1, 0)
+
+
+def test_the_sweeper_sends_the_work_item_of_an_end_whose_send_failed_exactly_once(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    # GIVEN an end whose send failed, and SQS back
+    record_all(store, "c1", 1)
+    queue.fail_next = True
+    services.end_call(store, queue, "c1")
+
+    # WHEN the sweeper runs, with no delay before resending
+    first = sweep(store, queue, resend_after_s=0)
+
+    # THEN the round's one work item is sent and recorded
+    assert first == services.SweepOutcome(resent=1, failed=0)
+    assert queue.sent == [WorkItem(call_id="c1", round=1)]
+    call = store.get_call("c1")
+    assert call is not None
+    assert (call.state, call.enqueued_round) == (CallState.PROCESSING_AI, 1)
+
+    # ... and neither a second sweep nor a repeated end sends it again
+    assert sweep(store, queue, resend_after_s=0) == services.SweepOutcome(resent=0, failed=0)
+    assert services.end_call(store, queue, "c1").processing
+    assert queue.sent == [WorkItem(call_id="c1", round=1)]
+
+
+def test_the_sweeper_leaves_an_unsent_item_alone_while_its_end_may_still_be_sending(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    # GIVEN an end whose send is not recorded, made just now (the clock does not move)
+    record_all(store, "c1", 1)
+    queue.fail_next = True
+    services.end_call(store, queue, "c1")
+
+    # WHEN the sweeper runs with its usual delay
+    outcome = sweep(store, queue, resend_after_s=30)
+
+    # THEN it sends nothing yet: a concurrent end could still be sending the item
+    assert outcome == services.SweepOutcome(resent=0, failed=0)
+    assert queue.sent == []
+
+
+def test_the_sweeper_keeps_the_item_for_the_next_sweep_when_sqs_is_still_down(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    record_all(store, "c1", 1)
+    queue.fail_next = True
+    services.end_call(store, queue, "c1")
+    queue.fail_next = True
+
+    sweep(store, queue)
+    assert queue.sent == []
+
+    assert sweep(store, queue) == services.SweepOutcome(resent=1, failed=0)
+    assert queue.sent == [WorkItem(call_id="c1", round=1)]
 
 
 def test_end_of_a_completed_call_reports_completed_and_not_processing(
@@ -332,7 +389,7 @@ def test_end_of_a_completed_call_reports_completed_and_not_processing(
 ) -> None:
     record_all(store, "c1", 1)
     services.end_call(store, queue, "c1")
-    store.transition("c1", source=CallState.PROCESSING_AI, target=CallState.COMPLETED, now=T0)
+    move(store, "c1", CallState.PROCESSING_AI, CallState.COMPLETED)
 
     outcome = services.end_call(store, queue, "c1")
 
@@ -343,7 +400,7 @@ def test_end_of_a_completed_call_reports_completed_and_not_processing(
 def test_end_of_a_failed_call_reports_failed_and_sends_nothing(store: InMemoryCallStore, queue: FakeQueue) -> None:
     record_all(store, "c1", 1)
     services.end_call(store, queue, "c1")
-    store.transition("c1", source=CallState.PROCESSING_AI, target=CallState.FAILED, now=T0, failure_reason="x")
+    move(store, "c1", CallState.PROCESSING_AI, CallState.FAILED, failure_reason="x")
 
     outcome = services.end_call(store, queue, "c1")
 
@@ -396,9 +453,7 @@ def three_completed_calls(store: InMemoryCallStore, queue: FakeQueue) -> Iterato
         record_all(store, call_id, 1)
     for i, call_id in enumerate(("c-a", "c-b", "c-c")):
         services.end_call(store, queue, call_id)
-        store.transition(
-            call_id, source=CallState.PROCESSING_AI, target=CallState.COMPLETED, now=f"2024-02-01T00:00:0{i}.000000Z"
-        )
+        move(store, call_id, CallState.PROCESSING_AI, CallState.COMPLETED, now=f"2024-02-01T00:00:0{i}.000000Z")
     yield
 
 
@@ -431,7 +486,7 @@ def test_a_repeated_end_soon_after_does_not_send_a_second_work_item_while_the_fi
     # GIVEN an end whose send is not yet recorded (a concurrent end is still in flight)
     store, queue = InMemoryCallStore(), FakeQueue()
     record_all(store, "c1", 1)
-    store.transition("c1", source=CallState.IN_PROGRESS, target=CallState.PROCESSING_AI, now=T0, new_round=True)
+    move(store, "c1", CallState.IN_PROGRESS, CallState.PROCESSING_AI)
 
     # WHEN another end arrives at once
     outcome = services.end_call(store, queue, "c1")
@@ -439,3 +494,57 @@ def test_a_repeated_end_soon_after_does_not_send_a_second_work_item_while_the_fi
     # THEN it reports the state and sends nothing: the first request owns the send
     assert outcome.processing
     assert queue.sent == []
+
+
+# --- idempotent store writes: a request resent after its answer was lost -----------------
+
+
+def test_a_transition_resent_with_the_same_token_returns_the_moved_call_instead_of_refusing(
+    store: InMemoryCallStore,
+) -> None:
+    # GIVEN an end whose write succeeded but whose answer was lost
+    record_all(store, "c1", 1)
+    rule = transition_rule("c1", CallState.IN_PROGRESS, CallState.PROCESSING_AI)
+    first = store.transition("c1", rule, now=T0, token="end-1", last_sequence=4)
+
+    # WHEN the same write is resent with the same token
+    again = store.transition("c1", rule, now="2024-01-01T00:00:05.000000Z", token="end-1", last_sequence=4)
+
+    # THEN it answers with the call as moved, and moves nothing a second time
+    assert again == first == store.get_call("c1")
+    assert (again.state, again.round, again.updated_at) == (CallState.PROCESSING_AI, 1, T0)
+
+
+def test_a_transition_with_another_token_is_still_refused_with_the_current_state(store: InMemoryCallStore) -> None:
+    record_all(store, "c1", 1)
+    rule = transition_rule("c1", CallState.IN_PROGRESS, CallState.PROCESSING_AI)
+    moved = store.transition("c1", rule, now=T0, token="end-1")
+
+    with pytest.raises(InvalidTransitionError) as excinfo:
+        store.transition("c1", rule, now=T0, token="end-2")
+
+    assert excinfo.value.current is CallState.PROCESSING_AI
+    assert excinfo.value.call == moved
+    assert store.get_call("c1") == moved
+
+
+def test_an_attempt_started_again_with_the_same_token_gets_the_same_number_and_counts_once(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    # GIVEN an ended call whose first attempt was counted but whose answer was lost
+    record_all(store, "c1", 1)
+    services.end_call(store, queue, "c1")
+    first = store.start_attempt("c1", 1, now=T0, token="attempt-1")
+
+    # WHEN the same write is resent
+    again = store.start_attempt("c1", 1, now=T0, token="attempt-1")
+
+    # THEN it is the same attempt, counted once
+    assert first == again == 1
+    call = store.get_call("c1")
+    assert call is not None
+    assert call.ai_attempts == 1
+    assert [(a.round, a.number) for a in call.attempts] == [(1, 1)]
+
+    # ... while a new attempt (a new token) is the next number
+    assert store.start_attempt("c1", 1, now=T0, token="attempt-2") == 2

@@ -22,6 +22,16 @@ def test_defaults_are_those_of_the_design() -> None:
     assert settings.api_port == 8000
 
 
+def test_call_size_and_sweep_defaults() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.max_call_packets == 360_000  # two hours of 20 ms packets
+    assert settings.max_call_bytes == 128 * 1024 * 1024
+    assert settings.work_resend_after_s == 30.0
+    assert settings.processing_timeout_s == 3600.0
+    assert Settings() == settings
+
+
 def test_blank_values_fall_back_to_the_defaults() -> None:
     env = {"AI_FAILURE_RATE": "", "AI_SEED": "  ", "MAX_RECEIVE_COUNT": " ", "API_KEYS": "", "AI_PROVIDER": ""}
 
@@ -43,6 +53,10 @@ def test_overrides_are_parsed_to_their_types() -> None:
         "CALLS_TABLE": "calls-dev",
         "PACKETS_TABLE": "packets-dev",
         "WORK_QUEUE_URL": "http://localhost/queue/work",
+        "MAX_CALL_PACKETS": "1000",
+        "MAX_CALL_BYTES": " 4096 ",
+        "WORK_RESEND_AFTER_S": "1",
+        "PROCESSING_TIMEOUT_S": "1.5",
     }
 
     settings = Settings.from_env(env)
@@ -59,6 +73,10 @@ def test_overrides_are_parsed_to_their_types() -> None:
     assert settings.calls_table == "calls-dev"
     assert settings.packets_table == "packets-dev"
     assert settings.work_queue_url == "http://localhost/queue/work"
+    assert settings.max_call_packets == 1000
+    assert settings.max_call_bytes == 4096
+    assert settings.work_resend_after_s == 1.0
+    assert settings.processing_timeout_s == 1.5
 
 
 def test_equal_min_and_max_latency_are_allowed() -> None:
@@ -96,6 +114,18 @@ def test_api_keys_are_split_on_commas_stripped_and_blanks_dropped() -> None:
         ("API_PORT", "0"),
         ("API_PORT", "http"),
         ("MAX_PACKET_BYTES", "0"),
+        ("MAX_CALL_PACKETS", "0"),
+        ("MAX_CALL_PACKETS", "1e5"),
+        ("MAX_CALL_BYTES", "0"),
+        ("MAX_CALL_BYTES", "-1"),
+        ("MAX_CALL_BYTES", "128MiB"),
+        ("WORK_RESEND_AFTER_S", "0"),
+        ("WORK_RESEND_AFTER_S", "0.5"),
+        ("WORK_RESEND_AFTER_S", "soon"),
+        ("WORK_RESEND_AFTER_S", "inf"),
+        ("PROCESSING_TIMEOUT_S", "0.5"),
+        ("PROCESSING_TIMEOUT_S", "nan"),
+        ("PROCESSING_TIMEOUT_S", "an hour"),
     ],
 )
 def test_bad_value_raises_settings_error_naming_the_variable(name: str, value: str) -> None:
@@ -129,3 +159,28 @@ def test_settings_error_is_a_value_error() -> None:
 def test_infinite_delays_are_rejected(name: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: "inf"})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({"PROCESSING_TIMEOUT_S": "30"}, id="timeout equal to the default resend delay"),
+        pytest.param({"PROCESSING_TIMEOUT_S": "10"}, id="timeout below the default resend delay"),
+        pytest.param({"WORK_RESEND_AFTER_S": "3600"}, id="resend delay equal to the default timeout"),
+        pytest.param({"WORK_RESEND_AFTER_S": "60", "PROCESSING_TIMEOUT_S": "59"}, id="both set, timeout shorter"),
+    ],
+)
+def test_a_processing_timeout_not_longer_than_the_resend_delay_raises_settings_error_naming_both(
+    env: dict[str, str],
+) -> None:
+    # A call would be failed as lost before the sweeper ever resent its work item.
+    with pytest.raises(SettingsError, match="PROCESSING_TIMEOUT_S") as excinfo:
+        Settings.from_env(env)
+
+    assert "WORK_RESEND_AFTER_S" in str(excinfo.value)
+
+
+def test_a_processing_timeout_just_longer_than_the_resend_delay_is_allowed() -> None:
+    settings = Settings.from_env({"WORK_RESEND_AFTER_S": "60", "PROCESSING_TIMEOUT_S": "60.5"})
+
+    assert (settings.work_resend_after_s, settings.processing_timeout_s) == (60.0, 60.5)

@@ -1,6 +1,6 @@
 """The AI half of the pipeline with fakes: process_call, the DLQ's fail_exhausted, operator
-retry, the sweep for lost work items, and the worker, DLQ and sweeper Lambda handlers
-driven with events in Lambda's SQS shape."""
+retry, the sweep of PROCESSING_AI calls (unsent and lost work items), and the worker, DLQ
+and sweeper Lambda handlers driven with events in Lambda's SQS shape."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,12 +21,22 @@ from ai_worker.handler import WorkerDeps
 from callcore import services
 from callcore.domain.errors import (
     CallNotFoundError,
+    CallTooLargeError,
     DependencyUnavailableError,
     InvalidTransitionError,
     PermanentAIError,
     RetryableAIError,
 )
-from callcore.domain.model import Call, CallState, Packet, Sentiment, WorkItem
+from callcore.domain.model import (
+    MAX_TRANSCRIPT_BYTES,
+    Call,
+    CallState,
+    Packet,
+    Sentiment,
+    TransitionRule,
+    WorkItem,
+    transition_rule,
+)
 from callcore.domain.retry import backoff_delay
 from callcore.services import ProcessOutcome
 from callcore.settings import Settings
@@ -57,9 +67,9 @@ def failed_call(store: InMemoryCallStore, queue: FakeQueue, call_id: str, reason
     item = ended_call(store, queue, call_id)
     store.transition(
         call_id,
-        source=CallState.PROCESSING_AI,
-        target=CallState.FAILED,
+        transition_rule(call_id, CallState.PROCESSING_AI, CallState.FAILED),
         now="2024-01-01T00:00:01.000000Z",
+        token=services.new_token(),
         expected_round=1,
         failure_reason=reason,
     )
@@ -72,8 +82,10 @@ def get(store: InMemoryCallStore, call_id: str) -> Call:
     return call
 
 
-def process(store: InMemoryCallStore, ai: FakeAIProvider, item: WorkItem) -> ProcessOutcome:
-    return asyncio.run(services.process_call(store, ai, item))
+def process(
+    store: InMemoryCallStore, ai: FakeAIProvider, item: WorkItem, *, max_call_bytes: int = SETTINGS.max_call_bytes
+) -> ProcessOutcome:
+    return asyncio.run(services.process_call(store, ai, item, max_call_bytes=max_call_bytes))
 
 
 # --- process_call -----------------------------------------------------------------------
@@ -92,6 +104,7 @@ def test_process_call_completes_with_one_attempt_and_stores_transcript_and_senti
     assert call.state is CallState.COMPLETED
     assert call.ai_attempts == 1
     assert call.transcript == "hello world, thanks"
+    assert call.transcript_truncated is False
     assert call.sentiment == Sentiment("POSITIVE", 1.0)
     assert call.failure_reason is None
     assert [(a.round, a.number, a.error) for a in call.attempts] == [(1, 1, None)]
@@ -220,6 +233,101 @@ def test_permanent_error_fails_the_call_at_once_naming_the_error(store: InMemory
     assert ai.scored == []
 
 
+def test_a_call_over_max_call_bytes_fails_at_once_naming_the_limit_without_calling_the_ai(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    # GIVEN a call with 10 + 10 bytes of packet data, and a limit of 15
+    item = ended_call(store, queue, "c1", "a" * 10, "b" * 10)
+    ai = FakeAIProvider()
+
+    # WHEN the worker processes it
+    outcome = process(store, ai, item, max_call_bytes=15)
+
+    # THEN it fails on its one attempt, without a retry and without asking the AI
+    assert outcome is ProcessOutcome.FAILED
+    call = get(store, "c1")
+    assert call.state is CallState.FAILED
+    assert call.ai_attempts == 1
+    assert call.failure_reason is not None
+    assert "15 bytes" in call.failure_reason
+    assert call.ai_last_error is not None
+    assert "15 bytes" in call.ai_last_error
+    assert ai.calls == []
+    assert ai.scored == []
+
+
+def test_a_call_of_exactly_max_call_bytes_is_processed(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    item = ended_call(store, queue, "c1", "a" * 10, "b" * 10)
+    ai = FakeAIProvider()
+
+    assert process(store, ai, item, max_call_bytes=20) is ProcessOutcome.COMPLETED
+    assert ai.calls_for("c1") == 1
+
+
+def test_a_transcript_over_the_limit_is_stored_cut_and_flagged_and_the_call_completes(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    item = ended_call(store, queue, "c1")
+    transcript = "word " * (MAX_TRANSCRIPT_BYTES // 5 + 100)
+    ai = FakeAIProvider({"c1": [transcript]})
+
+    outcome = process(store, ai, item)
+
+    assert outcome is ProcessOutcome.COMPLETED
+    call = get(store, "c1")
+    assert call.state is CallState.COMPLETED
+    assert call.transcript_truncated is True
+    assert call.transcript == transcript[:MAX_TRANSCRIPT_BYTES]
+    assert ai.scored == [transcript]  # the sentiment is of the whole call
+
+
+class ResultTooLargeStore(InMemoryCallStore):
+    """A store whose record cannot hold the AI result (DynamoDB's item size limit)."""
+
+    def transition(self, call_id: str, rule: TransitionRule, **kwargs: Any) -> Call:
+        if kwargs.get("result") is not None:
+            raise CallTooLargeError(f"call {call_id!r}: the record with the result is over 400 KB")
+        return super().transition(call_id, rule, **kwargs)
+
+
+def test_a_result_too_large_to_store_fails_the_call_with_a_reason(queue: FakeQueue) -> None:
+    store = ResultTooLargeStore()
+    item = ended_call(store, queue, "c1")
+
+    outcome = process(store, FakeAIProvider(), item)
+
+    assert outcome is ProcessOutcome.FAILED
+    call = get(store, "c1")
+    assert call.state is CallState.FAILED
+    assert call.failure_reason is not None
+    assert "could not be stored" in call.failure_reason
+    assert "over 400 KB" in call.failure_reason
+    assert call.transcript is None
+
+
+def test_round_1s_late_error_arriving_after_round_2s_attempt_started_does_not_overwrite_round_2s(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    # GIVEN round 1's attempt started, then the round failed and was retried
+    ended_call(store, queue, "c1")
+    first = store.start_attempt("c1", 1, now="2024-01-01T00:00:01.000000Z", token="r1")
+    assert first == 1
+    services.fail_exhausted(store, WorkItem("c1", 1))
+    services.retry_call(store, queue, "c1")
+    # ... and round 2's attempt started and recorded its error
+    second = store.start_attempt("c1", 2, now="2024-01-01T00:00:02.000000Z", token="r2")
+    assert second == 2
+    store.record_attempt_error("c1", 2, second, "round 2: HTTP 503")
+
+    # WHEN round 1's late error arrives
+    store.record_attempt_error("c1", 1, first, "round 1: timed out")
+
+    # THEN it is ignored: the call shows round 2's error, and round 1's attempt is unchanged
+    call = get(store, "c1")
+    assert call.ai_last_error == "round 2: HTTP 503"
+    assert [(a.round, a.number, a.error) for a in call.attempts] == [(1, 1, None), (2, 2, "round 2: HTTP 503")]
+
+
 # --- fail_exhausted (the dead-letter queue) ---------------------------------------------
 
 
@@ -243,8 +351,7 @@ def test_fail_exhausted_fails_the_call_naming_the_attempts_of_the_round_and_the_
     call = get(store, "c1")
     assert call.state is CallState.FAILED
     assert call.failure_reason is not None
-    assert "3 attempts" in call.failure_reason
-    assert "timeout three" in call.failure_reason
+    assert call.failure_reason == "AI processing gave up after all retries (3 attempts; last error: timeout three)"
     assert call.ai_attempts == 3
 
 
@@ -260,7 +367,7 @@ def test_fail_exhausted_counts_only_the_attempts_of_the_items_round(store: InMem
 
     call = get(store, "c1")
     assert call.failure_reason is not None
-    assert "after 1 attempt " in call.failure_reason
+    assert "(1 attempt;" in call.failure_reason
     assert "503 c" in call.failure_reason
     assert call.ai_attempts == 3  # across both rounds
 
@@ -320,7 +427,7 @@ def test_retry_moves_a_failed_call_to_processing_in_a_new_round_with_a_new_work_
     assert stored.enqueued_round == 2
     assert stored.attempts == history
     assert stored.ai_attempts == 1
-    assert stored.reason_for_failure is None  # kept stored for a revert, not shown
+    assert stored.reason_for_failure is None  # kept stored as history, not shown
 
 
 def test_retried_call_completes_when_the_ai_recovers(store: InMemoryCallStore, queue: FakeQueue) -> None:
@@ -365,105 +472,240 @@ def test_retry_of_an_unknown_call_is_not_found(store: InMemoryCallStore, queue: 
     assert queue.sent == []
 
 
-def test_retry_with_the_queue_down_raises_and_the_call_is_failed_again(
+def test_retry_with_the_queue_down_leaves_the_call_processing_for_the_sweeper_to_send(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    # GIVEN a failed call and an SQS outage
+    failed_call(store, queue, "c1", reason="AI processing gave up after 5 attempts")
+    queue.fail_with = DependencyUnavailableError("SQS", "unreachable")
+
+    # WHEN the operator retries it
+    call = services.retry_call(store, queue, "c1")
+
+    # THEN the retry holds: round 2 is PROCESSING_AI, its work item known not to be sent
+    assert (call.state, call.round) == (CallState.PROCESSING_AI, 2)
+    stored = get(store, "c1")
+    assert (stored.state, stored.round, stored.enqueued_round) == (CallState.PROCESSING_AI, 2, 1)
+    assert stored.failure_reason == "AI processing gave up after 5 attempts"  # kept as history
+    assert queue.sent == [WorkItem("c1", 1)]
+
+    # ... and once SQS is back, the sweeper sends round 2's item, once
+    queue.fail_with = None
+    clock.advance(SETTINGS.work_resend_after_s + 1)
+    assert sweep(store, queue) == services.SweepOutcome(resent=1, failed=0)
+    assert sweep(store, queue) == services.SweepOutcome(resent=0, failed=0)
+    assert queue.sent == [WorkItem("c1", 1), WorkItem("c1", 2)]
+    assert get(store, "c1").enqueued_round == 2
+
+
+def test_a_second_retry_of_a_call_whose_retry_send_failed_is_an_invalid_transition(
     store: InMemoryCallStore, queue: FakeQueue
 ) -> None:
     failed_call(store, queue, "c1")
     queue.fail_with = DependencyUnavailableError("SQS", "unreachable")
-
-    with pytest.raises(DependencyUnavailableError):
-        services.retry_call(store, queue, "c1")
-
-    call = get(store, "c1")
-    assert call.state is CallState.FAILED
-    assert queue.sent == [WorkItem("c1", 1)]
-    # ... and the operator can retry again once the queue is back
+    services.retry_call(store, queue, "c1")
     queue.fail_with = None
-    assert services.retry_call(store, queue, "c1").state is CallState.PROCESSING_AI
-    assert queue.sent[-1] == WorkItem("c1", get(store, "c1").round)
 
-
-def test_retry_with_the_queue_down_keeps_the_calls_failure_reason(store: InMemoryCallStore, queue: FakeQueue) -> None:
-    failed_call(store, queue, "c1", reason="AI processing gave up after 5 attempts")
-    queue.fail_with = DependencyUnavailableError("SQS", "unreachable")
-
-    with pytest.raises(DependencyUnavailableError):
+    with pytest.raises(InvalidTransitionError) as excinfo:
         services.retry_call(store, queue, "c1")
 
-    call = get(store, "c1")
-    assert call.state is CallState.FAILED
-    assert call.failure_reason == "AI processing gave up after 5 attempts"
+    assert excinfo.value.current is CallState.PROCESSING_AI
+    assert queue.sent == [WorkItem("c1", 1)]
 
 
-# --- resend_lost_work (the sweeper) -----------------------------------------------------
+# --- sweep_processing (the sweeper) -----------------------------------------------------
 
+ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
-OLD = "2024-01-01T11:00:00.000000Z"  # an hour before NOW
-RECENT = "2024-01-01T11:59:55.000000Z"  # 5 s before NOW
+RESEND_AFTER_S = SETTINGS.work_resend_after_s  # 30 s
+GIVE_UP_AFTER_S = SETTINGS.processing_timeout_s  # an hour
+
+
+class Clock:
+    """The service's clock, which moves only when a test advances it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    def now_iso(self) -> str:
+        return self.now.strftime(ISO)
+
+    def iso_seconds_ago(self, seconds: float) -> str:
+        return (self.now - timedelta(seconds=seconds)).strftime(ISO)
+
+    def seconds_since(self, iso: str) -> float:
+        return (self.now - datetime.strptime(iso, ISO).replace(tzinfo=UTC)).total_seconds()
 
 
 @pytest.fixture
-def frozen_now(monkeypatch: pytest.MonkeyPatch) -> None:
-    """To the service it is always NOW."""
-
-    def seconds_since(iso: str) -> float:
-        then = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-        return (NOW - then).total_seconds()
-
-    monkeypatch.setattr(services, "seconds_since", seconds_since)
-    assert services.seconds_since(OLD) > services.RESEND_AFTER_S
-    assert services.seconds_since(RECENT) < services.RESEND_AFTER_S
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """To the service it is ``clock.now``, NOW until the test advances it."""
+    clock = Clock(NOW)
+    monkeypatch.setattr(services, "now_iso", clock.now_iso)
+    monkeypatch.setattr(services, "iso_seconds_ago", clock.iso_seconds_ago)
+    monkeypatch.setattr(services, "seconds_since", clock.seconds_since)
+    return clock
 
 
-def processing_without_recorded_send(store: InMemoryCallStore, call_id: str, at: str) -> None:
-    """PROCESSING_AI in round 1, as left by an end whose SQS send and revert both failed."""
+def sweep(store: InMemoryCallStore, queue: FakeQueue, *, page_size: int = 100) -> services.SweepOutcome:
+    return services.sweep_processing(
+        store, queue, resend_after_s=RESEND_AFTER_S, give_up_after_s=GIVE_UP_AFTER_S, page_size=page_size
+    )
+
+
+def ended_without_a_sent_item(store: InMemoryCallStore, queue: FakeQueue, call_id: str) -> None:
+    """PROCESSING_AI in round 1, as left by an end whose SQS send failed."""
     services.record_packet(store, call_id, Packet(sequence=1, data="x", timestamp=1.0))
-    store.transition(call_id, source=CallState.IN_PROGRESS, target=CallState.PROCESSING_AI, now=at, new_round=True)
+    queue.fail_next = True
+    assert services.end_call(store, queue, call_id).processing
+    assert get(store, call_id).enqueued_round == 0
 
 
-@pytest.mark.usefixtures("frozen_now")
-def test_resend_lost_work_resends_only_old_unrecorded_processing_calls(
-    store: InMemoryCallStore, queue: FakeQueue
+def test_sweep_fails_a_call_whose_sent_work_item_was_lost_past_the_processing_timeout(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
 ) -> None:
-    processing_without_recorded_send(store, "lost", at=OLD)
-    processing_without_recorded_send(store, "recent", at=RECENT)
-    processing_without_recorded_send(store, "recorded", at=OLD)
-    store.mark_enqueued("recorded", 1)
+    # GIVEN a call whose work item was sent and recorded, and whose one attempt failed
+    item = ended_call(store, queue, "lost")
+    exhaust(store, item, ["503 once"])
+
+    # WHEN the sweeper runs after the processing timeout, with no result yet
+    clock.advance(GIVE_UP_AFTER_S + 1)
+    outcome = sweep(store, queue)
+
+    # THEN the call is FAILED with a reason saying its work item was lost, and nothing is resent
+    assert outcome == services.SweepOutcome(resent=0, failed=1)
+    call = get(store, "lost")
+    assert call.state is CallState.FAILED
+    assert call.failure_reason is not None
+    assert "work item was lost" in call.failure_reason
+    assert "Retry the call" in call.failure_reason
+    assert "1 attempt; last error: 503 once" in call.failure_reason
+    assert queue.sent == [item]
+
+
+def test_sweep_leaves_a_call_with_a_sent_item_alone_within_the_processing_timeout(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    # GIVEN a call whose work item was sent and recorded
+    item = ended_call(store, queue, "busy")
+    before = get(store, "busy")
+
+    # WHEN the sweeper runs long after the resend delay but before the timeout
+    clock.advance(GIVE_UP_AFTER_S - 1)
+    outcome = sweep(store, queue)
+
+    # THEN the call is untouched: its item may still be retrying
+    assert outcome == services.SweepOutcome(resent=0, failed=0)
+    assert get(store, "busy") == before
+    assert queue.sent == [item]
+
+
+def test_sweep_resends_an_unsent_work_item_older_than_the_resend_delay_once(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    # GIVEN an end whose send failed
+    ended_without_a_sent_item(store, queue, "unsent")
+
+    # WHEN the sweeper runs after the resend delay, twice
+    clock.advance(RESEND_AFTER_S + 1)
+    first = sweep(store, queue)
+    second = sweep(store, queue)
+
+    # THEN the item is sent and recorded by the first sweep only
+    assert first == services.SweepOutcome(resent=1, failed=0)
+    assert second == services.SweepOutcome(resent=0, failed=0)
+    assert queue.sent == [WorkItem("unsent", 1)]
+    call = get(store, "unsent")
+    assert (call.state, call.enqueued_round) == (CallState.PROCESSING_AI, 1)
+
+
+def test_sweep_does_not_resend_an_unsent_item_within_the_resend_delay(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    # GIVEN an end whose send failed 5 s ago (a concurrent end could still be sending)
+    ended_without_a_sent_item(store, queue, "recent")
+    clock.advance(5)
+
+    assert sweep(store, queue) == services.SweepOutcome(resent=0, failed=0)
+    assert queue.sent == []
+
+
+def test_sweep_fails_rather_than_resends_an_unsent_item_past_the_processing_timeout(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    ended_without_a_sent_item(store, queue, "stuck")
+    clock.advance(GIVE_UP_AFTER_S + 1)
+
+    assert sweep(store, queue) == services.SweepOutcome(resent=0, failed=1)
+    assert get(store, "stuck").state is CallState.FAILED
+    assert queue.sent == []
+
+
+def test_sweep_touches_only_processing_calls(store: InMemoryCallStore, queue: FakeQueue, clock: Clock) -> None:
     services.record_packet(store, "open", Packet(sequence=1, data="x", timestamp=1.0))
+    process(store, FakeAIProvider(), ended_call(store, queue, "done"))
+    failed_call(store, queue, "failed")
+    before = {call_id: get(store, call_id) for call_id in ("open", "done", "failed")}
+    sent = list(queue.sent)
 
-    sent = services.resend_lost_work(store, queue)
+    clock.advance(GIVE_UP_AFTER_S + 1)
 
-    assert sent == 1
-    assert queue.sent == [WorkItem("lost", 1)]
-    assert get(store, "lost").enqueued_round == 1
-    assert get(store, "recent").enqueued_round == 0
-
-
-@pytest.mark.usefixtures("frozen_now")
-def test_resend_lost_work_does_not_resend_once_recorded(store: InMemoryCallStore, queue: FakeQueue) -> None:
-    processing_without_recorded_send(store, "lost", at=OLD)
-    services.resend_lost_work(store, queue)
-
-    assert services.resend_lost_work(store, queue) == 0
-    assert queue.sent == [WorkItem("lost", 1)]
+    assert sweep(store, queue) == services.SweepOutcome(resent=0, failed=0)
+    assert {call_id: get(store, call_id) for call_id in before} == before
+    assert queue.sent == sent
 
 
-@pytest.mark.usefixtures("frozen_now")
-def test_resend_lost_work_pages_through_every_processing_call(store: InMemoryCallStore, queue: FakeQueue) -> None:
+def test_sweep_pages_through_every_processing_call(store: InMemoryCallStore, queue: FakeQueue, clock: Clock) -> None:
     for i in range(7):
-        processing_without_recorded_send(store, f"lost-{i}", at=OLD)
+        ended_without_a_sent_item(store, queue, f"unsent-{i}")
+    for i in range(4):
+        ended_call(store, queue, f"lost-{i}")
+    clock.advance(GIVE_UP_AFTER_S + 1)
+    for i in range(7):
+        # ended later: unsent, but within the timeout
+        ended_without_a_sent_item(store, queue, f"late-{i}")
+    clock.advance(RESEND_AFTER_S + 1)
 
-    assert services.resend_lost_work(store, queue, page_size=3) == 7
-    assert sorted(item.call_id for item in queue.sent) == [f"lost-{i}" for i in range(7)]
+    outcome = sweep(store, queue, page_size=3)
+
+    assert outcome == services.SweepOutcome(resent=7, failed=11)
+    assert sorted(item.call_id for item in queue.sent if item.call_id.startswith("late")) == [
+        f"late-{i}" for i in range(7)
+    ]
+    assert all(get(store, f"unsent-{i}").state is CallState.FAILED for i in range(7))
+    assert all(get(store, f"lost-{i}").state is CallState.FAILED for i in range(4))
 
 
-@pytest.mark.usefixtures("frozen_now")
-def test_sweeper_handler_reports_how_many_items_it_resent(store: InMemoryCallStore, queue: FakeQueue) -> None:
-    processing_without_recorded_send(store, "lost", at=OLD)
-    handler = ai_worker.sweeper.build_handler(store, queue)
+def test_sweeper_handler_reports_how_many_items_it_resent_and_calls_it_failed(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    ended_call(store, queue, "lost")
+    clock.advance(GIVE_UP_AFTER_S + 1)
+    ended_without_a_sent_item(store, queue, "unsent")
+    clock.advance(RESEND_AFTER_S + 1)
+    handler = ai_worker.sweeper.build_handler(store, queue, SETTINGS)
 
-    assert handler({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}, None) == {"resent": 1}
-    assert queue.sent == [WorkItem("lost", 1)]
+    response = handler({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}, None)
+
+    assert response == {"resent": 1, "failed": 1}
+    assert queue.sent[-1] == WorkItem("unsent", 1)
+    assert get(store, "lost").state is CallState.FAILED
+
+
+def test_sweeper_handler_follows_the_resend_and_timeout_settings(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    ended_without_a_sent_item(store, queue, "unsent")
+    settings = dataclasses.replace(SETTINGS, work_resend_after_s=2.0, processing_timeout_s=10.0)
+    handler = ai_worker.sweeper.build_handler(store, queue, settings)
+
+    clock.advance(3)
+    assert handler({}, None) == {"resent": 1, "failed": 0}
+    clock.advance(8)
+    assert handler({}, None) == {"resent": 0, "failed": 1}
 
 
 # --- the worker Lambda handler ----------------------------------------------------------
@@ -675,10 +917,10 @@ class DynamoDBDownStore(InMemoryCallStore):
         super().__init__()
         self.down = set(down)
 
-    def start_attempt(self, call_id: str, round: int, *, now: str) -> int | None:
+    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> int | None:
         if call_id in self.down:
             raise DependencyUnavailableError("DynamoDB", "throttled")
-        return super().start_attempt(call_id, round, now=now)
+        return super().start_attempt(call_id, round, now=now, token=token)
 
 
 def test_worker_reports_a_dependency_outage_as_a_retryable_failure(queue: FakeQueue) -> None:
@@ -692,6 +934,21 @@ def test_worker_reports_a_dependency_outage_as_a_retryable_failure(queue: FakeQu
     assert receipt_handle == "rh-1"
     assert 0 <= timeout <= 4
     assert get(store, "c1").state is CallState.PROCESSING_AI
+
+
+def test_worker_fails_a_call_over_the_max_call_bytes_setting_without_a_batch_failure(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    [item] = ended_calls(store, queue, "c1")  # 5 bytes of packet data
+    ai = FakeAIProvider()
+    settings = dataclasses.replace(SETTINGS, max_call_bytes=4)
+
+    response = worker(store, ai, queue, settings)(make_sqs_event(body(item)), None)
+
+    assert response == {"batchItemFailures": []}
+    assert queue.visibility_changes == []
+    assert get(store, "c1").state is CallState.FAILED
+    assert ai.calls == []
 
 
 def test_worker_still_reports_the_failure_when_the_visibility_change_fails(
@@ -761,8 +1018,7 @@ def test_dlq_handler_fails_the_call_with_a_reason(store: InMemoryCallStore, queu
     call = get(store, "c1")
     assert call.state is CallState.FAILED
     assert call.failure_reason is not None
-    assert "2 attempts" in call.failure_reason
-    assert "503 two" in call.failure_reason
+    assert "(2 attempts; last error: 503 two)" in call.failure_reason
 
 
 def test_dlq_handler_twice_changes_nothing_more(store: InMemoryCallStore, queue: FakeQueue) -> None:
