@@ -7,8 +7,10 @@ and adapters against a moto server, and failed before its fix.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,11 +23,11 @@ from botocore.stub import Stubber
 from ai_worker import sweeper
 from callcore import services
 from callcore.adapters.dynamodb_store import ARRIVAL_INDEX, DynamoDBCallStore
-from callcore.bootstrap import CLIENT_CONFIG, AwsClients, Ports
+from callcore.bootstrap import CLIENT_CONFIG, AwsClients, Ports, build_clients, build_ports
 from callcore.domain.errors import DependencyUnavailableError
 from callcore.domain.model import MAX_TRANSCRIPT_BYTES, CallState, Packet, WorkItem, transition_rule
 from callcore.ports import WorkQueue
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, MotoStack, start_moto_stack
 from tests.fakes import FakeAIProvider
 from tests.integration.helpers import drain_queue, packet
 
@@ -308,3 +310,104 @@ def test_the_worker_refuses_a_call_over_its_byte_limit_with_a_reason_naming_it(
     assert ai.calls == []
     reason = api.get(f"/v1/call/{call_id}").json()["failure_reason"]
     assert "more than 2500 bytes" in reason
+
+
+# ---------------------------------------------------------------- item 3
+
+
+def _seed_for(faulted: list[bool], rate: float = 0.5) -> int:
+    """A LOCAL_FAULTS_SEED whose draws fault exactly the matching requests marked True, in order.
+
+    The fault injector draws once per request that a rule matches (devstack/faults.py,
+    FaultInjector.decide), so with a single rule of ``rate`` the n-th matching request
+    is faulted when the n-th ``random()`` of the seeded generator is below ``rate``.
+    """
+    for seed in range(100_000):
+        rng = random.Random(seed)
+        if [rng.random() < rate for _ in faulted] == faulted:
+            return seed
+    raise AssertionError("no seed found")
+
+
+@contextmanager
+def faulty_stack(monkeypatch: pytest.MonkeyPatch, rule: str, faulted: list[bool]) -> Iterator[MotoStack]:
+    """A moto server of its own whose ``rule`` faults the matching requests marked True, in order."""
+    monkeypatch.setenv("LOCAL_FAULTS", rule)
+    monkeypatch.setenv("LOCAL_FAULTS_SEED", str(_seed_for(faulted)))
+    ms = start_moto_stack()
+    monkeypatch.delenv("LOCAL_FAULTS")
+    try:
+        yield ms
+    finally:
+        ms.moto.stop()
+
+
+def _faults(ms: MotoStack) -> dict[str, Any]:
+    with httpx.Client(timeout=10) as client:
+        stats: dict[str, Any] = client.get(f"{ms.moto.endpoint}/_local_faults").json()
+        return stats
+
+
+def test_a_packet_transaction_whose_answer_was_lost_is_resent_and_answered_accepted_not_duplicate(
+    monkeypatch: pytest.MonkeyPatch, call_id: str
+) -> None:
+    # GIVEN DynamoDB commits the packet's transaction, then the answer is lost; botocore
+    # resends the same request (same ClientRequestToken), whose answer arrives
+    with faulty_stack(monkeypatch, "dynamodb.TransactWriteItems=0.5:LostResponse", [True, False]) as ms:
+        ports = build_ports(ms.settings(), endpoint_url=ms.moto.endpoint)
+        from ingest.app import create_app
+
+        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
+            # WHEN the packet is posted
+            response = api.post(f"/v1/call/stream/{call_id}", json=packet(0))
+            # THEN it is accepted (not "duplicate" of itself), stored once, counted nowhere twice
+            assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
+            assert response.status_code == 202, response.text
+            assert response.json()["status"] == "accepted"
+            body = api.get(f"/v1/call/{call_id}").json()
+            assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
+
+
+def test_an_attempt_whose_count_answer_was_lost_is_counted_once(
+    monkeypatch: pytest.MonkeyPatch, call_id: str
+) -> None:
+    # UpdateItems of this test, in order: the end's transition, mark_enqueued, the
+    # attempt's count (answer lost, then resent), the round's completion.
+    with faulty_stack(monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", [False, False, True, False, False]) as ms:
+        ports = build_ports(ms.settings(), endpoint_url=ms.moto.endpoint)
+        from ingest.app import create_app
+
+        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
+            assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+            assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+            # WHEN the worker counts its attempt, and that write's answer is lost and resent
+            outcome = asyncio.run(
+                services.process_call(ports.store, FakeAIProvider(), WorkItem(call_id, 1), max_call_bytes=10**6)
+            )
+            # THEN the attempt is counted once, and the round completes
+            assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
+            assert outcome is services.ProcessOutcome.COMPLETED
+            body = api.get(f"/v1/call/{call_id}").json()
+            assert body["ai"]["attempts"] == 1
+            assert [h["number"] for h in body["ai"]["history"]] == [1]
+
+
+def test_an_end_whose_transition_answer_was_lost_still_sends_its_work_item_at_once(
+    monkeypatch: pytest.MonkeyPatch, call_id: str
+) -> None:
+    # GIVEN the end's transition commits and its answer is lost; the resend is refused
+    # (the call is no longer IN_PROGRESS), which is the end's own success
+    with faulty_stack(monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", [True, False, False]) as ms:
+        clients = build_clients(endpoint_url=ms.moto.endpoint)
+        ports = build_ports(ms.settings(), clients)
+        from ingest.app import create_app
+
+        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
+            assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+            # WHEN the call is ended
+            assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+        # THEN its work item is on the queue now, not after the sweeper's delay
+        assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
+        assert drain_queue(clients, ms.settings().work_queue_url) == [{"call_id": call_id, "round": 1}]
+        call = ports.store.get_call(call_id)
+        assert call is not None and call.enqueued_round == 1
