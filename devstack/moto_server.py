@@ -16,6 +16,13 @@
    ``UpdateItem``), and answers that carry items are written as plain JSON instead of
    through the service model, attribute by attribute: the AI worker's reads and writes,
    and every GET, were paying for both.
+4. ``TransactWriteItems`` honours its ``ClientRequestToken`` as DynamoDB does (moto ignores
+   it): botocore retries a transaction whose answer was lost with the same token, and a
+   token that committed answers success again instead of writing twice.
+
+The patches replace moto internals as they are in moto ``MOTO_VERSION``: ``apply_patches``
+refuses any other moto, and any replaced attribute that moved, rather than patch names
+nobody calls any more.
 
 Run as ``python -m devstack.moto_server --port N``; it prints ``ready`` on stdout once it
 accepts connections.
@@ -24,7 +31,10 @@ accepts connections.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import hashlib
+import inspect
 import io
 import json
 import re
@@ -32,7 +42,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -104,91 +116,322 @@ def _has_visible_message(queue_url: str, region: str) -> bool:
     return any(m.visible for m in queue._messages)
 
 
-def patch_transactions() -> None:  # noqa: PLR0915 - one function, as moto's own
-    """TransactWriteItems that checks every condition once, then writes, backing up only its items.
+# The moto whose internals the patches below replace (requirements-dev.txt pins it). Any
+# other moto may have moved or changed them: a patch would then replace a name nobody
+# calls any more, or break moto in ways no test of this repository would notice.
+MOTO_VERSION = "5.2.5"
 
-    moto's own copies every table a transaction touches (time proportional to the table)
-    and evaluates each condition twice. With requests serialised, a condition checked in
-    the first pass still holds in the second.
+# Table.query's parameters the partition patch reads positionally, as moto's backend passes them.
+_TABLE_QUERY_PARAMETERS = ("self", "hash_key")
+
+
+def _patch_targets() -> list[tuple[type, str]]:
+    """Every moto attribute that ``apply_patches`` replaces."""
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.table import Table
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
+    from moto.dynamodb.responses import DynamoHandler, DynamoResult
+
+    return [
+        (DynamoDBBackend, "transact_write_items"),
+        (DynamoHandler, "transact_write_items"),
+        (Table, "query"),
+        (Table, "all_items"),
+        (UpdateExpressionParser, "make"),
+        (DynamoResult, "execute_result"),
+    ]
+
+
+def check_moto() -> None:
+    """Fail loudly unless the installed moto is the one the patches were written for."""
+    import moto
+
+    review = "review every patch in devstack/moto_server.py (and tests/unit/test_moto_patch_*.py) against it"
+    installed = getattr(moto, "__version__", "unknown")
+    if installed != MOTO_VERSION:
+        raise RuntimeError(f"moto {installed} is installed, the patches are for moto {MOTO_VERSION}: {review}")
+    try:
+        targets = _patch_targets()
+    except ImportError as e:
+        raise RuntimeError(f"moto {installed} moved a module the patches use ({e}): {review}") from e
+    for owner, name in targets:
+        if not callable(getattr(owner, name, None)):
+            raise RuntimeError(f"{owner.__module__}.{owner.__qualname__}.{name} is gone: {review}")
+    from moto.dynamodb.models.table import Table
+
+    parameters = tuple(inspect.signature(Table.query).parameters)
+    if parameters[: len(_TABLE_QUERY_PARAMETERS)] != _TABLE_QUERY_PARAMETERS or "index_name" not in parameters:
+        raise RuntimeError(f"moto.dynamodb.models.table.Table.query{parameters} changed: {review}")
+
+
+def apply_patches() -> None:
+    """Check that the installed moto is the one the patches were written for, then apply them all."""
+    check_moto()
+    patch_transactions()
+    patch_partition_queries()
+    patch_update_expression_parsing()
+    patch_item_responses()
+
+
+_ABSENT = object()
+
+
+@contextlib.contextmanager
+def patches_applied() -> Iterator[None]:
+    """``apply_patches()`` until exit, then moto as it was.
+
+    The patches replace class attributes, shared by everything in the process: a test
+    that applies them must not leave them to the tests after it.
+    """
+    saved = [(owner, name, vars(owner).get(name, _ABSENT)) for owner, name in _patch_targets()]
+    apply_patches()
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            if value is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+
+
+def patch_transactions() -> None:
+    """TransactWriteItems without moto's copies of whole tables, honouring ClientRequestToken."""
+    _patch_transaction_writes()
+    _patch_client_request_tokens()
+
+
+_TRANSACT_OPERATIONS = frozenset({"ConditionCheck", "Put", "Delete", "Update"})
+
+# (table, hash key, range key or None, the item before the transaction wrote it or None)
+_Backup = tuple[Any, Any, Any, Any]
+
+
+def _patch_transaction_writes() -> None:
+    """moto's TransactWriteItems step for step, except that it backs up only the items it writes.
+
+    moto deep-copies every table a transaction touches, to put it back if the transaction
+    fails (time proportional to the table), and evaluates each condition twice: in its
+    loop and again in the write. With requests serialised, a condition checked in the
+    loop still holds for the write, and putting back the items written undoes a
+    transaction as well as restoring whole tables. Everything a client sees is moto's:
+    the same checks in the same order, the same exceptions and cancellation reasons.
+    (A rolled-back write leaves its DynamoDB Streams records, which moto's table copy
+    dropped; the stack has no streams.)
     """
     from moto.dynamodb import models
     from moto.dynamodb.comparisons import get_filter_expression
     from moto.dynamodb.exceptions import (
+        ConditionalCheckFailed,
+        MockValidationException,
         MultipleTransactionsException,
         TooManyTransactionsException,
         TransactionCanceledException,
         TransactWriteSingleOpException,
     )
 
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:  # noqa: PLR0912
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
         if len(transact_items) > 100:
             raise TooManyTransactionsException()
-        plan: list[tuple[str, dict[str, Any], dict[str, Any], Any]] = []
+        targets: set[tuple[str, str]] = set()
         reasons: list[tuple[str | None, str | None, Any]] = []
-        seen: set[tuple[str, str]] = set()
+        written: list[_Backup] = []
         for entry in transact_items:
-            if len(entry) != 1:
+            if len(entry) > 1:
+                # moto raises this without undoing the items before it; DynamoDB writes nothing.
+                _put_back(written)
                 raise TransactWriteSingleOpException()
-            op_type, op = next(iter(entry.items()))
-            if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
-                raise ValueError("Unsupported transaction operation")
-            table = self.get_table(op["TableName"])
-            if op_type == "Put":
-                names = [n for n in (table.hash_key_attr, table.range_key_attr) if n]
-                key = {n: op["Item"][n] for n in names if n in op["Item"]}
-            else:
-                key = op["Key"]
-            identity = (op["TableName"], str(sorted(key.items())))
-            if identity in seen:
-                raise MultipleTransactionsException()
-            seen.add(identity)
-            current = self.get_item(op["TableName"], key)
-            condition = op.get("ConditionExpression")
-            holds = condition is None or get_filter_expression(
-                condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
-            ).expr(current)
-            if holds:
-                reasons.append((None, None, None))
-            else:
-                old = (
-                    current.to_json()["Attributes"]
-                    if current and op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD"
-                    else None
-                )
-                reasons.append(("ConditionalCheckFailed", "The conditional request failed", old))
-            # Only an item this transaction writes needs a backup to restore.
-            plan.append((op_type, op, key, None if op_type == "ConditionCheck" else copy.deepcopy(current)))
-        if any(code is not None for code, _, _ in reasons):
-            raise TransactionCanceledException(reasons)
-        done = []
-        try:
-            for op_type, op, key, before in plan:
+            old_item = None
+            try:
+                op_type, op = next(iter(entry.items()))
+                if op_type not in _TRANSACT_OPERATIONS:
+                    raise ValueError("Unsupported transaction operation")
                 name = op["TableName"]
-                if op_type == "ConditionCheck":
-                    continue
-                if op_type == "Put":
-                    self.put_item(name, op["Item"])
-                elif op_type == "Delete":
-                    self.delete_item(name, key)
-                elif op_type == "Update":
-                    self.update_item(
-                        name,
-                        key,
-                        update_expression=op["UpdateExpression"],
-                        expression_attribute_names=op.get("ExpressionAttributeNames"),
-                        expression_attribute_values=op.get("ExpressionAttributeValues"),
-                    )
-                done.append((name, key, before))
-        except Exception:
-            for name, key, before in reversed(done):
-                table = self.tables[name]
-                hash_key, range_key = self.get_keys_value(table, key)
-                table.delete_item(hash_key, range_key)
-                if before is not None:
-                    table.put_item(before.to_json()["Attributes"])
-            raise
+                key = _key_of(self, op_type, op)
+                target = (str(name), str(dict(sorted(key.items()))))
+                if target in targets:
+                    raise MultipleTransactionsException()
+                targets.add(target)
+                current = self.get_item(name, key)
+                condition = op.get("ConditionExpression")
+                if condition is not None and not get_filter_expression(
+                    condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+                ).expr(current):
+                    if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                        old_item = current.to_json()["Attributes"]
+                    raise ConditionalCheckFailed(item=old_item)
+                if op_type != "ConditionCheck":
+                    table = self.tables[name]
+                    # An update changes the stored item in place; a put or a delete replaces it.
+                    before = copy.deepcopy(current) if op_type == "Update" else current
+                    written.append((table, *self.get_keys_value(table, key), before))
+                    _write(self, op_type, name, key, op)
+                reasons.append((None, None, None))
+            except (MultipleTransactionsException, MockValidationException):
+                _put_back(written)
+                raise
+            except ConditionalCheckFailed as e:
+                reasons.append(("ConditionalCheckFailed", str(e.message), old_item))
+            except Exception as e:  # noqa: BLE001 - as moto: any other failure cancels, named by its type
+                reasons.append((type(e).__name__, str(e), old_item))
+        if any(code is not None for code, _, _ in reasons):
+            _put_back(written)
+            raise TransactionCanceledException(reasons)
 
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def _key_of(backend: Any, op_type: str, op: dict[str, Any]) -> dict[str, Any]:
+    """The key of the item a transaction's operation is on."""
+    if op_type != "Put":
+        return op["Key"]
+    table = backend.get_table(op["TableName"])
+    key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+    if table.range_key_attr is not None:
+        key[table.range_key_attr] = op["Item"][table.range_key_attr]
+    return key
+
+
+def _write(backend: Any, op_type: str, name: str, key: dict[str, Any], op: dict[str, Any]) -> None:
+    """One write of a transaction whose condition, if any, has been checked."""
+    if op_type == "Put":
+        backend.put_item(name, op["Item"])
+    elif op_type == "Delete":
+        backend.delete_item(name, key)
+    else:
+        backend.update_item(
+            name,
+            key,
+            update_expression=op["UpdateExpression"],
+            expression_attribute_names=op.get("ExpressionAttributeNames"),
+            expression_attribute_values=op.get("ExpressionAttributeValues"),
+        )
+
+
+def _put_back(written: list[_Backup]) -> None:
+    """Undo a transaction's writes: each item it wrote is again what it was (or absent)."""
+    for table, hash_value, range_value, before in reversed(written):
+        if range_value is None:
+            if before is None:
+                table.items.pop(hash_value, None)
+            else:
+                table.items[hash_value] = before
+        elif before is None:
+            table.items[hash_value].pop(range_value, None)
+        else:
+            table.items[hash_value][range_value] = before
+
+
+# DynamoDB honours a TransactWriteItems' ClientRequestToken "for 10 minutes after the first
+# request that uses it is completed":
+# https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html#DDB-TransactWriteItems-request-ClientRequestToken
+CLIENT_TOKEN_VALID_S = 600.0
+
+
+@dataclass(slots=True)
+class TokenUse:
+    """What a client request token was first used for, and what came of it."""
+
+    digest: bytes  # of the request's other parameters
+    answer: Any  # moto's answer if the transaction committed, else None (cancelled)
+    expires: float  # on the ledger's clock
+
+
+class ClientRequestTokens:
+    """The tokens of TransactWriteItems that completed in the last 10 minutes, oldest first.
+
+    A token's window counts from its first completion, so insertion order is expiry order
+    and forgetting the expired tokens pops them from the front. A token costs under 1 kB
+    (far less than the items its transaction stored in moto); ``MAX_TOKENS`` bounds the
+    ledger even if more transactions than that complete within 10 minutes, by forgetting
+    the oldest tokens early (a client retries within seconds).
+    """
+
+    MAX_TOKENS = 100_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._uses: OrderedDict[Hashable, TokenUse] = OrderedDict()
+        # Held across a token's check, transaction and record. Requests are serialised
+        # already (SerializedApp); this keeps it right for in-process moto too, at no cost.
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._uses)
+
+    def get(self, token: Hashable) -> TokenUse | None:
+        self._forget_expired()
+        return self._uses.get(token)
+
+    def record(self, token: Hashable, digest: bytes, answer: Any) -> None:
+        """A completed use of ``token``: ``answer`` if it committed, None if it was cancelled."""
+        self._forget_expired()
+        use = self._uses.get(token)
+        if use is not None:
+            use.answer = answer  # a cancelled first use, run again: its window stands
+            return
+        self._uses[token] = TokenUse(digest, answer, self._clock() + CLIENT_TOKEN_VALID_S)
+        if len(self._uses) > self.MAX_TOKENS:
+            self._uses.popitem(last=False)
+
+    def _forget_expired(self) -> None:
+        now = self._clock()
+        while self._uses and next(iter(self._uses.values())).expires <= now:
+            self._uses.popitem(last=False)
+
+
+def request_digest(raw_body: bytes | str) -> bytes:
+    """A digest of a JSON request's parameters other than its ClientRequestToken."""
+    request = json.loads(raw_body)
+    request.pop("ClientRequestToken", None)
+    return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+def _patch_client_request_tokens() -> None:
+    """TransactWriteItems honours ClientRequestToken, as DynamoDB does; moto ignores it.
+
+    botocore gives every TransactWriteItems a token and retries a request whose answer
+    was lost with the same one: moto would run that transaction twice. As DynamoDB does,
+    a token that committed answers success again without writing; used with other
+    parameters it answers IdempotentParameterMismatchException; one whose transaction
+    was cancelled runs again. Requests that fail otherwise (validation, unknown table)
+    are not recorded: they did not complete a transaction.
+    """
+    from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException, TransactionCanceledException
+    from moto.dynamodb.responses import DynamoHandler
+
+    class IdempotentParameterMismatchException(DynamodbException):
+        def __init__(self) -> None:
+            super().__init__(
+                ERROR_TYPE_PREFIX + "IdempotentParameterMismatchException",
+                "The request uses the same client token as a previous, but not identical request.",
+            )
+
+    original = DynamoHandler.transact_write_items
+    tokens = ClientRequestTokens()
+
+    def transact_write_items(self: Any) -> Any:
+        token = self.body.get("ClientRequestToken")
+        if not token:
+            return original(self)
+        # Tokens are per account and region, as DynamoDB's tables are.
+        key = (self.current_account, self.region, token)
+        digest = request_digest(self.raw_body)
+        with tokens.lock:
+            use = tokens.get(key)
+            if use is not None and use.digest != digest:
+                raise IdempotentParameterMismatchException()
+            if use is not None and use.answer is not None:
+                return use.answer
+            try:
+                answer = original(self)
+            except TransactionCanceledException:
+                tokens.record(key, digest, None)
+                raise
+            tokens.record(key, digest, answer)
+            return answer
+
+    DynamoHandler.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
 def patch_partition_queries() -> None:
@@ -196,11 +439,15 @@ def patch_partition_queries() -> None:
 
     moto answers ``Query(call_id = :id)`` by sorting every item of the table and then
     filtering, so reading one call's packets got slower with every packet stored by any
-    call. Serialised requests make a per-table hint safe.
+    call. moto then keeps the items of the queried partition and sorts them by sort key,
+    so reading only that partition gives the same answer. Serialised requests make a
+    per-table hint safe. Queries on an index are moto's own.
     """
     from moto.dynamodb.models.table import Table
 
     original_query, original_all_items = Table.query, Table.all_items
+    # moto's backend passes index_name positionally; its place is checked by check_moto.
+    index_name_at = tuple(inspect.signature(original_query).parameters).index("index_name") - 2
 
     def all_items(self: Any) -> Any:
         hint = getattr(self, "_partition_hint", None)
@@ -209,7 +456,7 @@ def patch_partition_queries() -> None:
         return original_all_items(self)
 
     def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        on_index = kwargs.get("index_name") or (len(args) > 6 and args[6])
+        on_index = kwargs.get("index_name") or (len(args) > index_name_at and args[index_name_at])
         if on_index or hash_key is None:
             return original_query(self, hash_key, *args, **kwargs)
         self._partition_hint = hash_key
@@ -287,11 +534,12 @@ def serve(host: str, port: int) -> None:
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             pass  # a line per request drowns the stack's own log
 
-    patch_transactions()
-    patch_partition_queries()
-    patch_update_expression_parsing()
-    patch_item_responses()
-    app = SerializedApp(DomainDispatcherApplication(create_backend_app))
+    apply_patches()
+    from devstack.faults import wrap
+
+    # LOCAL_FAULTS inside the lock: a TransactionConflict reads moto's state, and a LostResponse
+    # commits and drops as one step. A malformed spec raises here, before "ready".
+    app = SerializedApp(wrap(DomainDispatcherApplication(create_backend_app)))
     server = make_server(host, port, app, threaded=True, request_handler=QuietHandler)
 
     def stop(signum: int, frame: FrameType | None) -> None:

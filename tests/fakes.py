@@ -128,8 +128,8 @@ class InMemoryCallStore:
 
     def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
         with self._lock:
-            call = self._calls[call_id]
-            if call.round != round:
+            call = self._calls.get(call_id)
+            if call is None or call.round != round:
                 return
             attempts = list(call.attempts)
             attempts[attempt - 1] = dataclasses.replace(attempts[attempt - 1], error=error)
@@ -146,9 +146,11 @@ class InMemoryCallStore:
             return self._calls.get(call_id)
 
     def arrivals(self, call_id: str) -> list[Arrival]:
+        """In arrival order, as the adapter's arrival index gives them."""
         with self._lock:
             stored = self._packets.get(call_id, {})
-            return [Arrival(seq, stored[seq].received_at_ns) for seq in sorted(stored)]
+            arrivals = [Arrival(seq, p.received_at_ns) for seq, p in stored.items()]
+        return sorted(arrivals, key=lambda a: (a.received_at_ns, a.sequence))
 
     def packets(self, call_id: str, *, max_bytes: int | None = None) -> list[Packet]:
         """Every stored packet of the call, in sequence order; CallTooLargeError past ``max_bytes``."""

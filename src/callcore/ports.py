@@ -94,14 +94,17 @@ class CallStore(Protocol):
 
     def get_call(self, call_id: str) -> Call | None: ...
 
-    def arrivals(self, call_id: str) -> list[Arrival]: ...
+    def arrivals(self, call_id: str) -> list[Arrival]:
+        """One per stored sequence, in arrival order."""
+        ...
 
     def list_calls(
         self, state: CallState, *, limit: int, cursor: str | None, updated_before: str | None = None
     ) -> CallPage:
         """Calls in one state, most recently changed first, changed before ``updated_before`` if given.
 
-        Raises ValueError for a bad cursor.
+        Raises ValueError for a bad cursor, or a limit below 1. A cursor may lead to an
+        empty last page.
         """
         ...
 

@@ -510,6 +510,8 @@ class DynamoDBCallStore:
     def list_calls(
         self, state: CallState, *, limit: int, cursor: str | None, updated_before: str | None = None
     ) -> CallPage:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
         values = {":state": _s(state.value)}
         key_condition = "#state = :state"
         if updated_before is not None:

@@ -78,11 +78,19 @@ def is_valid_call_id(call_id: str) -> bool:
     return bool(_CALL_ID_RE.fullmatch(call_id))
 
 
+# Packet timestamps are kept to the microsecond: finer digits are noise, and stay
+# within the number range of every store.
+TIMESTAMP_DIGITS = 6
+
+
 @dataclass(frozen=True)
 class Packet:
     sequence: int
     data: str
     timestamp: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timestamp", round(self.timestamp, TIMESTAMP_DIGITS))
 
     def same_content(self, other: Packet) -> bool:
         """A retransmission carries the same audio; its timestamp may differ."""
