@@ -5,10 +5,19 @@ The names are the same in Lambda (set by template.yaml) and in the local stack.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+# template.yaml's WorkQueue VisibilityTimeout and AiWorkerFunction Timeout (a unit test
+# holds them equal).
+WORK_QUEUE_VISIBILITY_S = 360
+AI_WORKER_TIMEOUT_S = 60
+# What the dead-letter handler may take on top of the retries: its queue's 180 s
+# visibility timeout, several times over.
+DEAD_LETTER_MARGIN_S = 1800
 
 
 class SettingsError(ValueError):
@@ -65,10 +74,19 @@ class Settings:
     # The sweeper sends a round's unsent work item only after this long, when no ingest
     # request (10 s timeout) can still be sending it: concurrent ends never send two.
     work_resend_after_s: float = 30.0
-    # After this long in PROCESSING_AI a round's work item is lost for good: longer than
-    # MAX_RECEIVE_COUNT receives at the work queue's 360 s visibility timeout, plus the
-    # dead-letter handler's retries. The sweeper then fails the call with that reason.
+    # After this long in PROCESSING_AI a round's work item is lost for good, and the
+    # sweeper fails the call with that reason. Unset, it is the retry horizon
+    # (``retry_horizon_s``) plus the dead-letter handler's retries.
     processing_timeout_s: float = 3600.0
+
+    def retry_horizon_s(self) -> float:
+        """The longest a work item can take to use all its receives.
+
+        Each receive hides it for the work queue's visibility timeout (when the worker
+        dies), or for the worker's run plus its backoff, whichever is longer.
+        """
+        per_receive = max(WORK_QUEUE_VISIBILITY_S, AI_WORKER_TIMEOUT_S + self.retry_max_delay_s)
+        return self.max_receive_count * per_receive
     api_port: int = 8000
     moto_port: int = 5000
 
@@ -93,12 +111,24 @@ class Settings:
             max_call_packets=_int(env, "MAX_CALL_PACKETS", cls.max_call_packets, 1),
             max_call_bytes=_int(env, "MAX_CALL_BYTES", cls.max_call_bytes, 1),
             work_resend_after_s=_float(env, "WORK_RESEND_AFTER_S", cls.work_resend_after_s, 1.0),
-            processing_timeout_s=_float(env, "PROCESSING_TIMEOUT_S", cls.processing_timeout_s, 1.0),
+            processing_timeout_s=_float(env, "PROCESSING_TIMEOUT_S", 0.0, 1.0),
             api_port=_int(env, "API_PORT", cls.api_port, 1),
             moto_port=_int(env, "MOTO_PORT", cls.moto_port, 1),
         )
+        horizon = settings.retry_horizon_s()
+        explicit_timeout = bool(settings.processing_timeout_s)
+        if not explicit_timeout:
+            settings = dataclasses.replace(
+                settings, processing_timeout_s=max(cls.processing_timeout_s, horizon + DEAD_LETTER_MARGIN_S)
+            )
         if settings.processing_timeout_s <= settings.work_resend_after_s:
             raise SettingsError("PROCESSING_TIMEOUT_S must be longer than WORK_RESEND_AFTER_S")
+        if explicit_timeout and settings.processing_timeout_s < horizon:
+            raise SettingsError(
+                f"PROCESSING_TIMEOUT_S={settings.processing_timeout_s:g} is shorter than the retry horizon "
+                f"({horizon:g} s: MAX_RECEIVE_COUNT x max(visibility timeout, worker timeout + RETRY_MAX_DELAY_S)); "
+                "the sweeper would fail calls still being retried"
+            )
         if settings.ai_max_latency_s < settings.ai_min_latency_s:
             raise SettingsError("AI_MAX_LATENCY_S must be >= AI_MIN_LATENCY_S")
         if settings.ai_provider not in {"mock"}:

@@ -56,7 +56,7 @@ def test_overrides_are_parsed_to_their_types() -> None:
         "MAX_CALL_PACKETS": "1000",
         "MAX_CALL_BYTES": " 4096 ",
         "WORK_RESEND_AFTER_S": "1",
-        "PROCESSING_TIMEOUT_S": "1.5",
+        "PROCESSING_TIMEOUT_S": "9000",
     }
 
     settings = Settings.from_env(env)
@@ -76,7 +76,7 @@ def test_overrides_are_parsed_to_their_types() -> None:
     assert settings.max_call_packets == 1000
     assert settings.max_call_bytes == 4096
     assert settings.work_resend_after_s == 1.0
-    assert settings.processing_timeout_s == 1.5
+    assert settings.processing_timeout_s == 9000.0
 
 
 def test_equal_min_and_max_latency_are_allowed() -> None:
@@ -181,6 +181,33 @@ def test_a_processing_timeout_not_longer_than_the_resend_delay_raises_settings_e
 
 
 def test_a_processing_timeout_just_longer_than_the_resend_delay_is_allowed() -> None:
-    settings = Settings.from_env({"WORK_RESEND_AFTER_S": "60", "PROCESSING_TIMEOUT_S": "60.5"})
+    settings = Settings.from_env({"WORK_RESEND_AFTER_S": "1800", "PROCESSING_TIMEOUT_S": "1800.5"})
 
-    assert (settings.work_resend_after_s, settings.processing_timeout_s) == (60.0, 60.5)
+    assert (settings.work_resend_after_s, settings.processing_timeout_s) == (1800.0, 1800.5)
+
+
+def test_a_processing_timeout_shorter_than_the_retry_horizon_raises_settings_error() -> None:
+    # 5 receives x 360 s visibility timeout: a call could still be retried after 1799 s.
+    with pytest.raises(SettingsError, match="retry horizon"):
+        Settings.from_env({"PROCESSING_TIMEOUT_S": "1799"})
+
+
+@pytest.mark.parametrize(
+    ("env", "timeout"),
+    [
+        ({}, 3600.0),  # 5 x 360 s + 1800 s for the dead-letter handler
+        ({"MAX_RECEIVE_COUNT": "20"}, 20 * 360 + 1800.0),
+        ({"RETRY_MAX_DELAY_S": "900"}, 5 * (60 + 900) + 1800.0),
+    ],
+)
+def test_the_default_processing_timeout_grows_with_the_retry_horizon(env: dict[str, str], timeout: float) -> None:
+    assert Settings.from_env(env).processing_timeout_s == timeout
+
+
+def test_the_horizon_constants_are_the_templates_visibility_and_worker_timeouts() -> None:
+    from callcore import settings as settings_module
+    from devstack.template import load_template
+
+    resources = load_template()["Resources"]
+    assert resources["WorkQueue"]["Properties"]["VisibilityTimeout"] == settings_module.WORK_QUEUE_VISIBILITY_S
+    assert resources["AiWorkerFunction"]["Properties"]["Timeout"] == settings_module.AI_WORKER_TIMEOUT_S
