@@ -40,7 +40,7 @@ def create_app(ports: Ports) -> FastAPI:
     )
     app.state.ports = ports
     app.add_middleware(JsonBodies)
-    errors.install(app)
+    errors.install(app)  # after the middleware above: its InternalErrors must be the outermost
     app.include_router(router)
 
     @app.get("/healthz", response_model=HealthOut, summary="Liveness: the process is up (dependencies are not checked)")

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from callcore.domain.errors import (
     CallNotAcceptingPacketsError,
@@ -38,22 +39,92 @@ def error_responses(*pairs: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorOut, "description": text} for status, text in pairs}
 
 
+# What a client reads in a 503 and a 500, whatever the cause: a dependency's error code
+# (a throttle, a failure, a missing table) or an exception's text goes to the log only.
+UNAVAILABLE_MESSAGE = (
+    "a storage or queue dependency is busy or unreachable; nothing was changed that a retry would not repair. "
+    "Retry the same request after Retry-After seconds."
+)
+INTERNAL_MESSAGE = "unexpected server error; it has been logged"
+
 # OpenAPI documentation of the errors each route can return.
 UNAUTHORIZED = error_responses((401, "Missing or unknown X-API-Key (when the service has keys configured)."))
-INVALID = error_responses((422, "Malformed JSON, wrong types, missing fields, or a bad call_id."))
-UNAVAILABLE = error_responses((503, "DynamoDB or SQS is throttling or unreachable; retry after Retry-After seconds."))
+INVALID = error_responses(
+    (
+        422,
+        "Malformed JSON (invalid, truncated, not UTF-8, or no body where one is required), "
+        "wrong types, missing fields, out-of-range values, or a bad call_id.",
+    )
+)
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorOut,
+        "description": "A storage or queue dependency is busy or unreachable; retry after Retry-After seconds.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying the same request.",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+    }
+}
+INTERNAL = error_responses((500, "An unexpected server error; it has been logged, and the body tells no more."))
 NOT_FOUND = error_responses((404, "No call with this call_id."))
 
 
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        loc = tuple(err.get("loc", ()))
+        if err.get("type") == "json_invalid":  # FastAPI's loc is ("body", character offset)
+            reason = (err.get("ctx") or {}).get("error", "invalid JSON")
+            parts.append(f"body: not valid JSON: {reason} (at position {loc[-1] if len(loc) > 1 else 0})")
+        elif loc == ("body",) and err.get("type") == "missing":
+            parts.append("body: a JSON object is required")
+        else:
+            where = ".".join(str(p) for p in loc)
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
 
 
+class InternalErrors:
+    """Answer an exception that no handler took with the 500 body, and let it go no further.
+
+    Starlette's own last resort (ServerErrorMiddleware, which calls the Exception handler
+    below) raises the exception again once it has answered, and uvicorn then closes the
+    connection: a client that keeps connections alive (a PBX does) meets a reset on its
+    next request. Caught here, inside it, a 500 is a plain answer on a connection that
+    stays usable. Through Mangum it is the same 500, without Mangum logging it a second time.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:  # half an answer is out: only the closed connection can tell the client
+                raise
+            logger.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            await error_response(500, "internal_error", INTERNAL_MESSAGE)(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    """The handlers, and InternalErrors as the outermost middleware (install after adding the others)."""
+    app.add_middleware(InternalErrors)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
@@ -87,16 +158,21 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DependencyUnavailableError)
     async def unavailable(request: Request, exc: DependencyUnavailableError) -> JSONResponse:
-        logger.warning("dependency unavailable: %s", exc)
+        # The dependency and its error code are for the operators: the client gets a stable message.
+        logger.warning(
+            "503 on %s %s: %s unavailable (%s); Retry-After %s s",
+            request.method,
+            request.url.path,
+            exc.dependency,
+            exc.reason,
+            exc.retry_after_s,
+        )
         return error_response(
-            503,
-            "dependency_unavailable",
-            f"{exc.dependency} is unavailable ({exc.reason}); nothing was changed that a retry would not repair. "
-            "Retry the same request.",
-            headers={"Retry-After": str(exc.retry_after_s)},
+            503, "dependency_unavailable", UNAVAILABLE_MESSAGE, headers={"Retry-After": str(exc.retry_after_s)}
         )
 
+    # The last resort, for what InternalErrors lets through: an error once an answer had started.
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "unexpected server error; it has been logged")
+        return error_response(500, "internal_error", INTERNAL_MESSAGE)

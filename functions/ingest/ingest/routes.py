@@ -2,20 +2,71 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from callcore import services
 from callcore.domain.model import CallState, Packet
 from ingest.deps import CallId, PortsDep, require_api_key
-from ingest.errors import INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, error_responses
+from ingest.errors import INTERNAL, INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, error_responses
 from ingest.schemas import CallListOut, CallOut, CallSummaryOut, EndIn, EndOut, PacketAck, PacketIn
 
+logger = logging.getLogger(__name__)
+
+
+class Utf8JsonRequest(Request):
+    """A request whose body, read as JSON, must be UTF-8 JSON (RFC 8259, section 8.1).
+
+    Starlette hands the bytes to ``json.loads``, which also guesses UTF-16 and UTF-32,
+    and raises UnicodeDecodeError for bytes that are none of them, RecursionError for
+    absurd nesting, ValueError for an integer of over 4300 digits: FastAPI answers those
+    with an undocumented 400. Raised here as JSONDecodeError, every malformed body is
+    FastAPI's 422 ``json_invalid`` instead, on uvicorn and through Mangum alike. A UTF-8
+    byte order mark is still skipped.
+    """
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                text = body.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise json.JSONDecodeError(f"the bytes are not UTF-8 ({exc.reason})", "", exc.start) from None
+            try:
+                self._json = json.loads(text)
+            except json.JSONDecodeError:
+                raise
+            except RecursionError:
+                raise json.JSONDecodeError("nested too deeply", text, 0) from None
+            except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+                raise json.JSONDecodeError("an integer has too many digits", text, 0) from None
+        return self._json
+
+
+class Utf8JsonRoute(APIRoute):
+    """The routes' class: each reads its body through Utf8JsonRequest."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_utf8_json(request: Request) -> Response:
+            return await handler(Utf8JsonRequest(request.scope, request.receive))
+
+        return with_utf8_json
+
+
 router = APIRouter(
-    prefix="/v1", dependencies=[Depends(require_api_key)], responses={**UNAUTHORIZED, **INVALID, **UNAVAILABLE}
+    prefix="/v1",
+    route_class=Utf8JsonRoute,
+    dependencies=[Depends(require_api_key)],
+    responses={**UNAUTHORIZED, **INVALID, **UNAVAILABLE, **INTERNAL},
 )
 
 
@@ -103,9 +154,14 @@ def list_calls(
     try:
         page = services.list_calls(ports.store, state, limit=limit, cursor=cursor)
     except ValueError as exc:
-        raise _invalid_cursor(str(exc)) from exc
+        if not cursor:  # not the client's cursor: a fault of ours, the 500 handler's
+            raise
+        logger.info("refused a cursor for %s: %s", state.value, exc)
+        raise _invalid_cursor() from exc
     return CallListOut(calls=[CallSummaryOut.from_call(c) for c in page.calls], next_cursor=page.next_cursor)
 
 
-def _invalid_cursor(message: str) -> Exception:
+def _invalid_cursor() -> Exception:
+    # A fixed message: whatever refused the cursor (our decoding, or DynamoDB) is not the client's business.
+    message = "cursor is not one this API returned for this state; list again without it"
     return RequestValidationError([{"loc": ("query", "cursor"), "msg": message, "type": "value_error"}])

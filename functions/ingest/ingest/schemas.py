@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from callcore.domain.model import MAX_SEQUENCE, Call, CallState
 from callcore.services import CallDetails
@@ -12,7 +14,29 @@ from callcore.services import CallDetails
 # Year 5138 as epoch seconds: any real timestamp, and far inside DynamoDB's number range.
 MAX_TIMESTAMP_S = 1e11
 
-Sequence = Annotated[StrictInt, Field(ge=0, le=MAX_SEQUENCE, description="Packet number, >= 0.")]
+
+def integral_number(value: object) -> object:
+    """An integral JSON number written with a fraction or exponent (12282.0, 1.2282e4) is that integer.
+
+    JSON has one number type, and JSON Schema's ``integer`` admits any number whose
+    fraction is zero; an encoder that holds the value as a float writes it so. Only
+    floats change here: bools and strings still meet a strict int, and a fraction
+    (12282.5), a non-finite number, or one out of range is refused.
+    """
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        if math.isfinite(value):
+            raise PydanticCustomError(
+                "int_from_float", "Input should be a valid integer, got a number with a fractional part"
+            )
+    return value
+
+
+# An integer (12282.0 included, see integral_number) in 0..MAX_SEQUENCE; the OpenAPI says `integer`.
+Sequence = Annotated[
+    StrictInt, Field(ge=0, le=MAX_SEQUENCE, description="Packet number, >= 0."), BeforeValidator(integral_number)
+]
 
 
 class PacketIn(BaseModel):
