@@ -107,9 +107,7 @@ def build_clients(session: boto3.session.Session | None = None, endpoint_url: st
     )
 
 
-def build_ports(
-    settings: Settings, clients: AwsClients | None = None, *, endpoint_url: str | None = None
-) -> Ports:
+def build_ports(settings: Settings, clients: AwsClients | None = None, *, endpoint_url: str | None = None) -> Ports:
     """The ports over ``clients`` (by default new ones, for ``endpoint_url``)."""
     clients = clients or build_clients(endpoint_url=endpoint_url)
     return Ports(

@@ -87,6 +87,7 @@ class Settings:
         """
         per_receive = max(WORK_QUEUE_VISIBILITY_S, AI_WORKER_TIMEOUT_S + self.retry_max_delay_s)
         return self.max_receive_count * per_receive
+
     api_port: int = 8000
     moto_port: int = 5000
 

@@ -460,7 +460,7 @@ def _app_whose_dynamodb_fails(ports: Ports, code: str) -> Iterator[httpx.Client]
 def test_dependency_errors_tell_clients_no_aws_code_and_the_log_all_of_it(
     ports: Ports, call_id: str, caplog: pytest.LogCaptureFixture, code: str, status: int
 ) -> None:
-    from ingest.errors import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE
+    from ingest.errors import INTERNAL_MESSAGE, MISCONFIGURED_MESSAGE, UNAVAILABLE_MESSAGE
 
     caplog.set_level(logging.WARNING)
     with _app_whose_dynamodb_fails(ports, code) as api:
@@ -478,6 +478,9 @@ def test_dependency_errors_tell_clients_no_aws_code_and_the_log_all_of_it(
         if status == 503:
             assert response.json() == {"error": "dependency_unavailable", "message": UNAVAILABLE_MESSAGE}
             assert int(response.headers["Retry-After"]) >= 1
+        elif code == "ResourceNotFoundException":  # a wrong table name: no retry can help
+            assert response.json() == {"error": "configuration_error", "message": MISCONFIGURED_MESSAGE}
+            assert "Retry-After" not in response.headers
         else:
             assert response.json() == {"error": "internal_error", "message": INTERNAL_MESSAGE}
             assert "Retry-After" not in response.headers

@@ -411,3 +411,57 @@ def test_an_end_whose_transition_answer_was_lost_still_sends_its_work_item_at_on
         assert drain_queue(clients, ms.settings().work_queue_url) == [{"call_id": call_id, "round": 1}]
         call = ports.store.get_call(call_id)
         assert call is not None and call.enqueued_round == 1
+
+
+def test_a_sequence_beyond_the_calls_packet_limit_is_413_and_stores_nothing(
+    ports: Ports, api: httpx.Client, call_id: str
+) -> None:
+    limit = ports.settings.max_call_packets
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(limit - 1)).status_code == 202
+    response = api.post(f"/v1/call/stream/{call_id}", json=packet(limit))
+    assert response.status_code == 413
+    assert response.json()["error"] == "call_too_large"
+    assert f"limit of {limit} packets per call" in response.json()["message"]
+    assert set(ports.store.arrivals(call_id)) == {a for a in ports.store.arrivals(call_id) if a.sequence == limit - 1}
+
+
+# ---------------------------------------------------------------- item 8
+
+
+@pytest.mark.parametrize(
+    ("broken", "route"),
+    [
+        ("calls_table", "stream"),
+        ("packets_table", "stream"),
+        ("work_queue_url", "end"),
+    ],
+)
+def test_a_wrong_table_or_queue_name_is_a_configuration_error_not_retry_later(
+    ports: Ports, api: httpx.Client, call_id: str, broken: str, route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN an app configured with a table or queue that does not exist
+    wrong = getattr(ports.settings, broken).replace("Table", "Tabel").replace("WorkQueue", "WorkQueu")
+    misconfigured = build_ports(replace(ports.settings, **{broken: wrong}), endpoint_url=_endpoint(ports))
+    from ingest.app import create_app
+
+    if route == "end":
+        assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    with LiveServer(create_app(misconfigured)) as server, httpx.Client(base_url=server.url, timeout=60) as bad_api:
+        # WHEN a request needs it
+        if route == "stream":
+            response = bad_api.post(f"/v1/call/stream/{call_id}", json=packet(0))
+        else:
+            response = bad_api.post(f"/v1/call/{call_id}/end")
+    # THEN the answer says so, with no Retry-After and no AWS code: retrying cannot help.
+    # (For the end, the call has ended; once the queue name is fixed, the sweeper sends
+    # the round's item, which was never recorded as sent.)
+    assert response.status_code == 500
+    assert response.json()["error"] == "configuration_error"
+    assert "Retry-After" not in response.headers
+    assert "ResourceNotFound" not in response.text and "NonExistentQueue" not in response.text
+    # ... and the operators' log names what is wrong
+    assert "misconfigured" in caplog.text
+
+
+def _endpoint(ports: Ports) -> str:
+    return ports.settings.work_queue_url.rsplit("/", 2)[0]

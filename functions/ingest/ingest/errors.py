@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from callcore.domain.errors import (
     CallNotAcceptingPacketsError,
     CallNotFoundError,
+    CallTooLargeError,
+    DependencyMisconfiguredError,
     DependencyUnavailableError,
     InvalidTransitionError,
     SequenceConflictError,
@@ -46,6 +48,10 @@ UNAVAILABLE_MESSAGE = (
     "Retry the same request after Retry-After seconds."
 )
 INTERNAL_MESSAGE = "unexpected server error; it has been logged"
+MISCONFIGURED_MESSAGE = (
+    "the service is misconfigured: a table or queue it is configured with does not exist. "
+    "Retrying will not help until an operator fixes it; the details are logged."
+)
 
 # OpenAPI documentation of the errors each route can return.
 UNAUTHORIZED = error_responses((401, "Missing or unknown X-API-Key (when the service has keys configured)."))
@@ -69,7 +75,13 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
         },
     }
 }
-INTERNAL = error_responses((500, "An unexpected server error; it has been logged, and the body tells no more."))
+INTERNAL = error_responses(
+    (
+        500,
+        "An unexpected server error (`internal_error`), or a misconfigured deployment (`configuration_error`: "
+        "a table or queue does not exist; retrying will not help). Logged; the body tells no more.",
+    )
+)
 NOT_FOUND = error_responses((404, "No call with this call_id."))
 
 
@@ -155,6 +167,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidTransitionError)
     async def invalid_transition(request: Request, exc: InvalidTransitionError) -> JSONResponse:
         return error_response(409, "invalid_state", str(exc))
+
+    @app.exception_handler(CallTooLargeError)
+    async def too_large(request: Request, exc: CallTooLargeError) -> JSONResponse:
+        return error_response(413, "call_too_large", str(exc))
+
+    @app.exception_handler(DependencyMisconfiguredError)
+    async def misconfigured(request: Request, exc: DependencyMisconfiguredError) -> JSONResponse:
+        # Not a 503: no retry helps until an operator fixes the table or queue name.
+        logger.error("%s %s: %s is misconfigured (%s)", request.method, request.url.path, exc.dependency, exc.reason)
+        return error_response(500, "configuration_error", MISCONFIGURED_MESSAGE)
 
     @app.exception_handler(DependencyUnavailableError)
     async def unavailable(request: Request, exc: DependencyUnavailableError) -> JSONResponse:

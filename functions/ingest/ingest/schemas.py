@@ -109,6 +109,9 @@ class AIOut(BaseModel):
     attempts: int
     last_error: str | None
     transcript: str | None
+    transcript_truncated: bool = Field(
+        description="True when the transcript was cut to the 100,000 bytes a call keeps (see README, Limits)."
+    )
     sentiment: SentimentOut | None
     history: list[AttemptOut]
 
@@ -144,6 +147,7 @@ class CallOut(BaseModel):
                 attempts=call.ai_attempts,
                 last_error=call.ai_last_error,
                 transcript=call.transcript,
+                transcript_truncated=call.transcript_truncated,
                 sentiment=SentimentOut(label=call.sentiment.label, score=call.sentiment.score)
                 if call.sentiment
                 else None,

@@ -243,7 +243,7 @@ class DynamoDBCallStore:
                     _conflict_pause(attempt)
                     continue
                 if "ValidationError" in codes:
-                    raise CallTooLargeError(f"DynamoDB refused the packet: {exc}") from exc
+                    raise CallTooLargeError("the packet is too large to store with its call") from exc
                 raise
         raise DependencyUnavailableError("DynamoDB", "TransactionConflict")
 
