@@ -437,7 +437,7 @@ def test_a_sequence_beyond_the_calls_packet_limit_is_413_and_stores_nothing(
     ],
 )
 def test_a_wrong_table_or_queue_name_is_a_configuration_error_not_retry_later(
-    ports: Ports, api: httpx.Client, call_id: str, broken: str, route: str, caplog: pytest.LogCaptureFixture
+    ports: Ports, api: httpx.Client, call_id: str, caplog: pytest.LogCaptureFixture, *, broken: str, route: str
 ) -> None:
     # GIVEN an app configured with a table or queue that does not exist
     wrong = getattr(ports.settings, broken).replace("Table", "Tabel").replace("WorkQueue", "WorkQueu")
