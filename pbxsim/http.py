@@ -11,7 +11,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import urllib3
@@ -26,9 +26,18 @@ class Answer:
     status: int
     body: bytes
     latency_ms: float  # on the wire: from sending the request to the whole answer, not queueing here
+    retry_after: str | None = None  # the Retry-After header, as sent
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+class Transport(Protocol):
+    """What the simulator needs of HTTP; the real one is Client, unit tests pass a fake."""
+
+    async def post(self, path: str, body: Any = None) -> Answer: ...
+
+    async def get(self, path: str, params: dict[str, Any] | None = None) -> Answer: ...
 
 
 class Client:
@@ -48,7 +57,8 @@ class Client:
             response = self._pool.request(method, url, body=data, headers=self._headers)
         except urllib3.exceptions.HTTPError as exc:
             raise TransportError(repr(exc)) from exc
-        return Answer(response.status, response.data, (time.perf_counter() - started) * 1000)
+        latency_ms = (time.perf_counter() - started) * 1000
+        return Answer(response.status, response.data, latency_ms, response.headers.get("Retry-After"))
 
     async def post(self, path: str, body: Any = None) -> Answer:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._send, "POST", path, body, None)

@@ -1,10 +1,20 @@
-"""The simulator's report: what it sent, what came back, and what the stack lost."""
+"""The simulator's report: what it sent, what came back, and what the stack lost or left wrong."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from pbxsim.retry import Exchange
+
+FINAL_STATES = ("COMPLETED", "FAILED")
+# Final answers of the packet and end requests, by bucket. "503" is a request that gave
+# up (its last answer was a 503 and its retries were used up); "other" is anything not
+# 2xx, 4xx or 503, and no answer at all.
+RESPONSE_KEYS = ("202", "200", "2xx", "409", "4xx", "503", "other")
+REQUEST_KINDS = ("packets", "ends", "reads")
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -14,6 +24,23 @@ def percentile(values: list[float], pct: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * pct // 100))  # ceil(n * pct / 100)
     return ordered[int(rank) - 1]
+
+
+def response_key(status: int | None) -> str:
+    if status is None:
+        return "other"
+    if status in (200, 202, 409, 503):
+        return str(status)
+    if 200 <= status < 300:
+        return "2xx"
+    if 400 <= status < 500:
+        return "4xx"
+    return "other"
+
+
+def is_other(status: int | None) -> bool:
+    """Not 2xx, not 4xx, not 503, or no answer: what a healthy stack never gives."""
+    return status is None or not (200 <= status < 300 or 400 <= status < 500 or status == 503)
 
 
 def stored_sequences(packets: dict[str, Any], last_sequence: int | None) -> set[int]:
@@ -38,44 +65,142 @@ def stored_sequences(packets: dict[str, Any], last_sequence: int | None) -> set[
 
 
 def lost_sequences(acknowledged: set[int], packets: dict[str, Any], last_sequence: int | None) -> set[int]:
-    """Sequences the stack answered 202 for but does not report as stored."""
+    """Sequences the stack acknowledged (202 or 200 duplicate) but does not report as stored."""
     return acknowledged - stored_sequences(packets, last_sequence)
+
+
+# The attempts a failure reason counts in its round: "gave up after all retries (3 attempts;
+# last error: ...)", as services.fail_exhausted and the sweeper word it.
+_GAVE_UP = re.compile(r"(?:gave up after |\()(\d+) attempts?\b")
+_PERMANENT = re.compile(r"failed permanently on attempt (\d+)")
+
+
+def result_problems(call: dict[str, Any]) -> list[str]:
+    """One result per round: what in a call's GET contradicts its state and AI history.
+
+    Only what holds however the dependencies fail (retried writes, redelivered work
+    items, an end reverted after SQS failed) is checked:
+    - ``ai.attempts`` equals the length of ``ai.history``, numbered 1..n, rounds >= 1 and
+      never going back;
+    - COMPLETED: a transcript and a sentiment, no failure reason, and an attempt without
+      an error in the last round of the history (the one that produced the result);
+    - FAILED: no transcript or sentiment; a reason that counts N attempts ("gave up after
+      all retries (N attempts; ...)") has at least N attempts in the last round of the
+      history (the round the reason counted; a redelivered item may add one after), one
+      that fails permanently on attempt K has attempt K with an error (the reason's
+      presence is checked on its own);
+    - IN_PROGRESS or PROCESSING_AI: no transcript or sentiment.
+    """
+    history: list[dict[str, Any]] = (call.get("ai") or {}).get("history") or []
+    problems = _history_problems(call.get("ai") or {}, history)
+    if not problems:
+        problems = _result_problems(call, history)
+    return problems
+
+
+def _history_problems(ai: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
+    problems: list[str] = []
+    if ai.get("attempts") != len(history):
+        problems.append(f"ai.attempts is {ai.get('attempts')} but ai.history has {len(history)} entries")
+    if [h.get("number") for h in history] != list(range(1, len(history) + 1)):
+        problems.append("ai.history is not numbered 1..n")
+    rounds: list[Any] = [h.get("round") for h in history]
+    if any(not isinstance(r, int) or r < 1 for r in rounds) or rounds != sorted(rounds):
+        problems.append(f"ai.history rounds are not >= 1 and non-decreasing: {rounds}")
+    return problems
+
+
+def _result_problems(call: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
+    problems: list[str] = []
+    state, ai, reason = call.get("state"), call.get("ai") or {}, call.get("failure_reason")
+    last_round = history[-1]["round"] if history else None
+    in_last_round = [h for h in history if h["round"] == last_round]
+    has_result = ai.get("transcript") is not None or ai.get("sentiment") is not None
+    if state == "COMPLETED":
+        if ai.get("transcript") is None or ai.get("sentiment") is None:
+            problems.append("COMPLETED without a transcript and a sentiment")
+        if reason:
+            problems.append("COMPLETED with a failure_reason")
+        if not history:
+            problems.append("COMPLETED without any AI attempt")
+        elif all(h.get("error") for h in in_last_round):
+            problems.append(f"COMPLETED, but every attempt of round {last_round} failed")
+    elif state == "FAILED":
+        if has_result:
+            problems.append("FAILED with an AI result")
+        if reason and (m := _GAVE_UP.search(reason)) and int(m.group(1)) > len(in_last_round):
+            problems.append(f"reason says {m.group(1)} attempts; history has {len(in_last_round)} in its last round")
+        if reason and (m := _PERMANENT.search(reason)):
+            k = int(m.group(1))
+            if not 1 <= k <= len(history) or not history[k - 1].get("error"):
+                problems.append(f"reason names attempt {k}, which the history does not show failed")
+    elif state in ("IN_PROGRESS", "PROCESSING_AI") and has_result:
+        problems.append(f"{state} with an AI result")
+    return problems
 
 
 @dataclass
 class CallOutcome:
     call_id: str
-    acknowledged: set[int] = field(default_factory=set)  # sequences answered 202
+    acknowledged: set[int] = field(default_factory=set)  # sequences answered 202 or 200 duplicate
+    accepted: set[int] = field(default_factory=set)  # sequences answered 202
     last_sequence: int | None = None
-    ended_at: float | None = None  # wall clock, when the end was answered
-    final_state: str | None = None
+    end_status: int | None = None  # the end's final answer; None if not ended or no answer
+    ended_at: float | None = None  # wall clock, when the end was answered 202 or 200
+    final_state: str | None = None  # as the wait saw it in a listing
     completed_after_s: float | None = None
+    state: str | None = None  # as the check's GET saw it
+    failure_reason: str | None = None
+    problems: list[str] = field(default_factory=list)  # see result_problems
     lost: set[int] = field(default_factory=set)
     verify_error: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.end_status in (200, 202)
 
 
 @dataclass
 class Report:
-    statuses: Counter[str] = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
-    connection_errors: int = 0
+    responses: Counter[str] = field(default_factory=Counter)  # final answers to packets
+    end_responses: Counter[str] = field(default_factory=Counter)  # final answers to ends
+    latencies_ms: list[float] = field(default_factory=list)  # every answer, retried 503s included
+    retries: int = 0  # 503 answers retried, every kind of request
+    gave_up: Counter[str] = field(default_factory=Counter)  # by kind: packets, ends, reads
+    other_answers: int = 0  # answers not 2xx, 4xx or 503, every kind of request
+    connection_errors: int = 0  # requests without an answer, every kind
     packets_sent: int = 0
-    streaming_s: float = 0.0
+    streaming_s: float = 0.0  # sending every call's packets and ends
+    waiting_s: float = 0.0  # then waiting for the ended calls to finish
+    checking_s: float = 0.0  # then reading every call back
+    waited: bool = False  # the run waited for the ended calls to finish
     calls: dict[str, CallOutcome] = field(default_factory=dict)
 
-    def record(self, status: int | None, latency_ms: float) -> None:
-        if status is None:
+    def record(self, kind: str, exchange: Exchange) -> None:
+        """Count one request (``kind`` of REQUEST_KINDS) with all its attempts."""
+        self.latencies_ms.extend(a.latency_ms for a in exchange.answers)
+        self.retries += exchange.retries
+        self.gave_up[kind] += exchange.gave_up
+        if exchange.error is not None:
             self.connection_errors += 1
-            self.statuses["error"] += 1
-            return
-        self.statuses[str(status) if status in (200, 202, 409) else "other"] += 1
-        if status >= 500:
-            self.statuses["5xx"] += 1
-        self.latencies_ms.append(latency_ms)
+        elif is_other(exchange.status):
+            self.other_answers += 1
+        if kind == "packets":
+            self.responses[response_key(exchange.status)] += 1
+        elif kind == "ends":
+            self.end_responses[response_key(exchange.status)] += 1
 
     @property
     def server_errors(self) -> int:
-        return self.statuses["5xx"] + self.connection_errors
+        """Answers other than 2xx, 4xx and 503, and requests without an answer."""
+        return self.other_answers + self.connection_errors
+
+    @property
+    def stored_without_202(self) -> int:
+        """Packets acknowledged only by 200 duplicate, never 202: the write that stored one was
+        answered 503 (or not at all), or its answer was lost inside the stack and the stack's
+        own retry found the packet. They count as acknowledged, and are checked like the rest."""
+        return sum(len(c.acknowledged - c.accepted) for c in self.calls.values())
 
     @property
     def lost_packets(self) -> int:
@@ -86,17 +211,64 @@ class Report:
         return sum(1 for c in self.calls.values() if c.verify_error)
 
     @property
+    def stuck_calls(self) -> int | None:
+        """Ended (202, or 200 once finished) but not COMPLETED or FAILED when the wait ended; None without a wait."""
+        if not self.waited:
+            return None
+        return sum(1 for c in self.calls.values() if c.ended and not c.verify_error and c.state not in FINAL_STATES)
+
+    @property
+    def in_progress_after_end(self) -> int:
+        return sum(1 for c in self.calls.values() if c.ended and c.state == "IN_PROGRESS")
+
+    @property
+    def failed_without_reason(self) -> int:
+        return sum(1 for c in self.calls.values() if c.state == "FAILED" and not c.failure_reason)
+
+    @property
+    def inconsistent_calls(self) -> int:
+        return sum(1 for c in self.calls.values() if c.problems)
+
+    def failures(self) -> list[str]:
+        """Why the run failed, one phrase per reason; empty when it passed."""
+        counts = {
+            "lost packets": self.lost_packets,
+            "server errors (answers not 2xx/4xx/503, or no answer)": self.server_errors,
+            "calls not verified": self.unverified_calls,
+            "stuck calls": self.stuck_calls or 0,
+            "calls IN_PROGRESS after their end": self.in_progress_after_end,
+            "FAILED calls without a reason": self.failed_without_reason,
+            "calls whose result contradicts their state or AI history": self.inconsistent_calls,
+        }
+        return [f"{n} {what}" for what, n in counts.items() if n]
+
+    @property
     def ok(self) -> bool:
-        return self.lost_packets == 0 and self.server_errors == 0 and self.unverified_calls == 0
+        return not self.failures()
 
     def to_dict(self) -> dict[str, Any]:
         done = [c.completed_after_s for c in self.calls.values() if c.completed_after_s is not None]
-        states = Counter(c.final_state or "unknown" for c in self.calls.values())
+        states = Counter(c.state or c.final_state or "unknown" for c in self.calls.values())
         lost = {cid: sorted(c.lost) for cid, c in self.calls.items() if c.lost}
+        problems: dict[str, list[str]] = {}
+        for cid, c in self.calls.items():
+            found = [*c.problems, *([c.verify_error] if c.verify_error else [])]
+            if c.ended and c.state == "IN_PROGRESS":
+                found.append("IN_PROGRESS after its end was answered")
+            elif self.waited and c.ended and not c.verify_error and c.state not in FINAL_STATES:
+                found.append(f"stuck in {c.state}")
+            if c.state == "FAILED" and not c.failure_reason:
+                found.append("FAILED without a failure_reason")
+            if found:
+                problems[cid] = found
         return {
             "calls": len(self.calls),
             "packets_sent": self.packets_sent,
-            "responses": {k: self.statuses[k] for k in ("202", "200", "409", "other")},
+            "responses": {k: self.responses[k] for k in RESPONSE_KEYS},
+            "end_responses": {k: self.end_responses[k] for k in RESPONSE_KEYS},
+            "retries": self.retries,
+            "gave_up": {k: self.gave_up[k] for k in REQUEST_KINDS},
+            "stored_without_202": self.stored_without_202,
             "server_errors": self.server_errors,
             "connection_errors": self.connection_errors,
             "latency_ms": {
@@ -106,10 +278,20 @@ class Report:
                 "max": max(self.latencies_ms, default=None),
             },
             "packets_per_s": self.packets_sent / self.streaming_s if self.streaming_s else None,
+            "phases_s": {
+                "streaming": round(self.streaming_s, 3),
+                "waiting": round(self.waiting_s, 3),
+                "checking": round(self.checking_s, 3),
+            },
             "final_states": dict(states),
             "end_to_completed_s": {"p50": percentile(done, 50), "p95": percentile(done, 95)},
             "lost_packets": self.lost_packets,
             "lost_by_call": dict(list(lost.items())[:50]),
             "unverified_calls": self.unverified_calls,
+            "stuck_calls": self.stuck_calls,
+            "in_progress_after_end": self.in_progress_after_end,
+            "failed_without_reason": self.failed_without_reason,
+            "inconsistent_calls": self.inconsistent_calls,
+            "problems_by_call": dict(list(problems.items())[:50]),
             "ok": self.ok,
         }

@@ -9,14 +9,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from pbxsim.http import Client, TransportError
+from pbxsim.http import Client, Transport
 from pbxsim.plan import CallPlan, Rates, plan_call
-from pbxsim.report import CallOutcome, Report, lost_sequences
-
-FINAL_STATES = ("COMPLETED", "FAILED")
+from pbxsim.report import FINAL_STATES, CallOutcome, Report, lost_sequences, result_problems
+from pbxsim.retry import Exchange, RetryPolicy, Sleep, exchange
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Options:
     seed: int | None = None
     prefix: str = ""
     progress: bool = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # for 503s, on every request
 
 
 def _iso_to_epoch(iso: str) -> float:
@@ -63,7 +64,8 @@ class _Bars:
             yield
 
 
-async def run(options: Options) -> Report:
+async def run(options: Options, transport: Transport | None = None, sleep: Sleep = asyncio.sleep) -> Report:
+    """Simulate the PBX against ``options.base_url`` (or ``transport``, for tests); ``sleep`` does every wait."""
     rng = random.Random(options.seed)
     prefix = options.prefix or f"sim-{int(time.time())}-{rng.randrange(16**6):06x}"
     plans = [
@@ -73,142 +75,158 @@ async def run(options: Options) -> Report:
     report = Report()
     report.calls = {p.call_id: CallOutcome(call_id=p.call_id, last_sequence=p.last_sequence) for p in plans}
     bars = _Bars(options.progress, options.calls, sum(len(p.sends) for p in plans))
-    client = Client(options.base_url, options.connections, options.api_key)
+    owned: Client | None = None
+    if transport is None:
+        transport = owned = Client(options.base_url, options.connections, options.api_key)
+    sim = _Simulation(transport, options, report, bars, sleep)
     try:
         with bars.shown():
             started = time.perf_counter()
-            await asyncio.gather(*(_stream_call(client, plan, options, report, bars) for plan in plans))
+            await asyncio.gather(*(sim.stream_call(plan) for plan in plans))
             report.streaming_s = time.perf_counter() - started
             if options.wait and options.end:
-                await _wait_for_final(client, report, options, bars)
-        await _verify(client, report, plans)
+                report.waited = True
+                await sim.wait_for_final()
+                report.waiting_s = time.perf_counter() - started - report.streaming_s
+        checked = time.perf_counter()
+        await sim.verify(plans)
+        report.checking_s = time.perf_counter() - checked
     finally:
-        client.close()
+        if owned is not None:
+            owned.close()
     return report
 
 
-async def _post(client: Client, report: Report, path: str, body: dict[str, object]) -> int | None:
-    try:
-        response = await client.post(path, body)
-    except TransportError:
-        report.record(None, 0.0)
-        return None
-    report.record(response.status, response.latency_ms)
-    return response.status
+class _Simulation:
+    def __init__(self, transport: Transport, options: Options, report: Report, bars: _Bars, sleep: Sleep) -> None:
+        self.transport = transport
+        self.options = options
+        self.report = report
+        self.bars = bars
+        self.sleep = sleep
 
+    async def post(self, kind: str, path: str, body: dict[str, Any]) -> Exchange:
+        result = await exchange(lambda: self.transport.post(path, body), self.options.retry, self.sleep)
+        self.report.record(kind, result)
+        return result
 
-async def _stream_call(
-    client: Client, plan: CallPlan, options: Options, report: Report, bars: _Bars
-) -> None:
-    outcome = report.calls[plan.call_id]
-    for send in plan.sends:
-        if options.interval_s:
-            await asyncio.sleep(options.interval_s)
-        body = {"sequence": send.sequence, "data": send.data, "timestamp": send.timestamp}
-        status = await _post(client, report, f"/v1/call/stream/{plan.call_id}", body)
-        report.packets_sent += 1
-        bars.advance(bars.sent)
-        if status == 202:
-            outcome.acknowledged.add(send.sequence)
-    if not options.end:
-        return
-    try:
-        response = await client.post(f"/v1/call/{plan.call_id}/end", {"last_sequence": plan.last_sequence})
-    except TransportError:
-        report.connection_errors += 1
-        return
-    if response.status >= 500:
-        report.statuses["5xx"] += 1
-    elif response.status in (200, 202):
-        outcome.ended_at = time.time()
-    bars.advance(bars.ended)
+    async def get(self, path: str, params: dict[str, Any] | None = None) -> Exchange:
+        result = await exchange(lambda: self.transport.get(path, params), self.options.retry, self.sleep)
+        self.report.record("reads", result)
+        return result
 
+    async def stream_call(self, plan: CallPlan) -> None:
+        outcome = self.report.calls[plan.call_id]
+        for send in plan.sends:
+            if self.options.interval_s:
+                await self.sleep(self.options.interval_s)
+            body = {"sequence": send.sequence, "data": send.data, "timestamp": send.timestamp}
+            result = await self.post("packets", f"/v1/call/stream/{plan.call_id}", body)
+            self.report.packets_sent += 1
+            self.bars.advance(self.bars.sent)
+            # 202 stored now, 200 stored before: by this send's own earlier attempt whose
+            # answer was a 503 (or lost), or by an earlier send of the same packet.
+            if result.status in (200, 202):
+                outcome.acknowledged.add(send.sequence)
+            if result.status == 202:
+                outcome.accepted.add(send.sequence)
+        if not self.options.end:
+            return
+        result = await self.post("ends", f"/v1/call/{plan.call_id}/end", {"last_sequence": plan.last_sequence})
+        outcome.end_status = result.status
+        if outcome.ended:
+            outcome.ended_at = time.time()
+        self.bars.advance(self.bars.ended)
 
-async def _wait_for_final(client: Client, report: Report, options: Options, bars: _Bars) -> None:
-    """Watch the state listings (most recently changed first) rather than poll every call.
+    async def wait_for_final(self) -> None:
+        """Watch the state listings (most recently changed first) rather than poll every call.
 
-    Each round reads a listing only down to the first call it already knows, so a round
-    costs a page or two however many calls there are. Every tenth round, the calls still
-    pending are asked for one by one, in case an index lagged behind.
-    """
-    deadline = time.monotonic() + options.timeout_s
-    pending = {cid for cid, c in report.calls.items() if c.ended_at is not None}
-    known: set[str] = set()
+        Each round reads a listing only down to the first call it already knows, so a round
+        costs a page or two however many calls there are. Every tenth round, the calls still
+        pending are asked for one by one, in case an index lagged behind.
+        """
+        report, bars = self.report, self.bars
+        deadline = time.monotonic() + self.options.timeout_s
+        pending = {cid for cid, c in report.calls.items() if c.ended}
+        known: set[str] = set()
 
-    def finish(call_id: str, state: str, updated_at: str) -> None:
-        outcome = report.calls[call_id]
-        outcome.final_state = state
-        if outcome.ended_at is not None:
-            outcome.completed_after_s = _iso_to_epoch(updated_at) - outcome.ended_at
-        pending.discard(call_id)
-        bars.advance(bars.finished)
+        def finish(call_id: str, state: str, updated_at: str) -> None:
+            outcome = report.calls[call_id]
+            outcome.final_state = state
+            if outcome.ended_at is not None:
+                outcome.completed_after_s = _iso_to_epoch(updated_at) - outcome.ended_at
+            pending.discard(call_id)
+            bars.advance(bars.finished)
 
-    rounds = 0
-    while pending and time.monotonic() < deadline:
-        rounds += 1
-        for state in FINAL_STATES:
-            cursor: str | None = None
-            while True:
-                params: dict[str, str | int] = {"state": state, "limit": 100}
-                if cursor:
-                    params["cursor"] = cursor
-                response = await client.get("/v1/calls", params)
-                if response.status != 200:
-                    break
-                page = response.json()
-                reached_known = False
-                for item in page["calls"]:
-                    if item["call_id"] in known:
-                        reached_known = True
+        rounds = 0
+        while pending and time.monotonic() < deadline:
+            rounds += 1
+            for state in FINAL_STATES:
+                cursor: str | None = None
+                while True:
+                    params: dict[str, Any] = {"state": state, "limit": 100}
+                    if cursor:
+                        params["cursor"] = cursor
+                    result = await self.get("/v1/calls", params)
+                    if result.last is None or result.last.status != 200:
                         break
-                    known.add(item["call_id"])
-                    if item["call_id"] in pending:
-                        finish(item["call_id"], state, item["updated_at"])
-                cursor = page["next_cursor"]
-                if reached_known or cursor is None:
-                    break
-        if pending and rounds % 10 == 0:
-            await _recheck(client, sorted(pending)[:200], finish)
-        if pending:
-            await asyncio.sleep(0.5)
+                    page = result.last.json()
+                    reached_known = False
+                    for item in page["calls"]:
+                        if item["call_id"] in known:
+                            reached_known = True
+                            break
+                        known.add(item["call_id"])
+                        if item["call_id"] in pending:
+                            finish(item["call_id"], state, item["updated_at"])
+                    cursor = page["next_cursor"]
+                    if reached_known or cursor is None:
+                        break
+            if pending and rounds % 10 == 0:
+                await self._recheck(sorted(pending)[:200], finish)
+            if pending:
+                await self.sleep(0.5)
 
+    async def _recheck(self, call_ids: list[str], finish: Callable[[str, str, str], None]) -> None:
+        slots = asyncio.Semaphore(20)
 
-async def _recheck(client: Client, call_ids: list[str], finish: Callable[[str, str, str], None]) -> None:
-    slots = asyncio.Semaphore(20)
+        async def one(call_id: str) -> None:
+            async with slots:
+                result = await self.get(f"/v1/call/{call_id}")
+            if result.last is not None and result.last.status == 200:
+                body = result.last.json()
+                if body["state"] in FINAL_STATES:
+                    finish(call_id, body["state"], body["updated_at"])
 
-    async def one(call_id: str) -> None:
-        async with slots:
-            response = await client.get(f"/v1/call/{call_id}")
-        if response.status == 200 and response.json()["state"] in FINAL_STATES:
-            body = response.json()
-            finish(call_id, body["state"], body["updated_at"])
+        await asyncio.gather(*(one(c) for c in call_ids))
 
-    await asyncio.gather(*(one(c) for c in call_ids))
+    async def verify(self, plans: list[CallPlan]) -> None:
+        """Compare each call's GET with the sequences acknowledged, and check its state and AI history."""
+        slots = asyncio.Semaphore(50)
 
-
-async def _verify(client: Client, report: Report, plans: list[CallPlan]) -> None:
-    """Compare what each call's GET reports stored with the sequences answered 202."""
-    slots = asyncio.Semaphore(50)
-
-    async def one(plan: CallPlan) -> None:
-        outcome = report.calls[plan.call_id]
-        async with slots:
-            try:
-                response = await client.get(f"/v1/call/{plan.call_id}")
-            except TransportError as exc:
-                outcome.verify_error = f"GET failed: {exc}"
+        async def one(plan: CallPlan) -> None:
+            outcome = self.report.calls[plan.call_id]
+            async with slots:
+                result = await self.get(f"/v1/call/{plan.call_id}")
+            if result.error is not None:
+                outcome.verify_error = f"GET failed: {result.error}"
                 return
-        if response.status == 404 and not outcome.acknowledged:
-            return
-        if response.status != 200:
-            outcome.verify_error = f"GET answered {response.status}"
-            outcome.lost = set(outcome.acknowledged)
-            return
-        call = response.json()
-        outcome.final_state = outcome.final_state or call["state"]
-        try:
-            outcome.lost = lost_sequences(outcome.acknowledged, call["packets"], call.get("last_sequence"))
-        except ValueError as exc:
-            outcome.verify_error = str(exc)
+            assert result.last is not None
+            if result.last.status == 404 and not outcome.acknowledged:
+                return
+            if result.last.status != 200:
+                gave_up = f" after {result.retries} retries" if result.gave_up else ""
+                outcome.verify_error = f"GET answered {result.last.status}{gave_up}"
+                outcome.lost = set(outcome.acknowledged)
+                return
+            call = result.last.json()
+            outcome.state = call["state"]
+            outcome.final_state = outcome.final_state or call["state"]
+            outcome.failure_reason = call.get("failure_reason")
+            outcome.problems = result_problems(call)
+            try:
+                outcome.lost = lost_sequences(outcome.acknowledged, call["packets"], call.get("last_sequence"))
+            except ValueError as exc:
+                outcome.verify_error = str(exc)
 
-    await asyncio.gather(*(one(p) for p in plans))
+        await asyncio.gather(*(one(p) for p in plans))

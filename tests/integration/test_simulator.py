@@ -1,16 +1,27 @@
-"""The simulator against a real stack: it finds a packet the stack drops, and passes an honest one."""
+"""The simulator against a real stack: it finds a packet the stack drops, passes an honest one,
+and checks the whole pipeline (app, AI worker, DLQ handler, sweeper) with 200 calls, under
+moto's faults when LOCAL_FAULTS is set."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import replace
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from callcore.bootstrap import Ports
+import httpx
+import pytest
+
+from callcore.bootstrap import Ports, build_ai_provider, build_clients, build_ports
 from callcore.domain.model import Packet
 from callcore.ports import PacketWrite
+from devstack.poller import Handler, SqsPoller, build_pollers, run_on_schedule
+from devstack.template import ScheduleSource, load_template, schedule_sources
 from pbxsim.__main__ import main
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, MotoStack, start_moto_stack
 
 
 class DroppingStore:
@@ -93,3 +104,131 @@ def test_the_simulator_passes_an_honest_stack_despite_duplicates_and_reordering(
     assert report["responses"]["200"] > 0  # the duplicates were sent and recognised
     assert report["responses"]["409"] == report["responses"]["other"] == 0
     assert report["responses"]["202"] + report["responses"]["200"] == report["packets_sent"]
+
+
+# ---------------------------------------------------------------- the whole pipeline, under chaos
+
+
+class Background:
+    """The local stack's pollers (work queue -> AI worker, DLQ -> DLQ handler) and the
+    scheduled sweeper, on an event loop of their own in a thread, as `python -m devstack` runs them."""
+
+    def __init__(self, pollers: list[SqsPoller], schedules: list[tuple[ScheduleSource, Handler]]) -> None:
+        self._pollers, self._schedules = pollers, schedules
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def main() -> None:
+            await asyncio.gather(
+                *(p.run(self._stop) for p in self._pollers),
+                *(run_on_schedule(source, handler, self._stop) for source, handler in self._schedules),
+            )
+
+        self._loop.run_until_complete(main())
+
+    def __enter__(self) -> Background:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)
+
+
+# The AI as the chaos run wants it (25% failures, 50 to 200 ms), and the retry clocks short
+# so that a run's retries finish within the test: SQS backoff 0 or 1 s, the sweeper resending
+# a work item whose send failed after 5 s (checking every second).
+CHAOS_SETTINGS = {
+    "AI_FAILURE_RATE": "0.25",
+    "AI_MIN_LATENCY_S": "0.05",
+    "AI_MAX_LATENCY_S": "0.2",
+    "AI_SEED": "5",
+    "RETRY_BASE_DELAY_S": "0.5",
+    "RETRY_MAX_DELAY_S": "1",
+    "WORK_RESEND_AFTER_S": "5",
+}
+SWEEP_EVERY_S = 1.0
+# The queues' visibility timeouts (360 s and 180 s in the template) are how long an item
+# stays away when the worker's ChangeMessageVisibility, or the DLQ handler, fails for good;
+# shortened, so that such an item comes back within the run instead of minutes later.
+VISIBILITY_S = "20"
+
+
+@dataclass(frozen=True)
+class FullStack:
+    url: str  # the API
+    moto: MotoStack
+
+
+@pytest.fixture
+def full_stack() -> Iterator[FullStack]:
+    """The whole pipeline on a moto server of its own: the app on HTTP, the AI worker and DLQ
+    handler fed by the template's event sources, and the sweeper.
+
+    Not the session's moto server: its tables hold every other test's packets, and moto
+    answers GET's query of the arrival index by sorting the whole table; and this test
+    changes the queues' visibility timeouts. Started after LOCAL_FAULTS is set, the
+    server injects its faults (MotoProcess passes the environment on).
+    """
+    from ai_worker import dlq, sweeper
+    from ai_worker.handler import WorkerDeps, build_handler
+    from ingest.app import create_app
+
+    moto_stack = start_moto_stack()
+    try:
+        settings = moto_stack.settings(**CHAOS_SETTINGS)
+        clients = build_clients(endpoint_url=moto_stack.moto.endpoint)
+        ports = build_ports(settings, clients)
+        deps = WorkerDeps(settings=settings, store=ports.store, ai=build_ai_provider(settings), queue=ports.queue)
+        handlers: dict[str, Handler] = {
+            "AiWorkerFunction": build_handler(deps),
+            "DlqHandlerFunction": dlq.build_handler(ports.store),
+        }
+        template = load_template()
+        pollers = build_pollers(template, moto_stack.stack, clients.sqs, handlers)
+        sweep = sweeper.build_handler(ports.store, ports.queue, settings)
+        schedules = [(replace(s, every_s=SWEEP_EVERY_S), sweep) for s in schedule_sources(template)]
+        for url in {moto_stack.stack.queue_urls[p.source.queue] for p in pollers}:
+            clients.sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": VISIBILITY_S})
+        with LiveServer(create_app(ports)) as server, Background(pollers, schedules):
+            yield FullStack(url=server.url, moto=moto_stack)
+    finally:
+        moto_stack.moto.stop()
+
+
+@pytest.mark.chaos
+def test_200_calls_with_duplicates_reordering_and_a_failing_ai_lose_nothing_and_all_finish(
+    full_stack: FullStack, tmp_path: Path
+) -> None:
+    """With LOCAL_FAULTS set (the chaos pass of `make test`), moto fails as AWS does under stress too."""
+    out = tmp_path / "report.json"
+    argv = ["--base-url", full_stack.url, "--calls", "200", "--packets", "20", "--interval-ms", "0"]
+    argv += ["--duplicate-rate", "0.1", "--reorder-rate", "0.1", "--late-rate", "0", "--skip-rate", "0"]
+    argv += ["--connections", "24", "--timeout", "60", "--seed", "4", "--quiet", "--json", str(out)]
+
+    code = main(argv)
+
+    report = json.loads(out.read_text())
+    summary = {k: v for k, v in report.items() if k not in ("lost_by_call", "latency_ms")}
+    assert report["lost_packets"] == 0, summary
+    assert report["server_errors"] == 0, summary  # no answer but 2xx, 4xx and 503, no connection error
+    assert report["responses"]["other"] == report["end_responses"]["other"] == 0, summary
+    assert report["responses"]["409"] == report["responses"]["4xx"] == 0, summary
+    ended = report["end_responses"]["202"] + report["end_responses"]["200"]
+    assert ended + report["end_responses"]["503"] == 200, summary  # every end answered, or it gave up on 503s
+    assert report["stuck_calls"] == 0, summary  # every ended call COMPLETED or FAILED in time
+    assert report["in_progress_after_end"] == 0, summary
+    assert report["failed_without_reason"] == 0, summary
+    assert report["inconsistent_calls"] == 0, summary
+    assert report["unverified_calls"] == 0, summary
+    finished = report["final_states"].get("COMPLETED", 0) + report["final_states"].get("FAILED", 0)
+    assert finished >= ended, summary
+    assert code == 0, summary
+    if os.environ.get("LOCAL_FAULTS"):
+        faults = httpx.get(f"{full_stack.moto.moto.endpoint}/_local_faults", timeout=10).json()
+        assert faults["enabled"], faults
+        assert faults["faulted"] > 0, faults

@@ -395,8 +395,12 @@ def test_dynamodb_errors_reach_botocore_as_aws_sends_them(
         ddb.put_item(TableName=table, Item={"call_id": {"S": "c1"}})
     assert _error(put) == (outcome, status)
     with pytest.raises(ClientError) as update:
-        ddb.update_item(TableName=table, Key={"call_id": {"S": "c1"}}, UpdateExpression="SET n = :n",
-                        ExpressionAttributeValues={":n": {"N": "1"}})
+        ddb.update_item(
+            TableName=table,
+            Key={"call_id": {"S": "c1"}},
+            UpdateExpression="SET n = :n",
+            ExpressionAttributeValues={":n": {"N": "1"}},
+        )
     assert _error(update) == (outcome, status)
     assert "Item" not in ddb.get_item(TableName=table, Key={"call_id": {"S": "c1"}})  # answered instead of run
 
@@ -491,8 +495,12 @@ def test_a_transaction_conflict_cancels_with_the_other_items_real_outcome(serve:
         )
         seen.add(reasons.index(conflict))
     assert seen == {0, 1}  # the seeded generator picks either item
-    assert ddb.query(TableName=packets, KeyConditionExpression="call_id = :c",
-                     ExpressionAttributeValues={":c": {"S": "c1"}})["Count"] == 0  # nothing written
+    assert (
+        ddb.query(
+            TableName=packets, KeyConditionExpression="call_id = :c", ExpressionAttributeValues={":c": {"S": "c1"}}
+        )["Count"]
+        == 0
+    )  # nothing written
 
 
 def test_a_conflict_and_a_failed_condition_arrive_together(serve: Callable[..., Served]) -> None:

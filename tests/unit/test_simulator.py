@@ -1,14 +1,35 @@
-"""The PBX simulator's own logic: its plans, its arithmetic, and how it detects loss."""
+"""The PBX simulator's own logic: its plans, its arithmetic, its retries, and how it detects loss.
+
+The retry tests run the simulator against an in-memory API (a fake transport) with an
+injected sleep that only records the waits: nothing here sleeps or needs a server.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
 from pbxsim.__main__ import parse_args
+from pbxsim.http import Answer, TransportError
 from pbxsim.plan import Rates, plan_call
-from pbxsim.report import CallOutcome, Report, lost_sequences, percentile, stored_sequences
+from pbxsim.report import (
+    CallOutcome,
+    Report,
+    lost_sequences,
+    percentile,
+    response_key,
+    result_problems,
+    stored_sequences,
+)
+from pbxsim.retry import Exchange, RetryPolicy, exchange, parse_retry_after
+from pbxsim.runner import Options, run
 
 NO_NOISE = Rates(duplicate=0, reorder=0, late=0, skip=0)
 
@@ -68,15 +89,37 @@ def test_late_packets_go_last_and_reordering_keeps_every_packet() -> None:
     assert sequences != list(range(50))
 
 
-def test_report_counts_statuses_and_server_errors() -> None:
+def _exchange(*statuses: int | None) -> Exchange:
+    """What a request's attempts got: each status in turn (None: no answer), every 503 but the last retried."""
+    ex = Exchange(answers=[Answer(s, b"", 1.0) for s in statuses if s is not None])
+    ex.waits_s = [1.0] * sum(1 for s in statuses[:-1] if s == 503)
+    if statuses[-1] is None:
+        ex.error = "refused"
+    ex.gave_up = statuses[-1] == 503
+    return ex
+
+
+def test_report_counts_final_answers_retries_and_server_errors() -> None:
     report = Report()
-    for status in (202, 202, 200, 409, 503, 422):
-        report.record(status, 1.0)
-    report.record(None, 0.0)
+    for statuses in [(202,), (503, 202), (200,), (409,), (422,), (413,), (503, 503), (500,), (None,), (204,)]:
+        report.record("packets", _exchange(*statuses))
+    report.record("ends", _exchange(503, 503, 202))
+    report.record(
+        "reads",
+        _exchange(
+            502,
+        ),
+    )
     d = report.to_dict()
-    assert d["responses"] == {"202": 2, "200": 1, "409": 1, "other": 2}
-    assert d["server_errors"] == 2  # the 503 and the connection error
+    assert d["responses"] == {"202": 2, "200": 1, "2xx": 1, "409": 1, "4xx": 2, "503": 1, "other": 2}
+    assert d["end_responses"]["202"] == 1
+    assert d["retries"] == 4  # (503, 202), the first 503 of (503, 503), two in the end's
+    assert d["gave_up"] == {"packets": 1, "ends": 0, "reads": 0}
+    assert d["server_errors"] == 3  # the 500, the 502 of a read, and the request without an answer
+    assert d["connection_errors"] == 1
+    assert len(report.latencies_ms) == 15  # every answer, the retried 503s included
     assert not report.ok
+    assert [response_key(s) for s in (None, 301, 503, 504, 201)] == ["other", "other", "503", "other", "2xx"]
 
 
 def test_report_is_not_ok_when_a_packet_is_lost() -> None:
@@ -94,3 +137,354 @@ def test_cli_refuses_bad_options(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as excinfo:
         parse_args(argv)
     assert excinfo.value.code == 2
+
+
+def test_cli_retry_options_make_the_policy() -> None:
+    options, _ = parse_args(["--max-retries", "2", "--max-retry-wait", "0.5", "--retry-backoff", "0.01"])
+    assert options.retry == RetryPolicy(max_retries=2, max_wait_s=0.5, fallback_s=0.01)
+    assert parse_args([])[0].retry == RetryPolicy(max_retries=5, max_wait_s=5.0, fallback_s=0.1)
+    with pytest.raises(SystemExit):
+        parse_args(["--max-retries", "-1"])
+
+
+# ---------------------------------------------------------------- retry policy
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("3", 3),
+        (" 2 ", 2),
+        ("0", 0),
+        (None, None),
+        ("", None),
+        ("1.5", None),
+        ("-1", None),
+        ("\u0663", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+    ],
+)
+def test_retry_after_is_read_as_whole_seconds_or_not_at_all(header: str | None, seconds: int | None) -> None:
+    assert parse_retry_after(header) == seconds
+
+
+def test_the_wait_honours_retry_after_up_to_the_cap_and_backs_off_without_it() -> None:
+    policy = RetryPolicy(max_retries=5, max_wait_s=5.0, fallback_s=0.1)
+    assert policy.wait_s("2", retry=1) == 2.0
+    assert policy.wait_s("2", retry=4) == 2.0  # the server's number, not ours, while it gives one
+    assert policy.wait_s("3600", retry=1) == 5.0
+    assert [policy.wait_s(None, retry=n) for n in (1, 2, 3)] == pytest.approx([0.1, 0.2, 0.4])
+    assert policy.wait_s("soon", retry=2) == pytest.approx(0.2)
+    assert policy.wait_s(None, retry=10) == 5.0
+
+
+class Script:
+    """A transport whose answers are given in advance, one per attempt; it notes the sleeps."""
+
+    def __init__(self, *answers: Answer | Exception) -> None:
+        self.answers = list(answers)
+        self.sent = 0
+        self.slept: list[float] = []
+
+    async def send(self) -> Answer:
+        self.sent += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def _503(retry_after: str | None = "1") -> Answer:
+    return Answer(503, b"{}", 1.0, retry_after)
+
+
+def test_a_503_is_retried_after_its_retry_after_capped_until_another_answer() -> None:
+    script = Script(_503("2"), _503("30"), _503(None), Answer(202, b"{}", 1.0))
+    result = asyncio.run(
+        exchange(script.send, RetryPolicy(max_retries=5, max_wait_s=5.0, fallback_s=0.1), script.sleep)
+    )
+    assert result.status == 202
+    assert script.slept == [2.0, 5.0, pytest.approx(0.4)]  # as asked, capped, and the third retry's backoff
+    assert result.retries == 3
+    assert not result.gave_up
+
+
+def test_a_request_gives_up_after_max_retries() -> None:
+    script = Script(*[_503() for _ in range(10)])
+    result = asyncio.run(exchange(script.send, RetryPolicy(max_retries=3), script.sleep))
+    assert script.sent == 4  # the first attempt and three retries
+    assert result.gave_up
+    assert result.status == 503
+    assert result.retries == 3
+    assert script.slept == [1.0, 1.0, 1.0]
+
+    once = Script(_503(), Answer(202, b"", 1.0))
+    assert asyncio.run(exchange(once.send, RetryPolicy(max_retries=0), once.sleep)).gave_up
+    assert once.sent == 1
+
+
+@pytest.mark.parametrize("answer", [Answer(500, b"", 1.0), Answer(409, b"", 1.0), TransportError("reset")])
+def test_only_503_is_retried(answer: Answer | Exception) -> None:
+    script = Script(answer, Answer(202, b"", 1.0))
+    result = asyncio.run(exchange(script.send, RetryPolicy(), script.sleep))
+    assert script.sent == 1
+    assert script.slept == []
+    assert not result.gave_up
+    assert result.status == (None if isinstance(answer, Exception) else answer.status)
+
+
+# ---------------------------------------------------------------- the whole run, against a fake API
+
+
+Fault = Callable[[str, str, dict[str, Any] | None], str | None]
+
+
+class FakeApi:
+    """The HTTP API in memory, as a transport. ``fault(method, path, body)`` may answer for it:
+
+    "503" (nothing stored), "503-after-store" (the write happens, the answer says 503),
+    "ack-and-drop" (202, nothing stored), "200-no-store" (200 duplicate, nothing stored),
+    None (behave).
+    """
+
+    def __init__(self, fault: Fault | None = None, end_to: str = "COMPLETED", reason: str | None = None) -> None:
+        self.fault = fault or (lambda method, path, body: None)
+        self.end_to, self.reason = end_to, reason
+        self.packets: dict[str, set[int]] = {}
+        self.calls: dict[str, dict[str, Any]] = {}
+
+    async def post(self, path: str, body: Any = None) -> Answer:
+        action = self.fault("POST", path, body)
+        if action == "503":
+            return _503()
+        parts = path.strip("/").split("/")
+        if parts[2] == "stream":
+            call_id, seq = parts[3], body["sequence"]
+            if action in ("ack-and-drop", "200-no-store"):
+                return Answer(202 if action == "ack-and-drop" else 200, b"{}", 1.0)
+            stored = self.packets.setdefault(call_id, set())
+            status = 200 if seq in stored else 202
+            stored.add(seq)
+            self.calls.setdefault(call_id, {"state": "IN_PROGRESS", "last_sequence": None})
+            return _503() if action == "503-after-store" else Answer(status, b"{}", 1.0)
+        call = self.calls[parts[2]]
+        call["last_sequence"] = body["last_sequence"]
+        call["state"] = self.end_to
+        return Answer(202, b"{}", 1.0)
+
+    async def get(self, path: str, params: dict[str, Any] | None = None) -> Answer:
+        action = self.fault("GET", path, params)
+        if action == "503":
+            return _503()
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if path == "/v1/calls":
+            assert params is not None
+            listed = [{"call_id": c, "updated_at": now} for c, v in self.calls.items() if v["state"] == params["state"]]
+            return Answer(200, json.dumps({"calls": listed, "next_cursor": None}).encode(), 1.0)
+        call_id = unquote(path.rsplit("/", 1)[1])
+        if call_id not in self.calls:
+            return Answer(404, b"{}", 1.0)
+        return Answer(200, json.dumps(self.call_body(call_id)).encode(), 1.0)
+
+    def call_body(self, call_id: str) -> dict[str, Any]:
+        call, stored = self.calls[call_id], sorted(self.packets.get(call_id, set()))
+        upper = max([*stored, call["last_sequence"] or 0])
+        missing = [s for s in range(stored[0], upper + 1) if s not in stored] if stored else []
+        completed = call["state"] == "COMPLETED"
+        return {
+            "call_id": call_id,
+            "state": call["state"],
+            "updated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "last_sequence": call["last_sequence"],
+            "packets": {
+                "received": len(stored),
+                "highest_sequence": stored[-1] if stored else None,
+                "missing": missing,
+                "missing_count": len(missing),
+            },
+            "ai": {
+                "attempts": 1 if call["state"] in ("COMPLETED", "FAILED") else 0,
+                "history": [{"round": 1, "number": 1, "started_at": "t", "error": None if completed else "x"}]
+                if call["state"] in ("COMPLETED", "FAILED")
+                else [],
+                "transcript": "hello" if completed else None,
+                "sentiment": {"label": "NEUTRAL", "score": 0.0} if completed else None,
+            },
+            "failure_reason": self.reason if call["state"] == "FAILED" else None,
+        }
+
+
+def _simulate(api: FakeApi, packets: int = 3, *, policy: RetryPolicy | None = None) -> tuple[Report, list[float]]:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    options = Options(
+        calls=1,
+        packets=packets,
+        interval_s=0,
+        rates=NO_NOISE,
+        prefix="t",
+        progress=False,
+        timeout_s=0 if api.end_to == "IN_PROGRESS" else 60,  # the fake never finishes such a call
+        retry=policy or RetryPolicy(),
+    )
+    return asyncio.run(run(options, transport=api, sleep=sleep)), slept
+
+
+def _actions(method: str, path: str, actions: list[str], sequence: int | None = None) -> Fault:
+    """``actions`` for the first requests that match, one each; then none."""
+    left = list(actions)
+
+    def fault(m: str, p: str, body: dict[str, Any] | None) -> str | None:
+        if not left or m != method or p != path or (sequence is not None and (body or {}).get("sequence") != sequence):
+            return None
+        return left.pop(0)
+
+    return fault
+
+
+def _once(method: str, path: str, action: str, sequence: int | None = None) -> Fault:
+    return _actions(method, path, [action], sequence)
+
+
+def test_a_200_duplicate_after_a_503_counts_as_stored_not_lost() -> None:
+    # The 503 hid a committed write: the retry finds packet 1 stored and gets 200 duplicate.
+    api = FakeApi(_once("POST", "/v1/call/stream/t-0", "503-after-store", sequence=1))
+    report, slept = _simulate(api)
+    assert report.ok, report.failures()
+    assert report.calls["t-0"].acknowledged == {0, 1, 2}
+    assert report.lost_packets == 0
+    assert report.stored_without_202 == 1
+    assert report.retries == 1
+    assert slept == [1.0]  # Retry-After: 1
+    assert report.to_dict()["responses"]["200"] == 1
+
+
+def test_a_200_duplicate_after_a_503_is_checked_like_a_202() -> None:
+    # A stack that answers 503, then 200 duplicate to the retry, but never stored the
+    # packet: the simulator expects sequence 1 in the GET, and reports it lost.
+    api = FakeApi(_actions("POST", "/v1/call/stream/t-0", ["503", "200-no-store"], sequence=1))
+    report, _ = _simulate(api)
+    assert report.calls["t-0"].acknowledged == {0, 1, 2}
+    assert report.lost_packets == 1
+    assert report.to_dict()["lost_by_call"] == {"t-0": [1]}
+    assert not report.ok
+
+
+def test_a_202_for_a_packet_the_stack_did_not_store_is_a_loss() -> None:
+    report, _ = _simulate(FakeApi(_actions("POST", "/v1/call/stream/t-0", ["ack-and-drop"], sequence=1)))
+    assert report.lost_packets == 1
+    assert not report.ok
+
+
+def test_a_503_that_stored_nothing_is_retried_to_a_202() -> None:
+    api = FakeApi(_once("POST", "/v1/call/stream/t-0", "503", sequence=2))
+    report, _ = _simulate(api)
+    assert report.ok, report.failures()
+    assert report.stored_without_202 == 0
+    assert report.calls["t-0"].accepted == {0, 1, 2}
+
+
+def test_a_packet_that_gave_up_is_reported_but_does_not_fail_the_run() -> None:
+    def always_503_for_seq_1(method: str, path: str, body: dict[str, Any] | None) -> str | None:
+        return "503" if method == "POST" and (body or {}).get("sequence") == 1 else None
+
+    report, slept = _simulate(FakeApi(always_503_for_seq_1), policy=RetryPolicy(max_retries=2))
+    assert report.to_dict()["gave_up"] == {"packets": 1, "ends": 0, "reads": 0}
+    assert report.to_dict()["responses"]["503"] == 1
+    assert slept == [1.0, 1.0]
+    assert report.lost_packets == 0  # never acknowledged, so not expected: reported missing by the stack
+    assert report.ok
+
+
+def test_an_end_answered_503_is_retried() -> None:
+    report, _ = _simulate(FakeApi(_once("POST", "/v1/call/t-0/end", "503")))
+    assert report.calls["t-0"].end_status == 202
+    assert report.retries == 1
+    assert report.stuck_calls == 0
+    assert report.ok, report.failures()
+
+
+def test_a_check_that_gives_up_leaves_the_call_unverified_and_fails_the_run() -> None:
+    def check_unavailable(method: str, path: str, body: dict[str, Any] | None) -> str | None:
+        return "503" if method == "GET" and path == "/v1/call/t-0" else None
+
+    report, _ = _simulate(FakeApi(check_unavailable), policy=RetryPolicy(max_retries=1))
+    assert report.unverified_calls == 1
+    assert report.calls["t-0"].verify_error == "GET answered 503 after 1 retries"
+    assert not report.ok
+
+
+def test_a_call_left_in_progress_after_its_end_is_stuck_and_fails_the_run() -> None:
+    report, _ = _simulate(FakeApi(end_to="IN_PROGRESS"))
+    assert report.in_progress_after_end == 1
+    assert report.stuck_calls == 1
+    assert "1 calls IN_PROGRESS after their end" in report.failures()
+    assert report.to_dict()["problems_by_call"] == {"t-0": ["IN_PROGRESS after its end was answered"]}
+
+
+def test_a_failed_call_needs_a_reason() -> None:
+    report, _ = _simulate(FakeApi(end_to="FAILED", reason=None))
+    assert report.failed_without_reason == 1
+    assert not report.ok
+    report, _ = _simulate(FakeApi(end_to="FAILED", reason="AI processing gave up after 1 attempt"))
+    assert report.ok, report.failures()
+
+
+# ---------------------------------------------------------------- one result per round
+
+
+def _call(state: str, history: list[tuple[int, str | None]], **over: Any) -> dict[str, Any]:
+    completed = state == "COMPLETED"
+    body: dict[str, Any] = {
+        "state": state,
+        "failure_reason": None,
+        "ai": {
+            "attempts": len(history),
+            "history": [
+                {"round": r, "number": i + 1, "started_at": "t", "error": e} for i, (r, e) in enumerate(history)
+            ],
+            "transcript": "hi" if completed else None,
+            "sentiment": {"label": "NEUTRAL", "score": 0.0} if completed else None,
+        },
+    }
+    for key, value in over.items():
+        (body["ai"] if key in body["ai"] else body)[key] = value
+    return body
+
+
+def test_consistent_calls_have_no_problems() -> None:
+    assert result_problems(_call("COMPLETED", [(1, "HTTP 503"), (1, None)])) == []
+    # A round-1 attempt interrupted by a reverted end, then the client's second end: round 2.
+    assert result_problems(_call("COMPLETED", [(1, None), (2, "HTTP 503"), (2, None)])) == []
+    reason = "AI processing gave up after all retries (2 attempts; last error: HTTP 503 from the AI service)"
+    assert result_problems(_call("FAILED", [(1, "e"), (1, "e")], failure_reason=reason)) == []
+    permanent = "AI failed permanently on attempt 1: cannot be decoded"
+    assert result_problems(_call("FAILED", [(1, "cannot be decoded")], failure_reason=permanent)) == []
+    assert result_problems(_call("PROCESSING_AI", [(1, "e")])) == []
+    assert result_problems(_call("IN_PROGRESS", [])) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "problem"),
+    [
+        (_call("COMPLETED", [(1, None)], transcript=None), "COMPLETED without a transcript"),
+        (_call("COMPLETED", []), "COMPLETED without any AI attempt"),
+        (_call("COMPLETED", [(1, None), (2, "e")]), "every attempt of round 2 failed"),
+        (_call("COMPLETED", [(1, None)], failure_reason="x"), "COMPLETED with a failure_reason"),
+        (_call("COMPLETED", [(1, None)], attempts=2), "ai.attempts is 2"),
+        (_call("COMPLETED", [(2, "e"), (1, None)]), "non-decreasing"),
+        (_call("FAILED", [(1, "e")], transcript="t", failure_reason="r"), "FAILED with an AI result"),
+        (_call("FAILED", [(1, "e")], failure_reason="gave up after all retries (3 attempts; x)"), "reason says 3"),
+        (_call("FAILED", [(1, "e"), (2, "e")], failure_reason="gave up after 2 attempts"), "reason says 2"),
+        (_call("FAILED", [(1, None)], failure_reason="failed permanently on attempt 1: x"), "names attempt 1"),
+        (_call("PROCESSING_AI", [(1, None)], transcript="t"), "PROCESSING_AI with an AI result"),
+    ],
+)
+def test_contradictions_between_state_result_and_history_are_found(call: dict[str, Any], problem: str) -> None:
+    assert any(problem in p for p in result_problems(call)), result_problems(call)
