@@ -31,20 +31,12 @@ class PacketOutcome(StrEnum):
     DUPLICATE = "duplicate"
 
 
-def record_packet(
-    store: CallStore, call_id: str, packet: Packet, *, max_call_packets: int | None = None
-) -> PacketOutcome:
+def record_packet(store: CallStore, call_id: str, packet: Packet) -> PacketOutcome:
     """Store one packet of a call. Duplicates are normal traffic, not errors.
 
-    Raises SequenceConflictError when the sequence holds different data,
-    CallNotAcceptingPacketsError once the call has ended, and CallTooLargeError for a
-    sequence beyond ``max_call_packets`` (nothing is stored).
+    Raises SequenceConflictError when the sequence holds different data, and
+    CallNotAcceptingPacketsError once the call has ended.
     """
-    if max_call_packets is not None and packet.sequence >= max_call_packets:
-        raise CallTooLargeError(
-            f"sequence {packet.sequence} is beyond the limit of {max_call_packets} packets per call "
-            f"(sequences 0 to {max_call_packets - 1})"
-        )
     write = store.add_packet(call_id, packet, now=now_iso(), received_at_ns=now_ns())
     if write.stored:
         return PacketOutcome.ACCEPTED

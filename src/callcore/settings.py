@@ -67,8 +67,6 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     # Under DynamoDB's 400 KB item limit, with room for the packet's other attributes.
     max_packet_bytes: int = 256 * 1024
-    # Sequences 0 .. MAX_CALL_PACKETS - 1: two hours of 20 ms packets.
-    max_call_packets: int = 360_000
     # Packet data of one call the worker will load: two hours of 8 kHz mu-law is 77 MB of base64.
     max_call_bytes: int = 128 * 1024 * 1024
     # The sweeper sends a round's unsent work item only after this long, when no ingest
@@ -109,7 +107,6 @@ class Settings:
             max_receive_count=_int(env, "MAX_RECEIVE_COUNT", cls.max_receive_count, 1),
             api_keys=tuple(k.strip() for k in env.get("API_KEYS", "").split(",") if k.strip()),
             max_packet_bytes=_int(env, "MAX_PACKET_BYTES", cls.max_packet_bytes, 1),
-            max_call_packets=_int(env, "MAX_CALL_PACKETS", cls.max_call_packets, 1),
             max_call_bytes=_int(env, "MAX_CALL_BYTES", cls.max_call_bytes, 1),
             work_resend_after_s=_float(env, "WORK_RESEND_AFTER_S", cls.work_resend_after_s, 1.0),
             processing_timeout_s=_float(env, "PROCESSING_TIMEOUT_S", 0.0, 1.0),

@@ -25,7 +25,7 @@ from callcore import services
 from callcore.adapters.dynamodb_store import ARRIVAL_INDEX, DynamoDBCallStore
 from callcore.bootstrap import CLIENT_CONFIG, AwsClients, Ports, build_clients, build_ports
 from callcore.domain.errors import DependencyUnavailableError
-from callcore.domain.model import MAX_TRANSCRIPT_BYTES, CallState, Packet, WorkItem, transition_rule
+from callcore.domain.model import MAX_SEQUENCE, MAX_TRANSCRIPT_BYTES, CallState, Packet, WorkItem, transition_rule
 from callcore.ports import WorkQueue
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
 from tests.fakes import FakeAIProvider
@@ -368,9 +368,7 @@ def test_a_packet_transaction_whose_answer_was_lost_is_resent_and_answered_accep
             assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
 
 
-def test_an_attempt_whose_count_answer_was_lost_is_counted_once(
-    monkeypatch: pytest.MonkeyPatch, call_id: str
-) -> None:
+def test_an_attempt_whose_count_answer_was_lost_is_counted_once(monkeypatch: pytest.MonkeyPatch, call_id: str) -> None:
     # UpdateItems of this test, in order: the end's transition, mark_enqueued, the
     # attempt's count (answer lost, then resent), the round's completion.
     with faulty_stack(monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", [False, False, True, False, False]) as ms:
@@ -413,16 +411,14 @@ def test_an_end_whose_transition_answer_was_lost_still_sends_its_work_item_at_on
         assert call is not None and call.enqueued_round == 1
 
 
-def test_a_sequence_beyond_the_calls_packet_limit_is_413_and_stores_nothing(
+def test_a_sequence_beyond_the_calls_packet_limit_is_refused_and_stores_nothing(
     ports: Ports, api: httpx.Client, call_id: str
 ) -> None:
-    limit = ports.settings.max_call_packets
-    assert api.post(f"/v1/call/stream/{call_id}", json=packet(limit - 1)).status_code == 202
-    response = api.post(f"/v1/call/stream/{call_id}", json=packet(limit))
-    assert response.status_code == 413
-    assert response.json()["error"] == "call_too_large"
-    assert f"limit of {limit} packets per call" in response.json()["message"]
-    assert [a.sequence for a in ports.store.arrivals(call_id)] == [limit - 1]
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(MAX_SEQUENCE)).status_code == 202
+    response = api.post(f"/v1/call/stream/{call_id}", json=packet(MAX_SEQUENCE + 1))
+    assert response.status_code == 422
+    assert f"less than or equal to {MAX_SEQUENCE}" in response.json()["message"]
+    assert [a.sequence for a in ports.store.arrivals(call_id)] == [MAX_SEQUENCE]
 
 
 # ---------------------------------------------------------------- item 8

@@ -25,7 +25,6 @@ def test_defaults_are_those_of_the_design() -> None:
 def test_call_size_and_sweep_defaults() -> None:
     settings = Settings.from_env({})
 
-    assert settings.max_call_packets == 360_000  # two hours of 20 ms packets
     assert settings.max_call_bytes == 128 * 1024 * 1024
     assert settings.work_resend_after_s == 30.0
     assert settings.processing_timeout_s == 3600.0
@@ -53,7 +52,6 @@ def test_overrides_are_parsed_to_their_types() -> None:
         "CALLS_TABLE": "calls-dev",
         "PACKETS_TABLE": "packets-dev",
         "WORK_QUEUE_URL": "http://localhost/queue/work",
-        "MAX_CALL_PACKETS": "1000",
         "MAX_CALL_BYTES": " 4096 ",
         "WORK_RESEND_AFTER_S": "1",
         "PROCESSING_TIMEOUT_S": "9000",
@@ -73,7 +71,6 @@ def test_overrides_are_parsed_to_their_types() -> None:
     assert settings.calls_table == "calls-dev"
     assert settings.packets_table == "packets-dev"
     assert settings.work_queue_url == "http://localhost/queue/work"
-    assert settings.max_call_packets == 1000
     assert settings.max_call_bytes == 4096
     assert settings.work_resend_after_s == 1.0
     assert settings.processing_timeout_s == 9000.0
@@ -114,8 +111,6 @@ def test_api_keys_are_split_on_commas_stripped_and_blanks_dropped() -> None:
         ("API_PORT", "0"),
         ("API_PORT", "http"),
         ("MAX_PACKET_BYTES", "0"),
-        ("MAX_CALL_PACKETS", "0"),
-        ("MAX_CALL_PACKETS", "1e5"),
         ("MAX_CALL_BYTES", "0"),
         ("MAX_CALL_BYTES", "-1"),
         ("MAX_CALL_BYTES", "128MiB"),

@@ -83,7 +83,7 @@ router = APIRouter(
         202: {"description": "Stored durably. The first packet creates the call (IN_PROGRESS)."},
         **error_responses(
             (409, "This sequence is stored with different data, or the call is no longer IN_PROGRESS. Nothing stored."),
-            (413, "`data` is larger than MAX_PACKET_BYTES, or `sequence` is beyond MAX_CALL_PACKETS. Nothing stored."),
+            (413, "`data` is larger than MAX_PACKET_BYTES. Nothing stored."),
         ),
     },
 )
@@ -97,7 +97,6 @@ def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep) -> JSONRes
         ports.store,
         call_id,
         Packet(sequence=packet.sequence, data=packet.data, timestamp=packet.timestamp),
-        max_call_packets=ports.settings.max_call_packets,
     )
     ack = PacketAck(call_id=call_id, sequence=packet.sequence, status=outcome.value)
     return JSONResponse(

@@ -35,7 +35,13 @@ def integral_number(value: object) -> object:
 
 # An integer (12282.0 included, see integral_number) in 0..MAX_SEQUENCE; the OpenAPI says `integer`.
 Sequence = Annotated[
-    StrictInt, Field(ge=0, le=MAX_SEQUENCE, description="Packet number, >= 0."), BeforeValidator(integral_number)
+    StrictInt,
+    Field(
+        ge=0,
+        le=MAX_SEQUENCE,
+        description=f"Packet number, 0 to {MAX_SEQUENCE}: a call holds at most {MAX_SEQUENCE + 1} packets.",
+    ),
+    BeforeValidator(integral_number),
 ]
 
 

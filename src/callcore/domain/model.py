@@ -14,9 +14,11 @@ from callcore.domain.errors import InvalidTransitionError
 CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _CALL_ID_RE = re.compile(CALL_ID_PATTERN)
 
-# Sequences are stored as DynamoDB numbers; keep them within what every JSON client
-# represents exactly.
-MAX_SEQUENCE = 2**53 - 1
+# A call holds at most this many packets: sequences 0 to MAX_SEQUENCE, two hours of 20 ms
+# packets. It bounds what one call stores and what the worker reads; a PBX numbering
+# from 0 never comes near it in a real call.
+MAX_CALL_PACKETS = 360_000
+MAX_SEQUENCE = MAX_CALL_PACKETS - 1
 
 # `missing` lists at most this many sequences; `missing_count` always has the total.
 MISSING_LIST_LIMIT = 1000
