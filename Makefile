@@ -74,7 +74,7 @@ build: $(SAM_STAMP)
 	PATH="$(PY312):$$PATH" $(SAM_VENV)/bin/sam build
 	PATH="$(PY312):$$PATH" python3.12 -m compileall -q -j 0 .aws-sam/build
 
-# Performance against the budgets of DESIGN.md, every figure a ratio against a baseline
+# Performance against the budgets in README.md (Performance), every figure a ratio against a baseline
 # measured in the same run. Not part of `make test`: timings are noisy on shared machines.
 bench: $(APP_STAMP)
 	$(PY) -m bench.run

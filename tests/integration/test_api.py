@@ -1,4 +1,4 @@
-"""The HTTP API as DESIGN.md specifies it, over real HTTP against the app and a moto server."""
+"""The HTTP API as the README documents it, over real HTTP against the app and a moto server."""
 
 from __future__ import annotations
 

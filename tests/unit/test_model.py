@@ -159,7 +159,7 @@ def test_duplicates_are_passed_through_and_not_counted_as_received() -> None:
 
 # --- state machine ---------------------------------------------------------------------
 
-# The state diagram in DESIGN.md, written out independently of the model's table.
+# The state diagram (README, "States"), written out independently of the model's table.
 ALLOWED: dict[CallState, set[CallState]] = {
     CallState.IN_PROGRESS: {CallState.PROCESSING_AI},
     CallState.PROCESSING_AI: {CallState.COMPLETED, CallState.FAILED},

@@ -1,4 +1,4 @@
-"""Settings: defaults from DESIGN.md's Configuration section, overrides, and clear errors."""
+"""Settings: the defaults the README documents (Configuration), overrides, and clear errors."""
 
 from __future__ import annotations
 
