@@ -50,6 +50,8 @@ class InMemoryCallStore:
         self._packets: dict[str, dict[int, _StoredPacket]] = {}
         # The token of each call's last transition and last attempt, as the adapter keeps them.
         self._tokens: dict[tuple[str, str], str] = {}
+        # The sweeper's claims, as the adapter keeps them on the call item.
+        self._claims: dict[tuple[str, str], str] = {}
 
     def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
         """Store the packet if its sequence is new AND the call is absent or IN_PROGRESS.
@@ -135,11 +137,32 @@ class InMemoryCallStore:
             attempts[attempt - 1] = dataclasses.replace(attempts[attempt - 1], error=error)
             self._calls[call_id] = dataclasses.replace(call, attempts=attempts, ai_last_error=error)
 
-    def mark_enqueued(self, call_id: str, round: int) -> None:
+    def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:
         with self._lock:
             call = self._calls.get(call_id)
             if call is not None and call.round == round:
-                self._calls[call_id] = dataclasses.replace(call, enqueued_round=round)
+                self._calls[call_id] = dataclasses.replace(call, enqueued_round=round, enqueued_at=now)
+
+    def claim_send(self, call_id: str, round: int, *, now: str, unclaimed_since: str) -> bool:
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None or call.state is not CallState.PROCESSING_AI or call.round != round:
+                return False
+            claimed = self._claims.get((call_id, "send"))
+            if claimed is not None and claimed >= unclaimed_since:
+                return False
+            self._claims[(call_id, "send")] = now
+            return True
+
+    def claim_stale_resend(self, call_id: str, round: int) -> bool:
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None or call.state is not CallState.PROCESSING_AI or call.round != round:
+                return False
+            if self._claims.get((call_id, "stale")) == str(round):
+                return False
+            self._claims[(call_id, "stale")] = str(round)
+            return True
 
     def get_call(self, call_id: str) -> Call | None:
         with self._lock:

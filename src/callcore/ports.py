@@ -88,8 +88,19 @@ class CallStore(Protocol):
         """Every stored packet of the call, in sequence order. Raises CallTooLargeError past ``max_bytes``."""
         ...
 
-    def mark_enqueued(self, call_id: str, round: int) -> None:
-        """Record that the work item of ``round`` is on the queue."""
+    def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:
+        """Record that the work item of ``round`` was put on the queue at ``now``."""
+        ...
+
+    def claim_send(self, call_id: str, round: int, *, now: str, unclaimed_since: str) -> bool:
+        """Claim the sending of ``round``'s unsent work item, while the call is PROCESSING_AI in it.
+
+        False when another sweep claimed it after ``unclaimed_since``: only one sends.
+        """
+        ...
+
+    def claim_stale_resend(self, call_id: str, round: int) -> bool:
+        """Claim the one resend a round gets when its work item may have been lost. False if it had it."""
         ...
 
     def get_call(self, call_id: str) -> Call | None: ...

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from callcore.clock import iso_seconds_ago, now_iso, now_ns, seconds_since
 from callcore.domain.errors import (
+    CallCoreError,
     CallNotAcceptingPacketsError,
     CallNotFoundError,
     CallTooLargeError,
@@ -79,7 +80,7 @@ def end_call(store: CallStore, queue: WorkQueue, call_id: str, last_sequence: in
     return EndOutcome(state=call.state, processing=True)
 
 
-def _enqueue(store: CallStore, queue: WorkQueue, call: Call) -> None:
+def _enqueue(store: CallStore, queue: WorkQueue, call: Call) -> bool:
     """Send the work item of the round that ``call`` just entered, and record that it was sent.
 
     Only the request that won the transition sends, which is why concurrent ends put
@@ -95,13 +96,14 @@ def _enqueue(store: CallStore, queue: WorkQueue, call: Call) -> None:
         logger.warning(
             "call %s round %d: work item not sent (%s); the sweeper will send it", call.call_id, call.round, exc
         )
-        return
+        return False
     try:
-        store.mark_enqueued(call.call_id, call.round)
+        store.mark_enqueued(call.call_id, call.round, now=now_iso())
     except DependencyUnavailableError as exc:
         # The item is on the queue. At worst the sweeper sends it again, and the worker
         # acts on one work item a round.
         logger.warning("call %s round %d: work item sent but not recorded (%s)", call.call_id, call.round, exc)
+    return True
 
 
 @dataclass(frozen=True)
@@ -161,10 +163,12 @@ async def process_call(store: CallStore, ai: AIProvider, item: WorkItem, *, max_
         sentiment = await ai.score_sentiment(transcript)
     except CallTooLargeError as exc:
         await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
-        return await _finish(store, item, CallState.FAILED, failure_reason=f"the call is too large to process: {exc}")
+        return await _finish(
+            store, item, CallState.FAILED, failure_reason=f"the call is too large to process: {error_text(exc)}"
+        )
     except PermanentAIError as exc:
         await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
-        reason = f"AI failed permanently on attempt {attempt}: {exc}"
+        reason = f"AI failed permanently on attempt {attempt}: {error_text(exc)}"
         return await _finish(store, item, CallState.FAILED, failure_reason=reason)
     except RetryableAIError as exc:
         await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
@@ -173,7 +177,7 @@ async def process_call(store: CallStore, ai: AIProvider, item: WorkItem, *, max_
     try:
         return await _finish(store, item, CallState.COMPLETED, result=result)
     except CallTooLargeError as exc:
-        reason = f"the AI result could not be stored on attempt {attempt}: {exc}"
+        reason = f"the AI result could not be stored on attempt {attempt}: {error_text(exc)}"
         return await _finish(store, item, CallState.FAILED, failure_reason=reason)
 
 
@@ -209,14 +213,16 @@ def _fail_round(store: CallStore, call_id: str, round: int, reason: str) -> bool
     rule = transition_rule(call_id, CallState.PROCESSING_AI, CallState.FAILED)
     try:
         store.transition(call_id, rule, now=now_iso(), token=new_token(), expected_round=round, failure_reason=reason)
-    except InvalidTransitionError:
+    except (InvalidTransitionError, CallNotFoundError):
         return False
     return True
 
 
 def _attempts_text(call: Call, round: int) -> str:
-    in_round = sum(1 for a in call.attempts if a.round == round)
-    return f"{in_round} attempt{'s' if in_round != 1 else ''}; last error: {call.ai_last_error or 'none recorded'}"
+    in_round = [a for a in call.attempts if a.round == round]
+    errors = [a.error for a in in_round if a.error]
+    last = errors[-1] if errors else "none recorded"
+    return f"{len(in_round)} attempt{'s' if len(in_round) != 1 else ''}; last error: {last}"
 
 
 def fail_exhausted(store: CallStore, item: WorkItem) -> bool:
@@ -234,8 +240,12 @@ def fail_exhausted(store: CallStore, item: WorkItem) -> bool:
 
 @dataclass(frozen=True)
 class SweepOutcome:
-    resent: int
-    failed: int
+    resent: int = 0
+    failed: int = 0
+    errors: int = 0
+
+    def __add__(self, other: SweepOutcome) -> SweepOutcome:
+        return SweepOutcome(self.resent + other.resent, self.failed + other.failed, self.errors + other.errors)
 
 
 def sweep_processing(
@@ -243,6 +253,7 @@ def sweep_processing(
     queue: WorkQueue,
     *,
     resend_after_s: float,
+    processing_timeout_s: float,
     give_up_after_s: float,
     page_size: int = 100,
 ) -> SweepOutcome:
@@ -250,35 +261,64 @@ def sweep_processing(
 
     - A round whose work item was never recorded as sent (its end's send failed) gets
       it sent, once no request can still be sending it (``resend_after_s``, longer than
-      any ingest request).
-    - A round older than ``give_up_after_s``, the longest a work item can spend in its
-      retries and the dead-letter queue, lost its item (expired from the queue, or the
-      dead-letter handler could not record the failure): the call is FAILED with that
-      reason, and the operator can retry it.
+      any ingest request). One sweep claims the send, so overlapping sweeps send once.
+    - A round with no result ``processing_timeout_s`` after its item was last sent (past
+      the longest retry horizon) may have lost its item: it is sent again, once.
+    - A round with no result ``give_up_after_s`` after its item was last sent has
+      certainly lost it (a queue keeps a message no longer than its retention period):
+      the call is FAILED with that reason, and the operator can retry it.
+
+    A call that cannot be swept now (a throttled write, say) is logged and left for the
+    next sweep; it never stops the sweep of the others.
     """
-    resent = failed = 0
+    outcome = SweepOutcome()
     cutoff = iso_seconds_ago(resend_after_s)
     cursor: str | None = None
     while True:
         page = store.list_calls(CallState.PROCESSING_AI, limit=page_size, cursor=cursor, updated_before=cutoff)
         for listed in page.calls:
-            age = seconds_since(listed.updated_at)
-            if age > give_up_after_s:
-                call = store.get_call(listed.call_id) or listed
-                reason = (
-                    f"no AI result {age:.0f} s after the call entered PROCESSING_AI (the retries end within "
-                    f"{give_up_after_s:.0f} s): its work item was lost ({_attempts_text(call, listed.round)}). "
-                    "Retry the call to process it again."
+            try:
+                outcome += _sweep_one(
+                    store, queue, listed, cutoff=cutoff, timeout_s=processing_timeout_s, give_up_s=give_up_after_s
                 )
-                if _fail_round(store, listed.call_id, listed.round, reason):
-                    logger.error("call %s round %d: work item lost; call FAILED", listed.call_id, listed.round)
-                    failed += 1
-            elif listed.enqueued_round < listed.round:
-                logger.warning(
-                    "call %s round %d: sending a work item never recorded as sent", listed.call_id, listed.round
+            except CallCoreError:
+                logger.exception(
+                    "call %s round %d: sweep failed; the next sweep tries again", listed.call_id, listed.round
                 )
-                _enqueue(store, queue, listed)
-                resent += 1
+                outcome += SweepOutcome(errors=1)
         if page.next_cursor is None:
-            return SweepOutcome(resent=resent, failed=failed)
+            return outcome
         cursor = page.next_cursor
+
+
+def _sweep_one(
+    store: CallStore, queue: WorkQueue, listed: Call, *, cutoff: str, timeout_s: float, give_up_s: float
+) -> SweepOutcome:
+    call_id, round = listed.call_id, listed.round
+    if listed.enqueued_round < round:
+        if not store.claim_send(call_id, round, now=now_iso(), unclaimed_since=cutoff):
+            return SweepOutcome()
+        logger.warning("call %s round %d: sending a work item never recorded as sent", call_id, round)
+        return SweepOutcome(resent=1) if _enqueue(store, queue, listed) else SweepOutcome(errors=1)
+    if seconds_since(listed.updated_at) <= timeout_s:
+        return SweepOutcome()
+    call = store.get_call(call_id)
+    if call is None or call.state is not CallState.PROCESSING_AI or call.round != round:
+        return SweepOutcome()
+    silent_s = seconds_since(max(call.updated_at, call.enqueued_at or call.updated_at))
+    if silent_s > give_up_s:
+        reason = (
+            f"no AI result {silent_s:.0f} s after its work item was last sent (a queue keeps a message at most "
+            f"{give_up_s - timeout_s:.0f} s): the work item was lost ({_attempts_text(call, round)}). "
+            "Retry the call to process it again."
+        )
+        if _fail_round(store, call_id, round, reason):
+            logger.error("call %s round %d: work item lost; call FAILED", call_id, round)
+            return SweepOutcome(failed=1)
+        return SweepOutcome()
+    if silent_s > timeout_s and store.claim_stale_resend(call_id, round):
+        logger.warning(
+            "call %s round %d: no result %.0f s after its send; sending it again, once", call_id, round, silent_s
+        )
+        return SweepOutcome(resent=1) if _enqueue(store, queue, call) else SweepOutcome(errors=1)
+    return SweepOutcome()

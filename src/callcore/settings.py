@@ -15,6 +15,10 @@ from dataclasses import dataclass
 # holds them equal).
 WORK_QUEUE_VISIBILITY_S = 360
 AI_WORKER_TIMEOUT_S = 60
+# template.yaml's WorkQueue MessageRetentionPeriod: no work item outlives it.
+WORK_QUEUE_RETENTION_S = 345600
+# The ingest function's timeout (template.yaml); a request never runs longer.
+INGEST_TIMEOUT_S = 10
 # What the dead-letter handler may take on top of the retries: its queue's 180 s
 # visibility timeout, several times over.
 DEAD_LETTER_MARGIN_S = 1800
@@ -72,10 +76,15 @@ class Settings:
     # The sweeper sends a round's unsent work item only after this long, when no ingest
     # request (10 s timeout) can still be sending it: concurrent ends never send two.
     work_resend_after_s: float = 30.0
-    # After this long in PROCESSING_AI a round's work item is lost for good, and the
-    # sweeper fails the call with that reason. Unset, it is the retry horizon
-    # (``retry_horizon_s``) plus the dead-letter handler's retries.
+    # A round with no result this long after its work item was sent is past every retry
+    # (unset: the retry horizon, ``retry_horizon_s``, plus the dead-letter handler's
+    # retries): its item may be lost, and the sweeper sends it once more.
     processing_timeout_s: float = 3600.0
+
+    def give_up_after_s(self) -> float:
+        """After this long without a result since its last send, a round's work item is certainly
+        gone (the queue's retention period has passed): the sweeper fails the call."""
+        return self.processing_timeout_s + WORK_QUEUE_RETENTION_S
 
     def retry_horizon_s(self) -> float:
         """The longest a work item can take to use all its receives.
@@ -108,7 +117,7 @@ class Settings:
             api_keys=tuple(k.strip() for k in env.get("API_KEYS", "").split(",") if k.strip()),
             max_packet_bytes=_int(env, "MAX_PACKET_BYTES", cls.max_packet_bytes, 1),
             max_call_bytes=_int(env, "MAX_CALL_BYTES", cls.max_call_bytes, 1),
-            work_resend_after_s=_float(env, "WORK_RESEND_AFTER_S", cls.work_resend_after_s, 1.0),
+            work_resend_after_s=_float(env, "WORK_RESEND_AFTER_S", cls.work_resend_after_s, INGEST_TIMEOUT_S + 5.0),
             processing_timeout_s=_float(env, "PROCESSING_TIMEOUT_S", 0.0, 1.0),
             api_port=_int(env, "API_PORT", cls.api_port, 1),
             moto_port=_int(env, "MOTO_PORT", cls.moto_port, 1),

@@ -591,9 +591,12 @@ def test_arrivals_of_an_unknown_call_are_empty(store: CallStore, call_id: str) -
 # --- mark_enqueued -------------------------------------------------------------------------
 
 
-def test_mark_enqueued_records_the_current_round_and_nothing_else(store: CallStore, call_id: str, clock: Clock) -> None:
+def test_mark_enqueued_records_the_current_round_and_when_and_nothing_else(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
     before = processing(store, call_id, clock)
-    store.mark_enqueued(call_id, 1)
+    sent_at = clock.tick()
+    store.mark_enqueued(call_id, 1, now=sent_at)
     assert store.get_call(call_id) == Call(
         call_id=call_id,
         state=PROCESSING_AI,
@@ -601,6 +604,7 @@ def test_mark_enqueued_records_the_current_round_and_nothing_else(store: CallSto
         updated_at=before.updated_at,
         round=1,
         enqueued_round=1,
+        enqueued_at=sent_at,
     )
 
 
@@ -608,15 +612,50 @@ def test_mark_enqueued_for_another_round_changes_nothing(store: CallStore, call_
     processing(store, call_id, clock)
     move(store, call_id, PROCESSING_AI, FAILED, clock, failure_reason="gave up")
     before = move(store, call_id, FAILED, PROCESSING_AI, clock)
-    store.mark_enqueued(call_id, 1)  # a stale round's late mark
-    store.mark_enqueued(call_id, 3)
+    store.mark_enqueued(call_id, 1, now=clock.tick())  # a stale round's late mark
+    store.mark_enqueued(call_id, 3, now=clock.tick())
     assert store.get_call(call_id) == before
     assert before.enqueued_round == 0
 
 
-def test_mark_enqueued_of_an_unknown_call_creates_nothing(store: CallStore, call_id: str) -> None:
-    store.mark_enqueued(call_id, 1)
+def test_mark_enqueued_of_an_unknown_call_creates_nothing(store: CallStore, call_id: str, clock: Clock) -> None:
+    store.mark_enqueued(call_id, 1, now=clock.tick())
     assert store.get_call(call_id) is None
+
+
+# --- the sweeper's claims ------------------------------------------------------------------
+
+
+def test_a_send_is_claimed_once_until_the_claim_is_older_than_asked(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    processing(store, call_id, clock)
+    first = clock.tick()
+    assert store.claim_send(call_id, 1, now=first, unclaimed_since=clock.start)
+    # an overlapping sweep, whose cutoff is before the first claim
+    assert not store.claim_send(call_id, 1, now=clock.tick(), unclaimed_since=first)
+    # a later sweep, whose cutoff is after it
+    assert store.claim_send(call_id, 1, now=clock.tick(), unclaimed_since=clock.tick())
+
+
+def test_a_send_is_not_claimed_for_another_round_or_state(store: CallStore, call_id: str, clock: Clock) -> None:
+    open_call(store, call_id, clock)
+    assert not store.claim_send(call_id, 0, now=clock.tick(), unclaimed_since=clock.start)
+    move(store, call_id, IN_PROGRESS, PROCESSING_AI, clock)
+    assert not store.claim_send(call_id, 2, now=clock.tick(), unclaimed_since=clock.start)
+    assert not store.claim_send(f"{call_id}-unknown", 1, now=clock.tick(), unclaimed_since=clock.start)
+    assert store.get_call(f"{call_id}-unknown") is None
+
+
+def test_a_stale_resend_is_claimed_once_per_round(store: CallStore, call_id: str, clock: Clock) -> None:
+    processing(store, call_id, clock)
+    assert store.claim_stale_resend(call_id, 1)
+    assert not store.claim_stale_resend(call_id, 1)
+    move(store, call_id, PROCESSING_AI, FAILED, clock, failure_reason="gave up")
+    assert not store.claim_stale_resend(call_id, 1)
+    move(store, call_id, FAILED, PROCESSING_AI, clock)
+    assert store.claim_stale_resend(call_id, 2)
+    assert not store.claim_stale_resend(call_id, 2)
 
 
 # --- get_call ------------------------------------------------------------------------------
@@ -654,7 +693,7 @@ def test_a_listed_call_carries_its_timestamps_round_enqueued_round_and_failure_r
     store: CallStore, call_id: str, clock: Clock
 ) -> None:
     processing(store, call_id, clock)
-    store.mark_enqueued(call_id, 1)
+    store.mark_enqueued(call_id, 1, now=clock.tick())
     move(store, call_id, PROCESSING_AI, FAILED, clock, failure_reason="gave up")
     full = move(store, call_id, FAILED, PROCESSING_AI, clock, last_sequence=9)
     assert listed(store, PROCESSING_AI, call_id) == Call(
@@ -665,7 +704,7 @@ def test_a_listed_call_carries_its_timestamps_round_enqueued_round_and_failure_r
         round=2,
         enqueued_round=1,
         failure_reason="gave up",
-    )
+    )  # enqueued_at is not in the index: the sweeper reads the call for it
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3])

@@ -95,14 +95,20 @@ def test_end_a_wins_its_send_hangs_then_fails_while_end_b_gets_202_and_the_call_
 
 
 def _age_round(ports: Ports, call_id: str, *, seconds: float) -> None:
-    """Move the call's updated_at back, as if its round began ``seconds`` ago (the GSI key moves too)."""
+    """Move the call's clocks back, as if its round began (and its item was sent) ``seconds`` ago.
+
+    updated_at is the by-state index's sort key, so the index moves too.
+    """
     old = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
     store = ports.store
     assert isinstance(store, DynamoDBCallStore)
+    call = store.get_call(call_id)
+    assert call is not None
+    update = "SET updated_at = :old" + (", enqueued_at = :old" if call.enqueued_at else "")
     store._ddb.update_item(
         TableName=ports.settings.calls_table,
         Key={"call_id": {"S": call_id}},
-        UpdateExpression="SET updated_at = :old",
+        UpdateExpression=update,
         ExpressionAttributeValues={":old": {"S": old}},
     )
 
@@ -235,18 +241,34 @@ def test_a_transcript_larger_than_the_call_item_completes_truncated_and_says_so(
 # ---------------------------------------------------------------- item 5
 
 
-def test_a_call_whose_recorded_work_item_expired_from_the_queue_is_failed_with_a_reason_by_the_sweeper(
+def test_a_call_whose_recorded_work_item_went_silent_past_every_retry_gets_it_sent_again_once(
     ports: Ports, api: httpx.Client, aws_clients: AwsClients, call_id: str
 ) -> None:
-    # GIVEN an ended call whose work item was sent and recorded, then lost (expired,
-    # or its dead letter's handler failed): nothing will ever process its round
+    # GIVEN an ended call whose work item was sent and recorded, then lost (expired, or
+    # its dead letter's handler failed): nothing will ever process its round
     assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
     assert api.post(f"/v1/call/{call_id}/end").status_code == 202
     drain_queue(aws_clients, ports.settings.work_queue_url)
-    call = ports.store.get_call(call_id)
-    assert call is not None and call.enqueued_round == call.round == 1
-    # WHEN the sweeper runs after the longest retry horizon
+    # WHEN the sweeper runs past the longest retry horizon, twice
     _age_round(ports, call_id, seconds=ports.settings.processing_timeout_s + 60)
+    sweep = sweeper.build_handler(ports.store, ports.queue, ports.settings)
+    sweep({}, None)
+    _age_round(ports, call_id, seconds=ports.settings.processing_timeout_s + 60)
+    sweep({}, None)
+    # THEN the round's item was sent again, once, and the call waits for it
+    items = [b for b in drain_queue(aws_clients, ports.settings.work_queue_url) if b["call_id"] == call_id]
+    assert items == [{"call_id": call_id, "round": 1}]
+    assert api.get(f"/v1/call/{call_id}").json()["state"] == "PROCESSING_AI"
+
+
+def test_a_call_whose_work_item_is_certainly_gone_is_failed_with_a_reason_by_the_sweeper(
+    ports: Ports, api: httpx.Client, aws_clients: AwsClients, call_id: str
+) -> None:
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+    drain_queue(aws_clients, ports.settings.work_queue_url)
+    # WHEN the sweeper runs after the work queue's retention period since the last send
+    _age_round(ports, call_id, seconds=ports.settings.give_up_after_s() + 60)
     outcome = sweeper.build_handler(ports.store, ports.queue, ports.settings)({}, None)
     # THEN the call is FAILED, saying why and what to do
     assert outcome["failed"] >= 1

@@ -70,7 +70,9 @@ def move(
 
 
 def sweep(store: InMemoryCallStore, queue: FakeQueue, *, resend_after_s: float = 0.0) -> services.SweepOutcome:
-    return services.sweep_processing(store, queue, resend_after_s=resend_after_s, give_up_after_s=3600.0)
+    return services.sweep_processing(
+        store, queue, resend_after_s=resend_after_s, processing_timeout_s=3600.0, give_up_after_s=7200.0
+    )
 
 
 def record_all(store: InMemoryCallStore, call_id: str, *sequences: int) -> None:

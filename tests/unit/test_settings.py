@@ -53,7 +53,7 @@ def test_overrides_are_parsed_to_their_types() -> None:
         "PACKETS_TABLE": "packets-dev",
         "WORK_QUEUE_URL": "http://localhost/queue/work",
         "MAX_CALL_BYTES": " 4096 ",
-        "WORK_RESEND_AFTER_S": "1",
+        "WORK_RESEND_AFTER_S": "20",
         "PROCESSING_TIMEOUT_S": "9000",
     }
 
@@ -72,7 +72,7 @@ def test_overrides_are_parsed_to_their_types() -> None:
     assert settings.packets_table == "packets-dev"
     assert settings.work_queue_url == "http://localhost/queue/work"
     assert settings.max_call_bytes == 4096
-    assert settings.work_resend_after_s == 1.0
+    assert settings.work_resend_after_s == 20.0
     assert settings.processing_timeout_s == 9000.0
 
 
@@ -199,10 +199,23 @@ def test_the_default_processing_timeout_grows_with_the_retry_horizon(env: dict[s
     assert Settings.from_env(env).processing_timeout_s == timeout
 
 
+def test_a_resend_delay_within_an_ingest_request_s_lifetime_raises_settings_error() -> None:
+    # An end may still be sending its item for up to the ingest function's 10 s timeout.
+    with pytest.raises(SettingsError, match="WORK_RESEND_AFTER_S"):
+        Settings.from_env({"WORK_RESEND_AFTER_S": "10"})
+
+
+def test_the_sweeper_gives_up_only_after_the_work_queue_s_retention_period() -> None:
+    settings = Settings.from_env({})
+    assert settings.give_up_after_s() == settings.processing_timeout_s + 345600
+
+
 def test_the_horizon_constants_are_the_templates_visibility_and_worker_timeouts() -> None:
     from callcore import settings as settings_module
     from devstack.template import load_template
 
     resources = load_template()["Resources"]
+    assert resources["WorkQueue"]["Properties"]["MessageRetentionPeriod"] == settings_module.WORK_QUEUE_RETENTION_S
+    assert resources["IngestFunction"]["Properties"]["Timeout"] == settings_module.INGEST_TIMEOUT_S
     assert resources["WorkQueue"]["Properties"]["VisibilityTimeout"] == settings_module.WORK_QUEUE_VISIBILITY_S
     assert resources["AiWorkerFunction"]["Properties"]["Timeout"] == settings_module.AI_WORKER_TIMEOUT_S

@@ -518,7 +518,8 @@ def test_a_second_retry_of_a_call_whose_retry_send_failed_is_an_invalid_transiti
 ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 RESEND_AFTER_S = SETTINGS.work_resend_after_s  # 30 s
-GIVE_UP_AFTER_S = SETTINGS.processing_timeout_s  # an hour
+TIMEOUT_S = SETTINGS.processing_timeout_s  # an hour: past every retry
+GIVE_UP_S = SETTINGS.give_up_after_s()  # and the queue's retention: the item is certainly gone
 
 
 class Clock:
@@ -552,7 +553,12 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 def sweep(store: InMemoryCallStore, queue: FakeQueue, *, page_size: int = 100) -> services.SweepOutcome:
     return services.sweep_processing(
-        store, queue, resend_after_s=RESEND_AFTER_S, give_up_after_s=GIVE_UP_AFTER_S, page_size=page_size
+        store,
+        queue,
+        resend_after_s=RESEND_AFTER_S,
+        processing_timeout_s=TIMEOUT_S,
+        give_up_after_s=GIVE_UP_S,
+        page_size=page_size,
     )
 
 
@@ -564,19 +570,38 @@ def ended_without_a_sent_item(store: InMemoryCallStore, queue: FakeQueue, call_i
     assert get(store, call_id).enqueued_round == 0
 
 
-def test_sweep_fails_a_call_whose_sent_work_item_was_lost_past_the_processing_timeout(
+def test_sweep_sends_a_sent_item_again_once_when_no_result_came_past_the_processing_timeout(
     store: InMemoryCallStore, queue: FakeQueue, clock: Clock
 ) -> None:
-    # GIVEN a call whose work item was sent and recorded, and whose one attempt failed
+    # GIVEN a call whose work item was sent and recorded, then went silent (lost, or
+    # its dead letter's handler failed)
+    item = ended_call(store, queue, "silent")
+
+    # WHEN the sweeper runs past the retry horizon, and again later
+    clock.advance(TIMEOUT_S + 1)
+    first = sweep(store, queue)
+    clock.advance(TIMEOUT_S + 1)
+    second = sweep(store, queue)
+
+    # THEN the item is sent again once: the round stays PROCESSING_AI for it
+    assert (first, second) == (services.SweepOutcome(resent=1), services.SweepOutcome())
+    assert queue.sent == [item, item]
+    assert get(store, "silent").state is CallState.PROCESSING_AI
+
+
+def test_sweep_fails_a_call_whose_work_item_is_certainly_gone_naming_the_rounds_last_error(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    # GIVEN a call whose work item was sent, and whose one attempt failed
     item = ended_call(store, queue, "lost")
     exhaust(store, item, ["503 once"])
 
-    # WHEN the sweeper runs after the processing timeout, with no result yet
-    clock.advance(GIVE_UP_AFTER_S + 1)
+    # WHEN the sweeper runs after the queue's retention period has passed since the send
+    clock.advance(GIVE_UP_S + 1)
     outcome = sweep(store, queue)
 
     # THEN the call is FAILED with a reason saying its work item was lost, and nothing is resent
-    assert outcome == services.SweepOutcome(resent=0, failed=1)
+    assert outcome == services.SweepOutcome(failed=1)
     call = get(store, "lost")
     assert call.state is CallState.FAILED
     assert call.failure_reason is not None
@@ -584,6 +609,20 @@ def test_sweep_fails_a_call_whose_sent_work_item_was_lost_past_the_processing_ti
     assert "Retry the call" in call.failure_reason
     assert "1 attempt; last error: 503 once" in call.failure_reason
     assert queue.sent == [item]
+
+
+def test_the_give_up_clock_runs_from_the_last_send_not_from_the_end(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    # GIVEN an end whose send failed, and SQS down for longer than the retry horizon
+    ended_without_a_sent_item(store, queue, "late")
+    clock.advance(TIMEOUT_S * 2)
+    # WHEN the sweeper finally sends it
+    assert sweep(store, queue) == services.SweepOutcome(resent=1)
+    # THEN its retries get their whole horizon, counted from that send
+    clock.advance(TIMEOUT_S - 1)
+    assert sweep(store, queue) == services.SweepOutcome()
+    assert get(store, "late").state is CallState.PROCESSING_AI
 
 
 def test_sweep_leaves_a_call_with_a_sent_item_alone_within_the_processing_timeout(
@@ -594,16 +633,16 @@ def test_sweep_leaves_a_call_with_a_sent_item_alone_within_the_processing_timeou
     before = get(store, "busy")
 
     # WHEN the sweeper runs long after the resend delay but before the timeout
-    clock.advance(GIVE_UP_AFTER_S - 1)
+    clock.advance(TIMEOUT_S - 1)
     outcome = sweep(store, queue)
 
     # THEN the call is untouched: its item may still be retrying
-    assert outcome == services.SweepOutcome(resent=0, failed=0)
+    assert outcome == services.SweepOutcome()
     assert get(store, "busy") == before
     assert queue.sent == [item]
 
 
-def test_sweep_resends_an_unsent_work_item_older_than_the_resend_delay_once(
+def test_sweep_sends_an_unsent_work_item_older_than_the_resend_delay_once(
     store: InMemoryCallStore, queue: FakeQueue, clock: Clock
 ) -> None:
     # GIVEN an end whose send failed
@@ -615,32 +654,38 @@ def test_sweep_resends_an_unsent_work_item_older_than_the_resend_delay_once(
     second = sweep(store, queue)
 
     # THEN the item is sent and recorded by the first sweep only
-    assert first == services.SweepOutcome(resent=1, failed=0)
-    assert second == services.SweepOutcome(resent=0, failed=0)
+    assert (first, second) == (services.SweepOutcome(resent=1), services.SweepOutcome())
     assert queue.sent == [WorkItem("unsent", 1)]
     call = get(store, "unsent")
     assert (call.state, call.enqueued_round) == (CallState.PROCESSING_AI, 1)
 
 
-def test_sweep_does_not_resend_an_unsent_item_within_the_resend_delay(
+def test_overlapping_sweeps_send_an_unsent_item_once_and_a_failed_send_is_claimed_again_later(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    # GIVEN an end whose send failed, and a sweep whose own send fails too
+    ended_without_a_sent_item(store, queue, "unsent")
+    clock.advance(RESEND_AFTER_S + 1)
+    queue.fail_next = True
+    assert sweep(store, queue) == services.SweepOutcome(errors=1)
+    # WHEN an overlapping sweep runs at once (Lambda retrying the scheduled invocation)
+    # THEN it does not send: the first sweep's claim holds
+    assert sweep(store, queue) == services.SweepOutcome()
+    assert queue.sent == []
+    # ... and once the claim is older than the resend delay, a sweep sends it
+    clock.advance(RESEND_AFTER_S + 1)
+    assert sweep(store, queue) == services.SweepOutcome(resent=1)
+    assert queue.sent == [WorkItem("unsent", 1)]
+
+
+def test_sweep_does_not_send_an_unsent_item_within_the_resend_delay(
     store: InMemoryCallStore, queue: FakeQueue, clock: Clock
 ) -> None:
     # GIVEN an end whose send failed 5 s ago (a concurrent end could still be sending)
     ended_without_a_sent_item(store, queue, "recent")
     clock.advance(5)
 
-    assert sweep(store, queue) == services.SweepOutcome(resent=0, failed=0)
-    assert queue.sent == []
-
-
-def test_sweep_fails_rather_than_resends_an_unsent_item_past_the_processing_timeout(
-    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
-) -> None:
-    ended_without_a_sent_item(store, queue, "stuck")
-    clock.advance(GIVE_UP_AFTER_S + 1)
-
-    assert sweep(store, queue) == services.SweepOutcome(resent=0, failed=1)
-    assert get(store, "stuck").state is CallState.FAILED
+    assert sweep(store, queue) == services.SweepOutcome()
     assert queue.sent == []
 
 
@@ -651,46 +696,67 @@ def test_sweep_touches_only_processing_calls(store: InMemoryCallStore, queue: Fa
     before = {call_id: get(store, call_id) for call_id in ("open", "done", "failed")}
     sent = list(queue.sent)
 
-    clock.advance(GIVE_UP_AFTER_S + 1)
+    clock.advance(GIVE_UP_S + 1)
 
-    assert sweep(store, queue) == services.SweepOutcome(resent=0, failed=0)
+    assert sweep(store, queue) == services.SweepOutcome()
     assert {call_id: get(store, call_id) for call_id in before} == before
     assert queue.sent == sent
 
 
 def test_sweep_pages_through_every_processing_call(store: InMemoryCallStore, queue: FakeQueue, clock: Clock) -> None:
-    for i in range(7):
-        ended_without_a_sent_item(store, queue, f"unsent-{i}")
     for i in range(4):
         ended_call(store, queue, f"lost-{i}")
-    clock.advance(GIVE_UP_AFTER_S + 1)
+    clock.advance(GIVE_UP_S + 1)
     for i in range(7):
-        # ended later: unsent, but within the timeout
-        ended_without_a_sent_item(store, queue, f"late-{i}")
+        ended_without_a_sent_item(store, queue, f"unsent-{i}")
     clock.advance(RESEND_AFTER_S + 1)
 
     outcome = sweep(store, queue, page_size=3)
 
-    assert outcome == services.SweepOutcome(resent=7, failed=11)
-    assert sorted(item.call_id for item in queue.sent if item.call_id.startswith("late")) == [
-        f"late-{i}" for i in range(7)
+    assert outcome == services.SweepOutcome(resent=7, failed=4)
+    assert sorted(item.call_id for item in queue.sent if item.call_id.startswith("unsent")) == [
+        f"unsent-{i}" for i in range(7)
     ]
-    assert all(get(store, f"unsent-{i}").state is CallState.FAILED for i in range(7))
     assert all(get(store, f"lost-{i}").state is CallState.FAILED for i in range(4))
 
 
-def test_sweeper_handler_reports_how_many_items_it_resent_and_calls_it_failed(
+class ClaimFailsFor(InMemoryCallStore):
+    """A store throttled for one call's writes."""
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__()
+        self.throttled = call_id
+
+    def claim_send(self, call_id: str, round: int, *, now: str, unclaimed_since: str) -> bool:
+        if call_id == self.throttled:
+            raise DependencyUnavailableError("DynamoDB", "ThrottlingException")
+        return super().claim_send(call_id, round, now=now, unclaimed_since=unclaimed_since)
+
+
+def test_one_call_that_cannot_be_swept_now_does_not_stop_the_sweep_of_the_others(
+    queue: FakeQueue, clock: Clock
+) -> None:
+    store = ClaimFailsFor("b")
+    for call_id in ("a", "b", "c"):
+        ended_without_a_sent_item(store, queue, call_id)
+    clock.advance(RESEND_AFTER_S + 1)
+
+    assert sweep(store, queue) == services.SweepOutcome(resent=2, errors=1)
+    assert sorted(item.call_id for item in queue.sent) == ["a", "c"]
+
+
+def test_sweeper_handler_reports_what_it_resent_failed_and_could_not_do(
     store: InMemoryCallStore, queue: FakeQueue, clock: Clock
 ) -> None:
     ended_call(store, queue, "lost")
-    clock.advance(GIVE_UP_AFTER_S + 1)
+    clock.advance(GIVE_UP_S + 1)
     ended_without_a_sent_item(store, queue, "unsent")
     clock.advance(RESEND_AFTER_S + 1)
     handler = ai_worker.sweeper.build_handler(store, queue, SETTINGS)
 
     response = handler({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}, None)
 
-    assert response == {"resent": 1, "failed": 1}
+    assert response == {"resent": 1, "failed": 1, "errors": 0}
     assert queue.sent[-1] == WorkItem("unsent", 1)
     assert get(store, "lost").state is CallState.FAILED
 
@@ -698,14 +764,15 @@ def test_sweeper_handler_reports_how_many_items_it_resent_and_calls_it_failed(
 def test_sweeper_handler_follows_the_resend_and_timeout_settings(
     store: InMemoryCallStore, queue: FakeQueue, clock: Clock
 ) -> None:
-    ended_without_a_sent_item(store, queue, "unsent")
-    settings = dataclasses.replace(SETTINGS, work_resend_after_s=2.0, processing_timeout_s=10.0)
+    item = ended_call(store, queue, "silent")
+    settings = dataclasses.replace(SETTINGS, processing_timeout_s=100.0)
     handler = ai_worker.sweeper.build_handler(store, queue, settings)
 
-    clock.advance(3)
-    assert handler({}, None) == {"resent": 1, "failed": 0}
-    clock.advance(8)
-    assert handler({}, None) == {"resent": 0, "failed": 1}
+    clock.advance(101)
+    assert handler({}, None) == {"resent": 1, "failed": 0, "errors": 0}
+    assert queue.sent == [item, item]
+    clock.advance(settings.give_up_after_s() + 1)
+    assert handler({}, None) == {"resent": 0, "failed": 1, "errors": 0}
 
 
 # --- the worker Lambda handler ----------------------------------------------------------

@@ -23,10 +23,12 @@ def build_handler(
             store,
             queue,
             resend_after_s=settings.work_resend_after_s,
-            give_up_after_s=settings.processing_timeout_s,
+            processing_timeout_s=settings.processing_timeout_s,
+            give_up_after_s=settings.give_up_after_s(),
         )
-        logger.info("sweep done", extra={"resent": outcome.resent, "failed": outcome.failed})
-        return {"resent": outcome.resent, "failed": outcome.failed}
+        counts = {"resent": outcome.resent, "failed": outcome.failed, "errors": outcome.errors}
+        logger.info("sweep done", extra=counts)
+        return counts
 
     return handler
 

@@ -109,6 +109,7 @@ def call_from_item(item: Item) -> Call:
         updated_at=item["updated_at"]["S"],
         round=_int(item, "round"),
         enqueued_round=_int(item, "enqueued_round"),
+        enqueued_at=_str(item, "enqueued_at"),
         duplicates=_int(item, "duplicates"),
         last_sequence=_int(item, "last_sequence") if "last_sequence" in item else None,
         ai_attempts=_int(item, "ai_attempts"),
@@ -305,22 +306,61 @@ class DynamoDBCallStore:
                 raise
             raise CallNotFoundError(call_id) from exc
 
-    def mark_enqueued(self, call_id: str, round: int) -> None:
+    def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:
         try:
             self._write(
                 lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
-                    UpdateExpression="SET enqueued_round = :round",
+                    UpdateExpression="SET enqueued_round = :round, enqueued_at = :now",
                     ConditionExpression="#round = :round",
                     ExpressionAttributeNames={"#round": "round"},
-                    ExpressionAttributeValues={":round": _n(round)},
+                    ExpressionAttributeValues={":round": _n(round), ":now": _s(now)},
                 )
             )
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
             # A newer round began meanwhile; its own end or retry marks it.
+
+    def claim_send(self, call_id: str, round: int, *, now: str, unclaimed_since: str) -> bool:
+        return self._claim(
+            call_id,
+            round,
+            "SET send_claimed_at = :now",
+            "(attribute_not_exists(send_claimed_at) OR send_claimed_at < :since)",
+            {":now": _s(now), ":since": _s(unclaimed_since)},
+        )
+
+    def claim_stale_resend(self, call_id: str, round: int) -> bool:
+        return self._claim(call_id, round, "SET stale_resend_round = :round", "NOT stale_resend_round = :round", {})
+
+    def _claim(self, call_id: str, round: int, update: str, condition: str, values: Item) -> bool:
+        """One conditional write that a single sweeper wins, while the call is PROCESSING_AI in ``round``.
+
+        A resend of the write whose answer was lost is refused: the round then goes
+        unsent by this sweep and is claimed again by a later one, never sent twice.
+        """
+        try:
+            self._write(
+                lambda: self._ddb.update_item(
+                    TableName=self._calls,
+                    Key={"call_id": _s(call_id)},
+                    UpdateExpression=update,
+                    ConditionExpression=f"#state = :processing AND #round = :round AND {condition}",
+                    ExpressionAttributeNames={"#state": "state", "#round": "round"},
+                    ExpressionAttributeValues={
+                        ":processing": _s(CallState.PROCESSING_AI.value),
+                        ":round": _n(round),
+                        **values,
+                    },
+                )
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
 
     def transition(
         self,

@@ -219,6 +219,7 @@ class Call:
     updated_at: str
     round: int = 0
     enqueued_round: int = 0  # the last round whose work item is known to be on the queue
+    enqueued_at: str | None = None  # when that item was last sent
     duplicates: int = 0
     last_sequence: int | None = None
     ai_attempts: int = 0
