@@ -50,6 +50,7 @@ class InMemoryCallStore:
         self._packets: dict[str, dict[int, _StoredPacket]] = {}
         # The token of each call's last transition and last attempt, as the adapter keeps them.
         self._tokens: dict[tuple[str, str], str] = {}
+        self._attempt_numbers: dict[tuple[str, str], int] = {}
         # The sweeper's claims, as the adapter keeps them on the call item.
         self._claims: dict[tuple[str, str], str] = {}
 
@@ -119,13 +120,14 @@ class InMemoryCallStore:
         with self._lock:
             call = self._calls.get(call_id)
             if self._tokens.get((call_id, "attempt")) == token and call is not None:
-                return call.ai_attempts
+                return self._attempt_numbers[(call_id, token)]
             if call is None or call.state is not CallState.PROCESSING_AI or call.round != round:
                 return None
             number = call.ai_attempts + 1
             record = AttemptRecord(round=round, number=number, started_at=now)
             self._calls[call_id] = dataclasses.replace(call, ai_attempts=number, attempts=[*call.attempts, record])
             self._tokens[(call_id, "attempt")] = token
+            self._attempt_numbers[(call_id, token)] = number
             return number
 
     def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:

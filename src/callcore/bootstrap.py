@@ -18,13 +18,17 @@ from callcore.adapters.sqs_queue import SQSWorkQueue
 from callcore.ports import AIProvider, CallStore, WorkQueue
 from callcore.settings import Settings
 
-# Fail fast: a PBX retries a 503 sooner than it would wait for a hung request, and the
-# worst case (2 attempts x (1 s connect + 3 s read) + backoff) stays well inside the
-# ingest function's 10 s timeout, so a request never dies between two of its writes.
+# Fail fast: a PBX retries a 503 sooner than it would wait for a hung request. One SDK
+# call takes at most two tries of (1 s connect + 2 s read) plus botocore's backoff (under
+# 1 s before a second try): WORST_CALL_S. DynamoDB and SQS answer in milliseconds; a
+# second try is what resends a request whose answer was lost.
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S, TRIES = 1, 2, 2
+WORST_CALL_S = TRIES * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S) + 1
 CLIENT_CONFIG = Config(
-    connect_timeout=1,
-    read_timeout=3,
-    retries={"mode": "standard", "max_attempts": 2},
+    connect_timeout=CONNECT_TIMEOUT_S,
+    read_timeout=READ_TIMEOUT_S,
+    # total_max_attempts counts the first try; botocore's max_attempts would count retries only.
+    retries={"mode": "standard", "total_max_attempts": TRIES},
     # The local stack serves many requests and worker batches from one process.
     max_pool_connections=128,
     # The adapters build every request from typed values, and DynamoDB validates it again

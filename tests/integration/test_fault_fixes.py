@@ -22,6 +22,7 @@ from botocore.stub import Stubber
 
 from ai_worker import sweeper
 from callcore import services
+from callcore.adapters import aws_errors
 from callcore.adapters.dynamodb_store import ARRIVAL_INDEX, DynamoDBCallStore
 from callcore.bootstrap import CLIENT_CONFIG, AwsClients, Ports, build_clients, build_ports
 from callcore.domain.errors import DependencyUnavailableError
@@ -483,3 +484,30 @@ def test_a_wrong_table_or_queue_name_is_a_configuration_error_not_retry_later(
 
 def _endpoint(ports: Ports) -> str:
     return ports.settings.work_queue_url.rsplit("/", 2)[0]
+
+
+# ---------------------------------------------------------------- the ingest function's timeout
+
+
+def test_a_request_whose_first_write_was_slow_answers_503_rather_than_outliving_the_lambda_timeout(
+    ports: Ports, aws_clients: AwsClients, api: httpx.Client, call_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a duplicate packet (a transaction, then a second write to count it), and a
+    # transaction that takes 3 s: the count could then run past the 10 s Lambda timeout
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).status_code == 202
+    now = [1000.0]
+    monkeypatch.setattr(aws_errors, "_clock", lambda: now[0])
+
+    def slow(**kwargs: Any) -> None:
+        now[0] += 3.0
+
+    aws_clients.dynamodb.meta.events.register("after-call.dynamodb.TransactWriteItems", slow)
+    try:
+        # WHEN the duplicate arrives
+        response = api.post(f"/v1/call/stream/{call_id}", json=packet(1))
+    finally:
+        aws_clients.dynamodb.meta.events.unregister("after-call.dynamodb.TransactWriteItems", slow)
+    # THEN the second write is not started: the answer is a 503 to retry, not a timeout (502)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert api.get(f"/v1/call/{call_id}").json()["packets"]["duplicates"] == 0

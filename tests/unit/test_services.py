@@ -550,3 +550,21 @@ def test_an_attempt_started_again_with_the_same_token_gets_the_same_number_and_c
 
     # ... while a new attempt (a new token) is the next number
     assert store.start_attempt("c1", 1, now=T0, token="attempt-2") == 2
+
+
+def test_deadline_refuses_an_sdk_call_that_might_outlive_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from callcore.adapters import aws_errors
+
+    now = [100.0]
+    monkeypatch.setattr(aws_errors, "_clock", lambda: now[0])
+    with aws_errors.request_deadline(9.5, 7.0):
+        with aws_errors.dependency("DynamoDB"):
+            pass  # 2.5 s of budget left for starting calls
+        now[0] += 2.0
+        with aws_errors.dependency("DynamoDB"):
+            pass
+        now[0] += 1.0
+        with pytest.raises(DependencyUnavailableError), aws_errors.dependency("DynamoDB"):
+            pytest.fail("the call must not start")
+    with aws_errors.dependency("DynamoDB"):
+        pass  # outside a request (the worker), nothing bounds it

@@ -6,7 +6,9 @@ from fastapi import FastAPI
 from mangum import Mangum
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from callcore.bootstrap import Ports, default_ports
+from callcore.adapters.aws_errors import request_deadline
+from callcore.bootstrap import WORST_CALL_S, Ports, default_ports
+from callcore.settings import INGEST_TIMEOUT_S
 from ingest import errors
 from ingest.routes import router
 from ingest.schemas import HealthOut
@@ -29,6 +31,23 @@ class JsonBodies:
         await self.app(scope, receive, send)
 
 
+class Deadline:
+    """Bound every request by the ingest function's timeout, less a margin to answer in."""
+
+    BUDGET_S = INGEST_TIMEOUT_S - 0.5
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # The context is copied into the threadpool that runs the routes' SDK calls.
+        with request_deadline(self.BUDGET_S, WORST_CALL_S):
+            await self.app(scope, receive, send)
+
+
 def create_app(ports: Ports) -> FastAPI:
     app = FastAPI(
         title="PBX AI Call Processor",
@@ -40,6 +59,7 @@ def create_app(ports: Ports) -> FastAPI:
     )
     app.state.ports = ports
     app.add_middleware(JsonBodies)
+    app.add_middleware(Deadline)
     errors.install(app)  # after the middleware above: its InternalErrors must be the outermost
     app.include_router(router)
 

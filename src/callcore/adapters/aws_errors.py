@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
@@ -41,6 +43,27 @@ MISCONFIGURED_CODES = frozenset(
 )
 
 
+# The latest moment (time.monotonic()) a request may start an SDK call and still be sure
+# to finish it inside its function's timeout; None where nothing bounds the request.
+_LATEST_CALL_START: ContextVar[float | None] = ContextVar("latest_call_start", default=None)
+_clock = time.monotonic
+
+
+@contextmanager
+def request_deadline(budget_s: float, worst_call_s: float) -> Iterator[None]:
+    """Within it, an SDK call that might not finish inside ``budget_s`` is refused as unavailable.
+
+    A Lambda that runs past its timeout answers API Gateway nothing, which the client
+    sees as a 502: a request whose first writes were slow answers 503 instead, and is
+    safe to retry.
+    """
+    token = _LATEST_CALL_START.set(_clock() + budget_s - worst_call_s)
+    try:
+        yield
+    finally:
+        _LATEST_CALL_START.reset(token)
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -48,6 +71,9 @@ def error_code(exc: ClientError) -> str:
 @contextmanager
 def dependency(name: str) -> Iterator[None]:
     """Turn throttling, outages and connection failures into DependencyUnavailableError."""
+    latest = _LATEST_CALL_START.get()
+    if latest is not None and _clock() > latest:
+        raise DependencyUnavailableError(name, "no time left in this request for another call")
     try:
         yield
     except ClientError as exc:

@@ -245,6 +245,11 @@ class DynamoDBCallStore:
                     continue
                 if "ValidationError" in codes:
                     raise CallTooLargeError("the packet is too large to store with its call") from exc
+                if "ItemCollectionSizeLimitExceeded" in codes:
+                    # The arrival index (an LSI) caps one call's packets at 10 GB.
+                    raise CallTooLargeError(
+                        "the call has reached DynamoDB's 10 GB limit of one call's packets"
+                    ) from exc
                 raise
         raise DependencyUnavailableError("DynamoDB", "TransactionConflict")
 
@@ -446,7 +451,7 @@ class DynamoDBCallStore:
                     UpdateExpression=(
                         "SET ai_attempts = if_not_exists(ai_attempts, :zero) + :one, "
                         "attempts = list_append(if_not_exists(attempts, :empty), :attempt), "
-                        "attempt_token = :token"
+                        "attempt_token = :token, attempt_token_number = if_not_exists(ai_attempts, :zero) + :one"
                     ),
                     # The token makes a resent write (lost answer) count the attempt once.
                     ConditionExpression=(
@@ -474,7 +479,7 @@ class DynamoDBCallStore:
                 raise
             old = exc.response.get("Item") or {}
             if _str(old, "attempt_token") == token:
-                return _int(old, "ai_attempts")  # our write committed; its answer was lost
+                return _int(old, "attempt_token_number")  # our write committed; its answer was lost
             return None
         return int(response["Attributes"]["ai_attempts"]["N"])
 
