@@ -554,6 +554,7 @@ def test_an_attempt_started_again_with_the_same_token_gets_the_same_number_and_c
 
 def test_deadline_refuses_an_sdk_call_that_might_outlive_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
     from callcore.adapters import aws_errors
+    from callcore.domain.errors import DependencyUnavailableError
 
     now = [100.0]
     monkeypatch.setattr(aws_errors, "_clock", lambda: now[0])
