@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     render(as_dict, Console(stderr=False))
     if json_path:
         json_path.write_text(json.dumps(as_dict, indent=2) + "\n")
+    gave_up = sum(report.gave_up.values())
+    if gave_up:
+        print(f"note: {gave_up} requests gave up after {options.retry.max_retries} retries of 503", file=sys.stderr)
     if not report.ok:
         for call_id, problems in as_dict["problems_by_call"].items():
             print(f"{call_id}: {'; '.join(problems)}", file=sys.stderr)

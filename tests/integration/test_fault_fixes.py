@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -389,6 +389,49 @@ def test_a_packet_transaction_whose_answer_was_lost_is_resent_and_answered_accep
             assert response.json()["status"] == "accepted"
             body = api.get(f"/v1/call/{call_id}").json()
             assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
+
+
+def _seed_for_draws(accept: Callable[[random.Random], bool]) -> int:
+    for seed in range(100_000):
+        if accept(random.Random(seed)):
+            return seed
+    raise AssertionError("no seed found")
+
+
+def test_a_packet_whose_answer_was_lost_and_whose_resend_met_a_conflict_is_still_accepted(
+    monkeypatch: pytest.MonkeyPatch, call_id: str
+) -> None:
+    # GIVEN the packet's transaction commits and its answer is lost; botocore's resend
+    # meets a transaction conflict; the store tries again with a new token, and finds a
+    # packet stored under its sequence: its own
+    def lost_then_conflict_then_clear(rng: random.Random) -> bool:
+        first, second = rng.random(), rng.random()
+        if not (first < 0.3 and 0.3 <= second < 0.6):
+            return False
+        rng.randrange(2)  # the injector picks the conflicting item
+        return rng.random() >= 0.6
+
+    monkeypatch.setenv(
+        "LOCAL_FAULTS",
+        "dynamodb.TransactWriteItems=0.3:LostResponse,dynamodb.TransactWriteItems=0.3:TransactionConflict",
+    )
+    monkeypatch.setenv("LOCAL_FAULTS_SEED", str(_seed_for_draws(lost_then_conflict_then_clear)))
+    ms = start_moto_stack()
+    monkeypatch.delenv("LOCAL_FAULTS")
+    try:
+        ports = build_ports(ms.settings(), endpoint_url=ms.moto.endpoint)
+        from ingest.app import create_app
+
+        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
+            # WHEN the packet is posted
+            response = api.post(f"/v1/call/stream/{call_id}", json=packet(0))
+            # THEN it is accepted, not a "duplicate" of itself, and counted nowhere twice
+            assert _faults(ms)["by_outcome"] == {"LostResponse": 1, "TransactionConflict": 1}
+            assert response.status_code == 202, response.text
+            body = api.get(f"/v1/call/{call_id}").json()
+            assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
+    finally:
+        ms.moto.stop()
 
 
 def test_an_attempt_whose_count_answer_was_lost_is_counted_once(monkeypatch: pytest.MonkeyPatch, call_id: str) -> None:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,9 +19,13 @@ import pytest
 from callcore.bootstrap import Ports, build_ai_provider, build_clients, build_ports
 from callcore.domain.model import Packet
 from callcore.ports import PacketWrite
+from devstack.moto_process import free_port
 from devstack.poller import Handler, SqsPoller, build_pollers, run_on_schedule
 from devstack.template import ScheduleSource, load_template, schedule_sources
 from pbxsim.__main__ import main
+from pbxsim.http import Answer, Client
+from pbxsim.retry import RetryPolicy
+from pbxsim.runner import Options, run
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
 
 
@@ -141,7 +146,7 @@ class Background:
 
 # The AI as the chaos run wants it (25% failures, 50 to 200 ms), and the retry clocks short
 # so that a run's retries finish within the test: SQS backoff 0 or 1 s, the sweeper resending
-# a work item whose send failed after 5 s (checking every second).
+# a work item whose send failed after 15 s, the least the settings allow (checking every second).
 CHAOS_SETTINGS = {
     "AI_FAILURE_RATE": "0.25",
     "AI_MIN_LATENCY_S": "0.05",
@@ -149,7 +154,7 @@ CHAOS_SETTINGS = {
     "AI_SEED": "5",
     "RETRY_BASE_DELAY_S": "0.5",
     "RETRY_MAX_DELAY_S": "1",
-    "WORK_RESEND_AFTER_S": "5",
+    "WORK_RESEND_AFTER_S": "15",
 }
 SWEEP_EVERY_S = 1.0
 # The queues' visibility timeouts (360 s and 180 s in the template) are how long an item
@@ -232,3 +237,59 @@ def test_200_calls_with_duplicates_reordering_and_a_failing_ai_lose_nothing_and_
         faults = httpx.get(f"{full_stack.moto.moto.endpoint}/_local_faults", timeout=10).json()
         assert faults["enabled"], faults
         assert faults["faulted"] > 0, faults
+
+
+class RecordingClient(Client):
+    """The simulator's real HTTP client, keeping every answer it got."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url, connections=4)
+        self.answers: list[Answer] = []
+
+    async def post(self, path: str, body: Any = None) -> Answer:
+        answer = await super().post(path, body)
+        self.answers.append(answer)
+        return answer
+
+    async def get(self, path: str, params: dict[str, Any] | None = None) -> Answer:
+        answer = await super().get(path, params)
+        self.answers.append(answer)
+        return answer
+
+
+def test_the_simulator_retries_the_apps_503_after_its_retry_after_then_gives_up(moto_stack: MotoStack) -> None:
+    from ingest.app import create_app
+
+    # GIVEN the real app whose DynamoDB is unreachable: every /v1 request is 503 + Retry-After
+    dead = build_clients(endpoint_url=f"http://127.0.0.1:{free_port()}")
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    policy = RetryPolicy(max_retries=2, max_wait_s=5.0, fallback_s=0.1)
+    options = Options(calls=2, packets=3, interval_s=0, wait=False, progress=False, retry=policy)
+    with LiveServer(create_app(build_ports(moto_stack.settings(), dead))) as server:
+        client = RecordingClient(server.url)
+        try:
+            # WHEN the simulator streams, ends and checks two calls
+            report = asyncio.run(run(replace(options, base_url=server.url), transport=client, sleep=sleep))
+        finally:
+            client.close()
+
+    # THEN each request was sent three times, waiting what each 503's Retry-After asked
+    retried = [a for a in client.answers if a.status == 503]
+    assert len(retried) == len(client.answers) == 3 * (6 + 2 + 2)  # packets, ends, the check's GETs
+    assert all(a.retry_after is not None and a.retry_after.isdigit() for a in retried)
+    asked = {min(float(a.retry_after or 0), policy.max_wait_s) for a in retried}
+    assert len(slept) == 2 * 10  # two waits per request: none after its last answer
+    assert set(slept) <= asked  # as asked (capped), not the fallback backoff
+    assert min(slept) >= 1
+    # ... and gave up: counted, but nothing was acknowledged, so nothing is lost or unchecked
+    d = report.to_dict()
+    assert d["retries"] == 20
+    assert d["gave_up"] == {"packets": 6, "ends": 2, "reads": 2}
+    assert d["responses"]["503"] == 6
+    assert d["end_responses"]["503"] == 2
+    assert d["server_errors"] == 0
+    assert report.ok, report.failures()

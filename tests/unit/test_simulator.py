@@ -420,6 +420,18 @@ def test_a_check_that_gives_up_leaves_the_call_unverified_and_fails_the_run() ->
     assert not report.ok
 
 
+def test_a_call_with_nothing_acknowledged_has_nothing_to_check() -> None:
+    def unavailable(method: str, path: str, body: dict[str, Any] | None) -> str | None:
+        return "503"
+
+    report, slept = _simulate(FakeApi(unavailable), policy=RetryPolicy(max_retries=1))
+    assert report.to_dict()["gave_up"] == {"packets": 3, "ends": 1, "reads": 1}
+    assert report.unverified_calls == 0  # its GET gave up too, but hid nothing
+    assert report.stuck_calls == 0
+    assert report.ok
+    assert slept == [1.0] * 5
+
+
 def test_a_call_left_in_progress_after_its_end_is_stuck_and_fails_the_run() -> None:
     report, _ = _simulate(FakeApi(end_to="IN_PROGRESS"))
     assert report.in_progress_after_end == 1

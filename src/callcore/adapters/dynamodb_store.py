@@ -197,7 +197,7 @@ class DynamoDBCallStore:
                 return PacketWrite(stored=True)
             call_reason = reasons[1]
             if call_reason.get("Code") != "ConditionalCheckFailed" or "Item" in call_reason:
-                return self._refusal(call_id, packet.sequence, reasons)
+                return self._refusal(call_id, packet.sequence, received_at_ns, reasons)
         # No call yet: create it with this packet. Racing first packets all get here; the
         # condition lets each of them through once the first has created the call.
         open_call = {
@@ -216,7 +216,9 @@ class DynamoDBCallStore:
             }
         }
         reasons = self._transact([put_packet, open_call])
-        return PacketWrite(stored=True) if reasons is None else self._refusal(call_id, packet.sequence, reasons)
+        if reasons is None:
+            return PacketWrite(stored=True)
+        return self._refusal(call_id, packet.sequence, received_at_ns, reasons)
 
     def _transact(self, items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """Run a transaction; None when it committed, else the cancellation reasons of failed conditions.
@@ -271,29 +273,34 @@ class DynamoDBCallStore:
             _conflict_pause(attempt)
         raise AssertionError("unreachable")
 
-    def _refusal(self, call_id: str, sequence: int, reasons: list[dict[str, Any]]) -> PacketWrite:
+    def _refusal(
+        self, call_id: str, sequence: int, received_at_ns: int, reasons: list[dict[str, Any]]
+    ) -> PacketWrite:
         packet_reason, call_reason = reasons[0], reasons[1]
         existing = None
         if packet_reason.get("Code") == "ConditionalCheckFailed":
-            if "Item" in packet_reason:
-                existing = packet_from_item(packet_reason["Item"])
-            else:
-                # Servers that do not return the old item: read it, off the happy path.
-                existing = self._get_packet(call_id, sequence)
+            # Servers that do not return the old item: read it, off the happy path.
+            item = packet_reason.get("Item") or self._get_packet_item(call_id, sequence)
+            if item and _int(item, "received_at") == received_at_ns:
+                # The packet this very call wrote: an earlier try committed and its answer
+                # was lost, and a conflict on the resend made us try again with a new
+                # token. (received_at is this call's own nanosecond clock reading.)
+                return PacketWrite(stored=True)
+            existing = packet_from_item(item) if item else None
         state = None
         if call_reason.get("Code") == "ConditionalCheckFailed":
             state = CallState(call_reason["Item"]["state"]["S"])
         return PacketWrite(stored=False, existing=existing, call_state=state)
 
-    def _get_packet(self, call_id: str, sequence: int) -> Packet | None:
+    def _get_packet_item(self, call_id: str, sequence: int) -> Item | None:
         with dependency("DynamoDB"):
             response = self._ddb.get_item(
                 TableName=self._packets,
                 Key={"call_id": _s(call_id), "sequence": _n(sequence)},
                 ConsistentRead=True,
             )
-        item = response.get("Item")
-        return packet_from_item(item) if item else None
+        item: Item | None = response.get("Item")
+        return item
 
     def count_duplicate(self, call_id: str) -> None:
         try:
