@@ -440,8 +440,9 @@ def patch_partition_queries() -> None:
     moto answers ``Query(call_id = :id)`` by sorting every item of the table and then
     filtering, so reading one call's packets got slower with every packet stored by any
     call. moto then keeps the items of the queried partition and sorts them by sort key,
-    so reading only that partition gives the same answer. Serialised requests make a
-    per-table hint safe. Queries on an index are moto's own.
+    so reading only that partition gives the same answer, for the table and for its local
+    secondary indexes (same partition key). Serialised requests make a per-table hint
+    safe. Queries on a global index are moto's own.
     """
     from moto.dynamodb.models.table import Table
 
@@ -457,7 +458,11 @@ def patch_partition_queries() -> None:
 
     def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
         on_index = kwargs.get("index_name") or (len(args) > index_name_at and args[index_name_at])
-        if on_index or hash_key is None:
+        # A local secondary index shares the table's partition key: its query keeps the
+        # items of the one partition too (then sorts them by the index's key). A global
+        # index's partitions are not the table's.
+        on_global_index = on_index and on_index not in {i.name for i in self.indexes}
+        if on_global_index or hash_key is None:
             return original_query(self, hash_key, *args, **kwargs)
         self._partition_hint = hash_key
         try:
