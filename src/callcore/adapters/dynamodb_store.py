@@ -163,6 +163,7 @@ class DynamoDBCallStore:
         nearly always a call's first packet, so it goes straight to that transaction,
         which is just as correct for a call that exists (it changes nothing on it).
         """
+        write_id = uuid.uuid4().hex
         put_packet = {
             "Put": {
                 "TableName": self._packets,
@@ -172,6 +173,9 @@ class DynamoDBCallStore:
                     "data": _s(packet.data),
                     "timestamp": _seconds(packet.timestamp),
                     "received_at": _n(received_at_ns),
+                    # Names this one call of add_packet, so that it can tell its own
+                    # committed write (answer lost) from another request's packet.
+                    "write_id": _s(write_id),
                 },
                 "ConditionExpression": "attribute_not_exists(#seq)",
                 "ExpressionAttributeNames": {"#seq": "sequence"},
@@ -197,7 +201,7 @@ class DynamoDBCallStore:
                 return PacketWrite(stored=True)
             call_reason = reasons[1]
             if call_reason.get("Code") != "ConditionalCheckFailed" or "Item" in call_reason:
-                return self._refusal(call_id, packet.sequence, received_at_ns, reasons)
+                return self._refusal(call_id, packet.sequence, write_id, reasons)
         # No call yet: create it with this packet. Racing first packets all get here; the
         # condition lets each of them through once the first has created the call.
         open_call = {
@@ -218,7 +222,7 @@ class DynamoDBCallStore:
         reasons = self._transact([put_packet, open_call])
         if reasons is None:
             return PacketWrite(stored=True)
-        return self._refusal(call_id, packet.sequence, received_at_ns, reasons)
+        return self._refusal(call_id, packet.sequence, write_id, reasons)
 
     def _transact(self, items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """Run a transaction; None when it committed, else the cancellation reasons of failed conditions.
@@ -274,17 +278,16 @@ class DynamoDBCallStore:
         raise AssertionError("unreachable")
 
     def _refusal(
-        self, call_id: str, sequence: int, received_at_ns: int, reasons: list[dict[str, Any]]
+        self, call_id: str, sequence: int, write_id: str, reasons: list[dict[str, Any]]
     ) -> PacketWrite:
         packet_reason, call_reason = reasons[0], reasons[1]
         existing = None
         if packet_reason.get("Code") == "ConditionalCheckFailed":
             # Servers that do not return the old item: read it, off the happy path.
             item = packet_reason.get("Item") or self._get_packet_item(call_id, sequence)
-            if item and _int(item, "received_at") == received_at_ns:
+            if item and _str(item, "write_id") == write_id:
                 # The packet this very call wrote: an earlier try committed and its answer
-                # was lost, and a conflict on the resend made us try again with a new
-                # token. (received_at is this call's own nanosecond clock reading.)
+                # was lost, and a conflict on the resend made us try again with a new token.
                 return PacketWrite(stored=True)
             existing = packet_from_item(item) if item else None
         state = None
