@@ -24,6 +24,7 @@ from devstack.poller import Handler, SqsPoller, build_pollers, run_on_schedule
 from devstack.template import ScheduleSource, load_template, schedule_sources
 from pbxsim.__main__ import main
 from pbxsim.http import Answer, Client
+from pbxsim.plan import Rates
 from pbxsim.retry import RetryPolicy
 from pbxsim.runner import Options, run
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
@@ -268,7 +269,11 @@ def test_the_simulator_retries_the_apps_503_after_its_retry_after_then_gives_up(
         slept.append(seconds)
 
     policy = RetryPolicy(max_retries=2, max_wait_s=5.0, fallback_s=0.1)
-    options = Options(calls=2, packets=3, interval_s=0, wait=False, progress=False, retry=policy)
+    # No duplicated or skipped packets: exactly 3 sends a call.
+    no_mischief = Rates(duplicate=0.0, reorder=0.0, late=0.0, skip=0.0)
+    options = Options(
+        calls=2, packets=3, interval_s=0, wait=False, progress=False, retry=policy, rates=no_mischief, seed=1
+    )
     with LiveServer(create_app(build_ports(moto_stack.settings(), dead))) as server:
         client = RecordingClient(server.url)
         try:
