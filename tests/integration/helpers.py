@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import httpx
 
 from callcore.bootstrap import AwsClients, Ports
+from devstack.poller import Handler, SqsPoller, run_on_schedule
+from devstack.template import ScheduleSource
 
 
 def packet(sequence: int, data: str | None = None, timestamp: float | None = None) -> dict[str, Any]:
@@ -98,3 +101,33 @@ def drain_queue(clients: AwsClients, queue_url: str) -> list[dict[str, Any]]:
         for message in messages:
             bodies.append(json.loads(message["Body"]))
             clients.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+class RunningStack:
+    """The local stack's pollers (work queue -> AI worker, DLQ -> DLQ handler) and the
+    scheduled sweeper, on an event loop of their own in a thread, as `python -m devstack` runs them."""
+
+    def __init__(self, pollers: list[SqsPoller], schedules: Sequence[tuple[ScheduleSource, Handler]] = ()) -> None:
+        self._pollers, self._schedules = pollers, schedules
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def main() -> None:
+            await asyncio.gather(
+                *(p.run(self._stop) for p in self._pollers),
+                *(run_on_schedule(source, handler, self._stop) for source, handler in self._schedules),
+            )
+
+        self._loop.run_until_complete(main())
+
+    def __enter__(self) -> RunningStack:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)

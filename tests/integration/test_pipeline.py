@@ -4,8 +4,6 @@ policy (from template.yaml, maxReceiveCount 3) moves exhausted work items to the
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,10 +18,10 @@ from callcore.adapters.ai.mock import MockAIProvider
 from callcore.bootstrap import AwsClients, Ports, build_clients, build_ports
 from callcore.domain.errors import RetryableAIError
 from callcore.domain.model import Packet, Sentiment, WorkItem
-from devstack.poller import SqsPoller, build_pollers, to_lambda_record
+from devstack.poller import build_pollers, to_lambda_record
 from devstack.template import load_template
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
-from tests.integration.helpers import packet
+from tests.integration.helpers import RunningStack, packet
 
 MAX_RECEIVES = 3
 FINAL = {"COMPLETED", "FAILED"}
@@ -95,32 +93,6 @@ class Pipeline:
         return attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
 
 
-class RunningPollers:
-    """The local stack's pollers on their own event loop, in a thread."""
-
-    def __init__(self, pollers: list[SqsPoller]) -> None:
-        self.pollers = pollers
-        self._loop = asyncio.new_event_loop()
-        self._stop = asyncio.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            await asyncio.gather(*(p.run(self._stop) for p in self.pollers))
-
-        self._loop.run_until_complete(main())
-
-    def __enter__(self) -> RunningPollers:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def pipeline_stack() -> Iterator[MotoStack]:
     ms = start_moto_stack({"MAX_RECEIVE_COUNT": str(MAX_RECEIVES)})
@@ -142,7 +114,7 @@ def pipeline(pipeline_stack: MotoStack) -> Iterator[Pipeline]:
         deps = WorkerDeps(settings=settings, store=ports.store, ai=pipe.ai, queue=ports.queue)
         handlers = {"AiWorkerFunction": build_handler(deps), "DlqHandlerFunction": dlq.build_handler(ports.store)}
         pollers = build_pollers(load_template(), pipeline_stack.stack, clients.sqs, handlers)
-        with RunningPollers(pollers):
+        with RunningStack(pollers):
             yield pipe
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,14 +19,15 @@ from callcore.bootstrap import Ports, build_ai_provider, build_clients, build_po
 from callcore.domain.model import Packet
 from callcore.ports import PacketWrite
 from devstack.moto_process import free_port
-from devstack.poller import Handler, SqsPoller, build_pollers, run_on_schedule
-from devstack.template import ScheduleSource, load_template, schedule_sources
+from devstack.poller import Handler, build_pollers
+from devstack.template import load_template, schedule_sources
 from pbxsim.__main__ import main
 from pbxsim.http import Answer, Client
 from pbxsim.plan import Rates
 from pbxsim.retry import RetryPolicy
 from pbxsim.runner import Options, run
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
+from tests.integration.helpers import RunningStack
 
 
 class DroppingStore:
@@ -115,36 +115,6 @@ def test_the_simulator_passes_an_honest_stack_despite_duplicates_and_reordering(
 # ---------------------------------------------------------------- the whole pipeline, under chaos
 
 
-class Background:
-    """The local stack's pollers (work queue -> AI worker, DLQ -> DLQ handler) and the
-    scheduled sweeper, on an event loop of their own in a thread, as `python -m devstack` runs them."""
-
-    def __init__(self, pollers: list[SqsPoller], schedules: list[tuple[ScheduleSource, Handler]]) -> None:
-        self._pollers, self._schedules = pollers, schedules
-        self._loop = asyncio.new_event_loop()
-        self._stop = asyncio.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            await asyncio.gather(
-                *(p.run(self._stop) for p in self._pollers),
-                *(run_on_schedule(source, handler, self._stop) for source, handler in self._schedules),
-            )
-
-        self._loop.run_until_complete(main())
-
-    def __enter__(self) -> Background:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=60)
-
-
 # The AI as the chaos run wants it (25% failures, 50 to 200 ms), and the retry clocks short
 # so that a run's retries finish within the test: SQS backoff 0 or 1 s, the sweeper resending
 # a work item whose send failed after 15 s, the least the settings allow (checking every second).
@@ -200,7 +170,7 @@ def full_stack() -> Iterator[FullStack]:
         schedules = [(replace(s, every_s=SWEEP_EVERY_S), sweep) for s in schedule_sources(template)]
         for url in {moto_stack.stack.queue_urls[p.source.queue] for p in pollers}:
             clients.sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": VISIBILITY_S})
-        with LiveServer(create_app(ports)) as server, Background(pollers, schedules):
+        with LiveServer(create_app(ports)) as server, RunningStack(pollers, schedules):
             yield FullStack(url=server.url, moto=moto_stack)
     finally:
         moto_stack.moto.stop()
