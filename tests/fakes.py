@@ -80,12 +80,15 @@ class InMemoryCallStore:
             self._packets.setdefault(call_id, {})[packet.sequence] = _StoredPacket(packet, received_at_ns)
             return PacketWrite(stored=True)
 
-    def count_duplicate(self, call_id: str) -> None:
+    def count_duplicate(self, call_id: str, *, token: str) -> None:
         with self._lock:
             call = self._calls.get(call_id)
             if call is None:
                 raise CallNotFoundError(call_id)
+            if self._tokens.get((call_id, "duplicate")) == token:
+                return
             self._calls[call_id] = dataclasses.replace(call, duplicates=call.duplicates + 1)
+            self._tokens[(call_id, "duplicate")] = token
 
     def transition(
         self,

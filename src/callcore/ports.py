@@ -49,7 +49,9 @@ class CallStore(Protocol):
         """Store a packet atomically with its call (created by its first packet), only while IN_PROGRESS."""
         ...
 
-    def count_duplicate(self, call_id: str) -> None: ...
+    def count_duplicate(self, call_id: str, *, token: str) -> None:
+        """Count one duplicate packet; the same ``token`` again counts nothing. CallNotFoundError if no call."""
+        ...
 
     def transition(
         self,

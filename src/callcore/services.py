@@ -46,7 +46,7 @@ def record_packet(store: CallStore, call_id: str, packet: Packet) -> PacketOutco
         # the packet is stored and part of the call's work, so 409 would be a lie.
         if not write.existing.same_content(packet):
             raise SequenceConflictError(call_id, packet.sequence)
-        store.count_duplicate(call_id)
+        store.count_duplicate(call_id, token=new_token())
         return PacketOutcome.DUPLICATE
     if write.call_state is None:
         raise RuntimeError(f"store refused packet {packet.sequence} of {call_id!r} without a reason")

@@ -233,18 +233,26 @@ def test_count_duplicate_adds_one_to_the_calls_duplicates_and_nothing_else(
     store: CallStore, call_id: str, clock: Clock
 ) -> None:
     before = open_call(store, call_id, clock)
-    store.count_duplicate(call_id)
-    store.count_duplicate(call_id)
+    store.count_duplicate(call_id, token="t1")
+    store.count_duplicate(call_id, token="t2")
     assert store.get_call(call_id) == Call(
         call_id=call_id, state=IN_PROGRESS, created_at=before.created_at, updated_at=before.updated_at, duplicates=2
     )
+
+
+def test_count_duplicate_resent_with_the_same_token_counts_once(store: CallStore, call_id: str, clock: Clock) -> None:
+    open_call(store, call_id, clock)
+    store.count_duplicate(call_id, token="t1")
+    store.count_duplicate(call_id, token="t1")  # the same write, resent after its answer was lost
+    call = store.get_call(call_id)
+    assert call is not None and call.duplicates == 1
 
 
 def test_count_duplicate_of_an_unknown_call_raises_call_not_found_and_creates_nothing(
     store: CallStore, call_id: str
 ) -> None:
     with pytest.raises(CallNotFoundError):
-        store.count_duplicate(call_id)
+        store.count_duplicate(call_id, token="t1")
     assert store.get_call(call_id) is None
 
 

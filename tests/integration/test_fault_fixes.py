@@ -434,6 +434,21 @@ def test_a_packet_whose_answer_was_lost_and_whose_resend_met_a_conflict_is_still
         ms.moto.stop()
 
 
+def test_a_duplicate_whose_count_answer_was_lost_is_counted_once(
+    monkeypatch: pytest.MonkeyPatch, call_id: str
+) -> None:
+    # The only UpdateItem of this test is the duplicate's count: its answer is lost, the resend arrives.
+    with faulty_stack(monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", [True, False]) as ms:
+        ports = build_ports(ms.settings(), endpoint_url=ms.moto.endpoint)
+        from ingest.app import create_app
+
+        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
+            assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+            assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 200
+            assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
+            assert api.get(f"/v1/call/{call_id}").json()["packets"]["duplicates"] == 1
+
+
 def test_an_attempt_whose_count_answer_was_lost_is_counted_once(monkeypatch: pytest.MonkeyPatch, call_id: str) -> None:
     # UpdateItems of this test, in order: the end's transition, mark_enqueued, the
     # attempt's count (answer lost, then resent), the round's completion.

@@ -277,9 +277,7 @@ class DynamoDBCallStore:
             _conflict_pause(attempt)
         raise AssertionError("unreachable")
 
-    def _refusal(
-        self, call_id: str, sequence: int, write_id: str, reasons: list[dict[str, Any]]
-    ) -> PacketWrite:
+    def _refusal(self, call_id: str, sequence: int, write_id: str, reasons: list[dict[str, Any]]) -> PacketWrite:
         packet_reason, call_reason = reasons[0], reasons[1]
         existing = None
         if packet_reason.get("Code") == "ConditionalCheckFailed":
@@ -305,21 +303,29 @@ class DynamoDBCallStore:
         item: Item | None = response.get("Item")
         return item
 
-    def count_duplicate(self, call_id: str) -> None:
+    def count_duplicate(self, call_id: str, *, token: str) -> None:
         try:
             self._write(
                 lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
-                    UpdateExpression="ADD duplicates :one",
-                    ConditionExpression="attribute_exists(call_id)",
-                    ExpressionAttributeValues={":one": _n(1)},
+                    UpdateExpression="ADD duplicates :one SET duplicate_token = :token",
+                    # The token makes a resent write (lost answer) count the duplicate once.
+                    ConditionExpression=(
+                        "attribute_exists(call_id) "
+                        "AND (attribute_not_exists(duplicate_token) OR duplicate_token <> :token)"
+                    ),
+                    ExpressionAttributeValues={":one": _n(1), ":token": _s(token)},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             )
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
-            raise CallNotFoundError(call_id) from exc
+            old = exc.response.get("Item")
+            if not old:
+                raise CallNotFoundError(call_id) from exc
+            # Otherwise our own write committed; its answer was lost.
 
     def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:
         try:
