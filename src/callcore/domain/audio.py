@@ -1,0 +1,271 @@
+"""A call's packets as audio: decoded, put in sequence order, gaps filled, written as WAV.
+
+A packet's ``data`` is base64 audio in one of the formats a PBX streams:
+
+- G.711 mu-law, 8 kHz mono: what PBXs and Twilio Media Streams send (160 bytes per
+  20 ms packet), hence the default;
+- 16-bit little-endian linear PCM, 8 or 16 kHz mono.
+
+Everything here is pure and deterministic (standard library only, no I/O), so the same
+packets always give the same bytes: a redelivered work item produces an identical WAV.
+``audioop`` is not used: it is deprecated and removed in Python 3.13, and G.711 mu-law
+decoding is a 256-entry table.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import statistics
+import sys
+import wave
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from callcore.domain.errors import CallTooLargeError, PermanentAIError
+from callcore.domain.model import Packet
+
+__all__ = [
+    "DEFAULT_FORMAT",
+    "AudioEncoding",
+    "AudioFormat",
+    "DecodedAudio",
+    "UndecodableAudioError",
+    "decode_call",
+    "decode_packet",
+    "mulaw_to_pcm16",
+    "to_wav",
+]
+
+
+class AudioEncoding(StrEnum):
+    MULAW = "mulaw"  # G.711 mu-law, one byte per sample
+    PCM16 = "pcm16"  # signed 16-bit little-endian linear PCM, two bytes per sample
+
+
+# The sample rates each encoding is accepted at. G.711 is defined at 8 kHz only; linear
+# PCM comes from narrowband (8 kHz) or wideband (16 kHz) trunks.
+_RATES: dict[AudioEncoding, tuple[int, ...]] = {
+    AudioEncoding.MULAW: (8000,),
+    AudioEncoding.PCM16: (8000, 16000),
+}
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """How a call's packets are encoded. Only mono: a PBX streams one leg per call."""
+
+    encoding: AudioEncoding
+    sample_rate: int
+
+    def __post_init__(self) -> None:
+        encoding = _encoding(self.encoding)
+        object.__setattr__(self, "encoding", encoding)
+        rates = _RATES[encoding]
+        # bool is an int subclass; True is not a sample rate.
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate not in rates:
+            allowed = " or ".join(f"{r} Hz" for r in rates)
+            raise ValueError(f"{encoding.value} audio must be {allowed} mono, not {self.sample_rate!r} Hz")
+
+    @classmethod
+    def parse(cls, encoding: str, sample_rate: int) -> AudioFormat:
+        """The format named in configuration; case and surrounding spaces in the encoding do not matter.
+
+        Raises ValueError naming what is wrong, so a misconfiguration fails at start-up.
+        """
+        return cls(_encoding(encoding.strip().lower()), sample_rate)
+
+    def __str__(self) -> str:
+        return f"{self.encoding.value}/{self.sample_rate}"
+
+
+def _encoding(name: str) -> AudioEncoding:
+    try:
+        return AudioEncoding(name)
+    except ValueError:
+        valid = ", ".join(e.value for e in AudioEncoding)
+        raise ValueError(f"unknown audio encoding {name!r}; expected one of: {valid}") from None
+
+
+DEFAULT_FORMAT = AudioFormat(AudioEncoding.MULAW, 8000)
+
+
+class UndecodableAudioError(PermanentAIError):
+    """Packets whose data is not audio in the call's format. The same bytes never decode, so it is permanent.
+
+    ``sequences`` lists every such packet (empty when the call holds no audio at all),
+    so the failure reason shows all of them at once rather than one per attempt.
+    """
+
+    def __init__(self, message: str, sequences: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.sequences: list[int] = sorted(set(sequences))
+
+
+def _mulaw_decode(code: int) -> int:
+    """ITU-T G.711 mu-law: one code to its linear value (-32124 to 32124).
+
+    Codes are stored complemented; the low nibble is the mantissa, the next three bits
+    the segment (exponent), the top bit the sign. The result is the middle of the
+    quantisation interval the encoder mapped to that code.
+    """
+    u = ~code & 0xFF
+    magnitude = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+    return 0x84 - magnitude if u & 0x80 else magnitude - 0x84
+
+
+# Built once: the low and the high byte of every code's 16-bit little-endian sample, as
+# ``bytes.translate`` tables, so decoding runs at C speed and its byte order is the
+# same on every host.
+_MULAW_LOW = bytes(_mulaw_decode(c) & 0xFF for c in range(256))
+_MULAW_HIGH = bytes((_mulaw_decode(c) >> 8) & 0xFF for c in range(256))
+
+
+def mulaw_to_pcm16(raw: bytes) -> bytes:
+    """G.711 mu-law bytes to 16-bit little-endian PCM, one sample per byte."""
+    out = bytearray(2 * len(raw))
+    out[0::2] = raw.translate(_MULAW_LOW)
+    out[1::2] = raw.translate(_MULAW_HIGH)
+    return bytes(out)
+
+
+def _decode(data: str, fmt: AudioFormat) -> bytes | str:
+    """16-bit LE PCM, or why ``data`` is not audio in ``fmt`` (phrased to follow "packet N is"/"packets M, N are")."""
+    try:
+        # validate=True: text such as "sample_audio_chunk" is refused rather than being
+        # silently stripped of its non-alphabet characters and decoded as noise.
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text
+        return f"not base64 {fmt.encoding.value} audio"
+    if fmt.encoding is AudioEncoding.MULAW:
+        return mulaw_to_pcm16(raw)
+    if len(raw) % 2:
+        return "pcm16 of an odd number of bytes, not whole 16-bit samples"
+    return raw
+
+
+def _naming(sequences: list[int], limit: int = 20) -> str:
+    """``packet 3 is`` / ``packets 3, 7 are``, cut after ``limit``: a call keeps 500 characters of an error."""
+    shown = ", ".join(str(s) for s in sequences[:limit])
+    more = f" (and {len(sequences) - limit} more)" if len(sequences) > limit else ""
+    return f"packet {shown} is" if len(sequences) == 1 else f"packets {shown}{more} are"
+
+
+def decode_packet(data: str, fmt: AudioFormat = DEFAULT_FORMAT, *, sequence: int | None = None) -> bytes:
+    """One packet's ``data`` as 16-bit little-endian PCM.
+
+    Raises UndecodableAudioError when it is not base64, or is PCM16 of an odd length;
+    ``sequence``, when given, is named in the error.
+    """
+    decoded = _decode(data, fmt)
+    if isinstance(decoded, bytes):
+        return decoded
+    if sequence is None:
+        raise UndecodableAudioError(f"packet data is {decoded}")
+    raise UndecodableAudioError(f"{_naming([sequence])} {decoded}", [sequence])
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """A call's audio, ready for a speech-to-text service: mono 16-bit LE PCM in sequence order."""
+
+    pcm16: bytes
+    sample_rate: int
+    duration_s: float
+    gaps: list[int] = field(default_factory=list)  # missing sequences, filled with silence
+
+    @property
+    def sample_count(self) -> int:
+        return len(self.pcm16) // 2
+
+
+def decode_call(
+    packets: list[Packet], fmt: AudioFormat = DEFAULT_FORMAT, *, max_pcm_bytes: int | None = None
+) -> DecodedAudio:
+    """Every packet of a call decoded and assembled in sequence order, whatever order they came in.
+
+    A missing sequence between the lowest and the highest present becomes silence as
+    long as one packet (the median decoded length, in samples), so the audio after a
+    lost packet stays in time with the call. Packets with empty data carry no audio and
+    do not count towards that length.
+
+    Raises UndecodableAudioError naming every packet that does not decode (all of them,
+    so one failure reason shows the whole damage), or when the call has no audio.
+    ``max_pcm_bytes`` bounds the PCM produced, checked before it is built: silence for
+    gaps is not limited by the size of the packets read, so a few packets with very
+    distant sequences could otherwise ask for gigabytes (CallTooLargeError).
+    """
+    if not packets:
+        raise UndecodableAudioError("no audio: the call has no packets")
+    by_sequence: dict[int, Packet] = {}
+    for packet in packets:
+        seen = by_sequence.setdefault(packet.sequence, packet)
+        if not seen.same_content(packet):
+            # Stores refuse a second packet with the same sequence and other data; two
+            # here means the caller broke that contract, and no choice would be right.
+            raise ValueError(f"packet {packet.sequence} appears twice with different data")
+
+    decoded: dict[int, bytes] = {}
+    bad: dict[str, list[int]] = {}
+    for sequence in sorted(by_sequence):
+        result = _decode(by_sequence[sequence].data, fmt)
+        if isinstance(result, bytes):
+            decoded[sequence] = result
+        else:
+            bad.setdefault(result, []).append(sequence)
+    if bad:
+        message = "; ".join(f"{_naming(seqs)} {reason}" for reason, seqs in bad.items())
+        raise UndecodableAudioError(message, [s for seqs in bad.values() for s in seqs])
+
+    lengths = [len(pcm) // 2 for pcm in decoded.values() if pcm]
+    if not lengths:
+        raise UndecodableAudioError(f"no audio: {_count(len(decoded), 'packet')}, none with a sample")
+    # median_low: an actual packet's length, an integer, the same for the same packets.
+    packet_samples = statistics.median_low(lengths)
+    first, last = min(decoded), max(decoded)
+    gap_count = last - first + 1 - len(decoded)
+
+    total_bytes = sum(len(pcm) for pcm in decoded.values()) + gap_count * packet_samples * 2
+    if max_pcm_bytes is not None and total_bytes > max_pcm_bytes:
+        raise CallTooLargeError(
+            f"the call's audio would be {total_bytes} bytes of PCM ({_count(gap_count, 'missing packet')} "
+            f"filled with silence), over the limit of {max_pcm_bytes}"
+        )
+    gaps = [s for s in range(first, last + 1) if s not in decoded]
+
+    silence = bytes(packet_samples * 2)
+    pcm16 = b"".join(decoded.get(s, silence) for s in range(first, last + 1))
+    return DecodedAudio(
+        pcm16=pcm16,
+        sample_rate=fmt.sample_rate,
+        duration_s=len(pcm16) // 2 / fmt.sample_rate,
+        gaps=gaps,
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def to_wav(audio: DecodedAudio) -> bytes:
+    """The audio as a mono 16-bit PCM WAV file.
+
+    Byte-identical for the same audio (a WAV header holds no timestamp), so the file of
+    a redelivered work item is recognisably the one already produced.
+    """
+    frames = audio.pcm16
+    if sys.byteorder == "big":  # pragma: no cover - Lambda and CI hosts are little-endian
+        # ``wave`` takes samples in the host's order and writes them little-endian.
+        samples = array("h", frames)
+        samples.byteswap()
+        frames = samples.tobytes()
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(audio.sample_rate)
+        out.writeframes(frames)
+    return buffer.getvalue()
