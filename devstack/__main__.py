@@ -69,7 +69,7 @@ def main() -> int:
         point_sdks_at(moto.endpoint)
         template = load_template()
         session = boto3.session.Session()
-        stack = provision(template, session.client("dynamodb"), session.client("sqs"))
+        stack = provision(template, session.client("dynamodb"), session.client("sqs"), s3=session.client("s3"))
         os.environ.update(stack.function_environment(template))
         logger.info("created from template.yaml: tables %s, queues %s", sorted(stack.tables), sorted(stack.queue_urls))
 

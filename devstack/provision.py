@@ -29,6 +29,7 @@ class Stack:
 
     parameters: dict[str, str]
     tables: dict[str, str] = field(default_factory=dict)
+    buckets: dict[str, str] = field(default_factory=dict)
     queue_urls: dict[str, str] = field(default_factory=dict)
     queue_arns: dict[str, str] = field(default_factory=dict)
 
@@ -43,6 +44,8 @@ class Stack:
                 return self.parameters[ref]
             if ref in self.tables:
                 return self.tables[ref]
+            if ref in self.buckets:
+                return self.buckets[ref]
             if ref in self.queue_urls:
                 return self.queue_urls[ref]
             raise KeyError(f"cannot resolve !Ref {ref}")
@@ -66,8 +69,21 @@ def parameters(template: dict[str, Any], env: Mapping[str, str] | None = None) -
     return values
 
 
-def provision(template: dict[str, Any], dynamodb: Any, sqs: Any, env: Mapping[str, str] | None = None) -> Stack:
+def bucket_name(logical_id: str) -> str:
+    """The local name of a template bucket: S3 names are lower case (CloudFormation generates them on AWS)."""
+    return logical_id.lower()
+
+
+def provision(
+    template: dict[str, Any], dynamodb: Any, sqs: Any, env: Mapping[str, str] | None = None, *, s3: Any = None
+) -> Stack:
     stack = Stack(parameters=parameters(template, env))
+    buckets = resources_of_type(template, "AWS::S3::Bucket")
+    if buckets and s3 is None:
+        raise ValueError(f"the template has buckets ({sorted(buckets)}): pass an S3 client")
+    for name, res in buckets.items():
+        stack.buckets[name] = bucket_name(name)
+        _create_bucket(s3, stack, bucket_name(name), res.get("Properties", {}))
     for name, res in resources_of_type(template, "AWS::DynamoDB::Table").items():
         props = res["Properties"]
         kwargs = {key: props[key] for key in _TABLE_KEYS if key in props}
@@ -109,3 +125,33 @@ def _redrive_target(resource: dict[str, Any]) -> str | None:
         return None
     target = policy["deadLetterTargetArn"]
     return str(target["Fn::GetAtt"][0]) if isinstance(target, dict) and "Fn::GetAtt" in target else str(target)
+
+
+def _create_bucket(s3: Any, stack: Stack, name: str, props: dict[str, Any]) -> None:
+    """The bucket, with the template's encryption, public access block and expiry, as CloudFormation would."""
+    s3.create_bucket(Bucket=name)
+    if "BucketEncryption" in props:
+        # CloudFormation's ServerSideEncryptionByDefault is the API's ApplyServerSideEncryptionByDefault.
+        rules = [
+            {"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}
+            for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        ]
+        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": rules})
+    if "PublicAccessBlockConfiguration" in props:
+        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
+    rules = props.get("LifecycleConfiguration", {}).get("Rules", [])
+    if rules:
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=name,
+            LifecycleConfiguration={
+                "Rules": [
+                    {
+                        "ID": rule["Id"],
+                        "Status": rule["Status"],
+                        "Filter": {"Prefix": ""},
+                        "Expiration": {"Days": int(stack.resolve(rule["ExpirationInDays"]))},
+                    }
+                    for rule in rules
+                ]
+            },
+        )

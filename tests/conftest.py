@@ -21,7 +21,7 @@ from callcore.bootstrap import AwsClients, Ports, build_clients, build_ports
 from callcore.settings import Settings
 from devstack.aws_env import point_sdks_at
 from devstack.moto_process import MotoProcess, free_port
-from devstack.provision import Stack, parameters, provision
+from devstack.provision import Stack, bucket_name, parameters, provision
 from devstack.template import load_template
 
 # The session's moto server gets its port now, before any test module is imported:
@@ -40,6 +40,7 @@ def _expected_function_env(endpoint: str) -> dict[str, str]:
     stack = Stack(
         parameters=parameters(template, {}),
         tables={n: n for n, r in template["Resources"].items() if r["Type"] == "AWS::DynamoDB::Table"},
+        buckets={n: bucket_name(n) for n, r in template["Resources"].items() if r["Type"] == "AWS::S3::Bucket"},
         queue_urls={n: f"{endpoint}/123456789012/{n}" for n in names},
         queue_arns={n: f"arn:aws:sqs:us-east-1:123456789012:{n}" for n in names},
     )
@@ -73,6 +74,7 @@ def start_moto_stack(env_overrides: dict[str, str] | None = None, port: int | No
         session.client("dynamodb", endpoint_url=moto.endpoint),
         session.client("sqs", endpoint_url=moto.endpoint),
         env=env_overrides or {},
+        s3=session.client("s3", endpoint_url=moto.endpoint),
     )
     return MotoStack(moto=moto, stack=stack, env={**aws_env, **stack.function_environment(template)})
 

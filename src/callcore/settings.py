@@ -60,6 +60,7 @@ class Settings:
     calls_table: str = "CallsTable"
     packets_table: str = "PacketsTable"
     work_queue_url: str = ""
+    recordings_bucket: str = ""
     ai_provider: str = "mock"
     ai_failure_rate: float = 0.25
     ai_min_latency_s: float = 1.0
@@ -106,6 +107,7 @@ class Settings:
             calls_table=env.get("CALLS_TABLE") or cls.calls_table,
             packets_table=env.get("PACKETS_TABLE") or cls.packets_table,
             work_queue_url=env.get("WORK_QUEUE_URL", ""),
+            recordings_bucket=env.get("RECORDINGS_BUCKET", ""),
             ai_provider=env.get("AI_PROVIDER") or cls.ai_provider,
             ai_failure_rate=_float(env, "AI_FAILURE_RATE", cls.ai_failure_rate, 0.0, 1.0),
             ai_min_latency_s=_float(env, "AI_MIN_LATENCY_S", cls.ai_min_latency_s),
