@@ -608,9 +608,7 @@ def _dynamodb_backend(environ: Mapping[str, Any], region: str, access_key: str) 
     from moto.iam.models import get_account_id_from
 
     account = (
-        os.environ.get("MOTO_ACCOUNT_ID")
-        or environ.get("HTTP_X_MOTO_ACCOUNT_ID")
-        or get_account_id_from(access_key)
+        os.environ.get("MOTO_ACCOUNT_ID") or environ.get("HTTP_X_MOTO_ACCOUNT_ID") or get_account_id_from(access_key)
     )
     return dynamodb_backends[account][region]
 
