@@ -15,9 +15,11 @@ export SAM_CLI_TELEMETRY := 0
 
 .PHONY: run test lint typecheck validate checkov unit build bench clean
 
-$(APP_STAMP): requirements.txt requirements-dev.txt
+$(APP_STAMP): requirements.txt requirements-dev.txt requirements-asr.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	# The offline AI: --no-deps, as requirements-asr.txt explains.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-asr.txt
 	$(PY) -c "import pathlib, site; root = pathlib.Path.cwd(); \
 	  pathlib.Path(site.getsitepackages()[0], 'pbx-call-processor.pth').write_text( \
 	  '\n'.join(str(root / p) for p in ('.', 'src', 'functions/ingest', 'functions/ai_worker')) + '\n')"
