@@ -15,6 +15,7 @@ import httpx
 from callcore.bootstrap import AwsClients, Ports
 from devstack.poller import Handler, SqsPoller, run_on_schedule
 from devstack.template import ScheduleSource
+from pbxsim.retry import RetryPolicy
 
 
 def packet(sequence: int, data: str | None = None, timestamp: float | None = None) -> dict[str, Any]:
@@ -28,7 +29,8 @@ def packet(sequence: int, data: str | None = None, timestamp: float | None = Non
 # Under LOCAL_FAULTS the moto server answers like AWS under stress, and the app may
 # answer 503: tests then retry as a PBX would, and assert what still must hold.
 FAULTS_ON = bool(os.environ.get("LOCAL_FAULTS", "").strip())
-MAX_503_RETRIES = 10
+# The PBX simulator's own policy: wait what Retry-After asks, here at most 1 s, up to 9 times.
+PBX_RETRY = RetryPolicy(max_retries=9, max_wait_s=1.0)
 
 
 @dataclass
@@ -47,15 +49,16 @@ class Answers:
 async def post_retrying(
     client: httpx.AsyncClient, path: str, body: dict[str, Any] | None, seen: list[int] | None = None
 ) -> httpx.Response:
-    """POST, and on 503 wait Retry-After (at most 1 s here) and send the same request again."""
-    for _ in range(MAX_503_RETRIES):
+    """POST, and on 503 send the same request again as a PBX would (``PBX_RETRY``)."""
+    retry = 0
+    while True:
         response = await client.post(path, json=body) if body is not None else await client.post(path)
         if seen is not None:
             seen.append(response.status_code)
-        if response.status_code != 503:
+        if response.status_code != 503 or retry == PBX_RETRY.max_retries:
             return response
-        await asyncio.sleep(min(1.0, float(response.headers.get("Retry-After", "1"))))
-    return response
+        retry += 1
+        await asyncio.sleep(PBX_RETRY.wait_s(response.headers.get("Retry-After"), retry))
 
 
 def post_concurrently(base_url: str, requests: Sequence[tuple[str, dict[str, Any] | None]]) -> list[httpx.Response]:

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -25,16 +24,13 @@ from callcore import services
 from callcore.adapters import aws_errors
 from callcore.adapters.dynamodb_store import ARRIVAL_INDEX, DynamoDBCallStore
 from callcore.bootstrap import CLIENT_CONFIG, AwsClients, Ports, build_clients, build_ports
+from callcore.clock import iso_seconds_ago
 from callcore.domain.errors import DependencyUnavailableError
 from callcore.domain.model import MAX_SEQUENCE, MAX_TRANSCRIPT_BYTES, CallState, Packet, WorkItem, transition_rule
 from callcore.ports import WorkQueue
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
 from tests.fakes import FakeAIProvider
 from tests.integration.helpers import drain_queue, packet
-
-
-def _iso(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class HangingQueue:
@@ -100,7 +96,7 @@ def _age_round(ports: Ports, call_id: str, *, seconds: float) -> None:
 
     updated_at is the by-state index's sort key, so the index moves too.
     """
-    old = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
+    old = iso_seconds_ago(seconds)
     store = ports.store
     assert isinstance(store, DynamoDBCallStore)
     call = store.get_call(call_id)
@@ -338,31 +334,45 @@ def test_the_worker_refuses_a_call_over_its_byte_limit_with_a_reason_naming_it(
 # ---------------------------------------------------------------- item 3
 
 
-def _seed_for(faulted: list[bool], rate: float = 0.5) -> int:
-    """A LOCAL_FAULTS_SEED whose draws fault exactly the matching requests marked True, in order.
+def _seed_where(accept: Callable[[random.Random], bool]) -> int:
+    """A LOCAL_FAULTS_SEED whose generator ``accept`` likes: the injector's draws, replayed.
 
-    The fault injector draws once per request that a rule matches (devstack/faults.py,
-    FaultInjector.decide), so with a single rule of ``rate`` the n-th matching request
-    is faulted when the n-th ``random()`` of the seeded generator is below ``rate``.
+    The fault injector draws one ``random()`` per request that a rule matches
+    (devstack/faults.py, FaultInjector.decide), and one ``randrange`` more to pick a
+    TransactionConflict's item.
     """
     for seed in range(100_000):
-        rng = random.Random(seed)
-        if [rng.random() < rate for _ in faulted] == faulted:
+        if accept(random.Random(seed)):
             return seed
     raise AssertionError("no seed found")
 
 
+def _seed_for(faulted: list[bool], rate: float = 0.5) -> int:
+    """With a single rule of ``rate``: a seed that faults exactly the matching requests marked True, in order."""
+    return _seed_where(lambda rng: [rng.random() < rate for _ in faulted] == faulted)
+
+
 @contextmanager
-def faulty_stack(monkeypatch: pytest.MonkeyPatch, rule: str, faulted: list[bool]) -> Iterator[MotoStack]:
-    """A moto server of its own whose ``rule`` faults the matching requests marked True, in order."""
+def faulty_stack(monkeypatch: pytest.MonkeyPatch, rule: str, seed: int) -> Iterator[MotoStack]:
+    """A moto server of its own, faulting by ``rule`` with ``seed``."""
     monkeypatch.setenv("LOCAL_FAULTS", rule)
-    monkeypatch.setenv("LOCAL_FAULTS_SEED", str(_seed_for(faulted)))
+    monkeypatch.setenv("LOCAL_FAULTS_SEED", str(seed))
     ms = start_moto_stack()
     monkeypatch.delenv("LOCAL_FAULTS")
     try:
         yield ms
     finally:
         ms.moto.stop()
+
+
+@contextmanager
+def app_on(ms: MotoStack, clients: AwsClients | None = None) -> Iterator[tuple[Ports, httpx.Client]]:
+    """The app over ``ms``, served by uvicorn, and a client of it."""
+    ports = build_ports(ms.settings(), clients or build_clients(endpoint_url=ms.moto.endpoint))
+    from ingest.app import create_app
+
+    with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
+        yield ports, api
 
 
 def _faults(ms: MotoStack) -> dict[str, Any]:
@@ -376,26 +386,18 @@ def test_a_packet_transaction_whose_answer_was_lost_is_resent_and_answered_accep
 ) -> None:
     # GIVEN DynamoDB commits the packet's transaction, then the answer is lost; botocore
     # resends the same request (same ClientRequestToken), whose answer arrives
-    with faulty_stack(monkeypatch, "dynamodb.TransactWriteItems=0.5:LostResponse", [True, False]) as ms:
-        ports = build_ports(ms.settings(), endpoint_url=ms.moto.endpoint)
-        from ingest.app import create_app
-
-        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
-            # WHEN the packet is posted
-            response = api.post(f"/v1/call/stream/{call_id}", json=packet(0))
-            # THEN it is accepted (not "duplicate" of itself), stored once, counted nowhere twice
-            assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
-            assert response.status_code == 202, response.text
-            assert response.json()["status"] == "accepted"
-            body = api.get(f"/v1/call/{call_id}").json()
-            assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
-
-
-def _seed_for_draws(accept: Callable[[random.Random], bool]) -> int:
-    for seed in range(100_000):
-        if accept(random.Random(seed)):
-            return seed
-    raise AssertionError("no seed found")
+    with (
+        faulty_stack(monkeypatch, "dynamodb.TransactWriteItems=0.5:LostResponse", _seed_for([True, False])) as ms,
+        app_on(ms) as (_, api),
+    ):
+        # WHEN the packet is posted
+        response = api.post(f"/v1/call/stream/{call_id}", json=packet(0))
+        # THEN it is accepted (not "duplicate" of itself), stored once, counted nowhere twice
+        assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "accepted"
+        body = api.get(f"/v1/call/{call_id}").json()
+        assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
 
 
 def test_a_packet_whose_answer_was_lost_and_whose_resend_met_a_conflict_is_still_accepted(
@@ -411,64 +413,50 @@ def test_a_packet_whose_answer_was_lost_and_whose_resend_met_a_conflict_is_still
         rng.randrange(2)  # the injector picks the conflicting item
         return rng.random() >= 0.6
 
-    monkeypatch.setenv(
-        "LOCAL_FAULTS",
-        "dynamodb.TransactWriteItems=0.3:LostResponse,dynamodb.TransactWriteItems=0.3:TransactionConflict",
-    )
-    monkeypatch.setenv("LOCAL_FAULTS_SEED", str(_seed_for_draws(lost_then_conflict_then_clear)))
-    ms = start_moto_stack()
-    monkeypatch.delenv("LOCAL_FAULTS")
-    try:
-        ports = build_ports(ms.settings(), endpoint_url=ms.moto.endpoint)
-        from ingest.app import create_app
-
-        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
-            # WHEN the packet is posted
-            response = api.post(f"/v1/call/stream/{call_id}", json=packet(0))
-            # THEN it is accepted, not a "duplicate" of itself, and counted nowhere twice
-            assert _faults(ms)["by_outcome"] == {"LostResponse": 1, "TransactionConflict": 1}
-            assert response.status_code == 202, response.text
-            body = api.get(f"/v1/call/{call_id}").json()
-            assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
-    finally:
-        ms.moto.stop()
+    rules = "dynamodb.TransactWriteItems=0.3:LostResponse,dynamodb.TransactWriteItems=0.3:TransactionConflict"
+    with faulty_stack(monkeypatch, rules, _seed_where(lost_then_conflict_then_clear)) as ms, app_on(ms) as (_, api):
+        # WHEN the packet is posted
+        response = api.post(f"/v1/call/stream/{call_id}", json=packet(0))
+        # THEN it is accepted, not a "duplicate" of itself, and counted nowhere twice
+        assert _faults(ms)["by_outcome"] == {"LostResponse": 1, "TransactionConflict": 1}
+        assert response.status_code == 202, response.text
+        body = api.get(f"/v1/call/{call_id}").json()
+        assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
 
 
-def test_a_duplicate_whose_count_answer_was_lost_is_counted_once(
-    monkeypatch: pytest.MonkeyPatch, call_id: str
-) -> None:
+def test_a_duplicate_whose_count_answer_was_lost_is_counted_once(monkeypatch: pytest.MonkeyPatch, call_id: str) -> None:
     # The only UpdateItem of this test is the duplicate's count: its answer is lost, the resend arrives.
-    with faulty_stack(monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", [True, False]) as ms:
-        ports = build_ports(ms.settings(), endpoint_url=ms.moto.endpoint)
-        from ingest.app import create_app
-
-        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
-            assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
-            assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 200
-            assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
-            assert api.get(f"/v1/call/{call_id}").json()["packets"]["duplicates"] == 1
+    with (
+        faulty_stack(monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", _seed_for([True, False])) as ms,
+        app_on(ms) as (_, api),
+    ):
+        assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+        assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 200
+        assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
+        assert api.get(f"/v1/call/{call_id}").json()["packets"]["duplicates"] == 1
 
 
 def test_an_attempt_whose_count_answer_was_lost_is_counted_once(monkeypatch: pytest.MonkeyPatch, call_id: str) -> None:
     # UpdateItems of this test, in order: the end's transition, mark_enqueued, the
     # attempt's count (answer lost, then resent), the round's completion.
-    with faulty_stack(monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", [False, False, True, False, False]) as ms:
-        ports = build_ports(ms.settings(), endpoint_url=ms.moto.endpoint)
-        from ingest.app import create_app
-
-        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
-            assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
-            assert api.post(f"/v1/call/{call_id}/end").status_code == 202
-            # WHEN the worker counts its attempt, and that write's answer is lost and resent
-            outcome = asyncio.run(
-                services.process_call(ports.store, FakeAIProvider(), WorkItem(call_id, 1), max_call_bytes=10**6)
-            )
-            # THEN the attempt is counted once, and the round completes
-            assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
-            assert outcome is services.ProcessOutcome.COMPLETED
-            body = api.get(f"/v1/call/{call_id}").json()
-            assert body["ai"]["attempts"] == 1
-            assert [h["number"] for h in body["ai"]["history"]] == [1]
+    with (
+        faulty_stack(
+            monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", _seed_for([False, False, True, False, False])
+        ) as ms,
+        app_on(ms) as (ports, api),
+    ):
+        assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+        assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+        # WHEN the worker counts its attempt, and that write's answer is lost and resent
+        outcome = asyncio.run(
+            services.process_call(ports.store, FakeAIProvider(), WorkItem(call_id, 1), max_call_bytes=10**6)
+        )
+        # THEN the attempt is counted once, and the round completes
+        assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
+        assert outcome is services.ProcessOutcome.COMPLETED
+        body = api.get(f"/v1/call/{call_id}").json()
+        assert body["ai"]["attempts"] == 1
+        assert [h["number"] for h in body["ai"]["history"]] == [1]
 
 
 def test_an_end_whose_transition_answer_was_lost_still_sends_its_work_item_at_once(
@@ -476,12 +464,9 @@ def test_an_end_whose_transition_answer_was_lost_still_sends_its_work_item_at_on
 ) -> None:
     # GIVEN the end's transition commits and its answer is lost; the resend is refused
     # (the call is no longer IN_PROGRESS), which is the end's own success
-    with faulty_stack(monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", [True, False, False]) as ms:
+    with faulty_stack(monkeypatch, "dynamodb.UpdateItem=0.5:LostResponse", _seed_for([True, False, False])) as ms:
         clients = build_clients(endpoint_url=ms.moto.endpoint)
-        ports = build_ports(ms.settings(), clients)
-        from ingest.app import create_app
-
-        with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=60) as api:
+        with app_on(ms, clients) as (ports, api):
             assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
             # WHEN the call is ended
             assert api.post(f"/v1/call/{call_id}/end").status_code == 202
@@ -514,11 +499,18 @@ def test_a_sequence_beyond_the_calls_packet_limit_is_refused_and_stores_nothing(
     ],
 )
 def test_a_wrong_table_or_queue_name_is_a_configuration_error_not_retry_later(
-    ports: Ports, api: httpx.Client, call_id: str, caplog: pytest.LogCaptureFixture, *, broken: str, route: str
+    ports: Ports,
+    aws_clients: AwsClients,
+    api: httpx.Client,
+    call_id: str,
+    caplog: pytest.LogCaptureFixture,
+    *,
+    broken: str,
+    route: str,
 ) -> None:
     # GIVEN an app configured with a table or queue that does not exist
     wrong = getattr(ports.settings, broken).replace("Table", "Tabel").replace("WorkQueue", "WorkQueu")
-    misconfigured = build_ports(replace(ports.settings, **{broken: wrong}), endpoint_url=_endpoint(ports))
+    misconfigured = build_ports(replace(ports.settings, **{broken: wrong}), aws_clients)
     from ingest.app import create_app
 
     if route == "end":
@@ -538,10 +530,6 @@ def test_a_wrong_table_or_queue_name_is_a_configuration_error_not_retry_later(
     assert "ResourceNotFound" not in response.text and "NonExistentQueue" not in response.text
     # ... and the operators' log names what is wrong
     assert "misconfigured" in caplog.text
-
-
-def _endpoint(ports: Ports) -> str:
-    return ports.settings.work_queue_url.rsplit("/", 2)[0]
 
 
 # ---------------------------------------------------------------- the ingest function's timeout
