@@ -40,6 +40,14 @@ class Transport(Protocol):
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Answer: ...
 
 
+# A request sent on a kept-alive connection that the server closed at that moment (its
+# idle timeout) fails with a reset before any answer: sent again once, as HTTP clients do.
+# Every request of this API is safe to repeat; statuses are never retried here.
+_STALE_CONNECTION = urllib3.Retry(
+    total=1, connect=1, read=1, status=0, other=0, redirect=0, allowed_methods=None, raise_on_status=False
+)
+
+
 class Client:
     def __init__(self, base_url: str, connections: int, api_key: str | None = None, timeout_s: float = 60) -> None:
         self._base = base_url.rstrip("/")
@@ -54,7 +62,7 @@ class Client:
         data = None if body is None else json.dumps(body).encode()
         started = time.perf_counter()
         try:
-            response = self._pool.request(method, url, body=data, headers=self._headers)
+            response = self._pool.request(method, url, body=data, headers=self._headers, retries=_STALE_CONNECTION)
         except urllib3.exceptions.HTTPError as exc:
             raise TransportError(repr(exc)) from exc
         latency_ms = (time.perf_counter() - started) * 1000

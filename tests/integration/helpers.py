@@ -6,13 +6,15 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from callcore.bootstrap import AwsClients, Ports
+from callcore.domain.errors import DependencyUnavailableError
 from devstack.poller import Handler, SqsPoller, run_on_schedule
 from devstack.template import ScheduleSource
 from pbxsim.retry import RetryPolicy
@@ -61,6 +63,17 @@ async def post_retrying(
         await asyncio.sleep(PBX_RETRY.wait_s(response.headers.get("Retry-After"), retry))
 
 
+def get_retrying(api: httpx.Client, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+    """GET, and on 503 send it again as a PBX would (``PBX_RETRY``)."""
+    retry = 0
+    while True:
+        response = api.get(path, params=params)
+        if response.status_code != 503 or retry == PBX_RETRY.max_retries:
+            return response
+        retry += 1
+        time.sleep(PBX_RETRY.wait_s(response.headers.get("Retry-After"), retry))
+
+
 def post_concurrently(base_url: str, requests: Sequence[tuple[str, dict[str, Any] | None]]) -> list[httpx.Response]:
     """Send every (path, json) at once over separate connections; answers in request order."""
     return post_concurrently_retrying(base_url, requests).final
@@ -88,9 +101,23 @@ def post_concurrently_retrying(base_url: str, requests: Sequence[tuple[str, dict
     return answers
 
 
+_T = TypeVar("_T")
+
+
+def read_store(read: Callable[[], _T]) -> _T:
+    """A test's own read of the store, tried again (up to 10 times) while moto throttles it under chaos."""
+    for attempt in range(10):
+        try:
+            return read()
+        except DependencyUnavailableError:
+            if attempt == 9:
+                raise
+    raise AssertionError("unreachable")
+
+
 def stored_packets(ports: Ports, call_id: str) -> dict[int, str]:
     """sequence -> data, exactly what the AI worker will read for the call."""
-    return {p.sequence: p.data for p in ports.store.packets(call_id)}
+    return {p.sequence: p.data for p in read_store(lambda: ports.store.packets(call_id))}
 
 
 def drain_queue(clients: AwsClients, queue_url: str) -> list[dict[str, Any]]:

@@ -21,9 +21,11 @@ from callcore.bootstrap import AwsClients, Ports
 from tests.integration.helpers import (
     FAULTS_ON,
     drain_queue,
+    get_retrying,
     packet,
     post_concurrently_retrying,
     post_retrying,
+    read_store,
     stored_packets,
 )
 
@@ -39,7 +41,7 @@ def _all_pages(api: httpx.Client, state: str) -> list[str]:
         params: dict[str, str | int] = {"state": state, "limit": 100}
         if cursor:
             params["cursor"] = cursor
-        response = api.get("/v1/calls", params=params)
+        response = get_retrying(api, "/v1/calls", params)
         assert response.status_code == 200, response.text
         page = response.json()
         ids += [c["call_id"] for c in page["calls"]]
@@ -69,7 +71,7 @@ def test_concurrent_distinct_packets_are_all_received(
     assert answers.unexpected == []
     counts = Counter(r.status_code for r in answers.final)
     assert set(counts) <= STORED if FAULTS_ON else counts == {202: n}
-    stats = api.get(f"/v1/call/{call_id}").json()["packets"]
+    stats = get_retrying(api, f"/v1/call/{call_id}").json()["packets"]
     assert stats["received"] == n + 1
     assert stats["missing"] == []
     assert len(stored_packets(ports, call_id)) == n + 1
@@ -92,7 +94,7 @@ def test_the_same_packet_ten_times_at_once_is_stored_once_with_one_202(
         assert counts == {202: 1, 200: 9}
     assert duplicates_answered == counts[200]
     assert stored_packets(ports, call_id) == {sequence: f"audio-{sequence}"}
-    stats = api.get(f"/v1/call/{call_id}").json()["packets"]
+    stats = get_retrying(api, f"/v1/call/{call_id}").json()["packets"]
     assert stats["received"] == 1
     # Each 200 was answered after its duplicate was counted; a retried count may count twice.
     assert stats["duplicates"] >= counts[200] if FAULTS_ON else stats["duplicates"] == 9
@@ -176,7 +178,7 @@ def test_concurrent_ends_put_exactly_one_work_item_on_the_queue(
     assert [r.status_code for r in answers.final] == [202] * 10
     assert all(r.json()["state"] == "PROCESSING_AI" for r in answers.final)
     items = [body for body in drain_queue(aws_clients, queue_url) if body["call_id"] == call_id]
-    call = ports.store.get_call(call_id)
+    call = read_store(lambda: ports.store.get_call(call_id))
     assert call is not None and call.round == 1
     if FAULTS_ON:
         # A SendMessage whose answer was lost is resent by the SDK: SQS (a standard queue)
