@@ -216,7 +216,7 @@ def build_pollers(
             handler=handlers.get(source.function) or load_handler(source.handler),
             region=region,
         )
-        for source in sqs_event_sources(template)
+        for source in sqs_event_sources(template, stack.parameters)
     ]
 
 

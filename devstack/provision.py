@@ -34,8 +34,10 @@ class Stack:
     queue_arns: dict[str, str] = field(default_factory=dict)
 
     def function_environment(self, template: dict[str, Any]) -> dict[str, str]:
-        """The environment template.yaml gives the functions, resolved against this stack."""
-        return {name: str(self.resolve(value)) for name, value in function_environment(template).items()}
+        """The environment template.yaml gives the functions, resolved against this stack, plus
+        what only the local stack sets (LOCAL_ONLY_ENVIRONMENT)."""
+        resolved = {name: str(self.resolve(value)) for name, value in function_environment(template).items()}
+        return resolved | LOCAL_ONLY_ENVIRONMENT
 
     def resolve(self, value: Any) -> Any:
         if isinstance(value, dict) and "Ref" in value:
@@ -67,6 +69,14 @@ def parameters(template: dict[str, Any], env: Mapping[str, str] | None = None) -
         if isinstance(value, dict) and value.get("Ref") in values and env.get(var, "") != "":
             values[value["Ref"]] = env[var]
     return values
+
+
+# Settings whose AWS value (the Settings default) cannot work locally.
+LOCAL_ONLY_ENVIRONMENT = {
+    # A presigned URL would point at moto on the local stack's loopback, which only this
+    # machine reaches: the app serves recordings itself.
+    "RECORDING_DOWNLOAD": "inline",
+}
 
 
 def bucket_name(logical_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,27 @@ def resources_of_type(template: dict[str, Any], type_name: str) -> dict[str, dic
     return {name: res for name, res in template["Resources"].items() if res["Type"] == type_name}
 
 
-def sqs_event_sources(template: dict[str, Any]) -> list[SqsEventSource]:
+def condition_holds(template: dict[str, Any], name: str, parameters: Mapping[str, str]) -> bool:
+    """A template condition, for the one form it uses: ``!Equals [!Ref Parameter, value]``."""
+    spec = template.get("Conditions", {})[name]
+    left, right = spec["Fn::Equals"]
+    if not (isinstance(left, dict) and set(left) == {"Ref"}):
+        raise ValueError(f"condition {name}: only !Equals [!Ref Parameter, value] is understood")
+    return str(parameters[left["Ref"]]) == str(right)
+
+
+def resolve_if(template: dict[str, Any], value: Any, parameters: Mapping[str, str]) -> Any:
+    """``!If [Condition, then, else]`` resolved against the parameters; any other value as it is."""
+    if isinstance(value, dict) and set(value) == {"Fn::If"}:
+        name, then, otherwise = value["Fn::If"]
+        return then if condition_holds(template, name, parameters) else otherwise
+    return value
+
+
+def sqs_event_sources(template: dict[str, Any], parameters: Mapping[str, str] | None = None) -> list[SqsEventSource]:
+    """The SQS event sources, with ``!If`` settings resolved (``parameters``: the template's Defaults if None)."""
+    if parameters is None:
+        parameters = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
     sources = []
     for name, fn in resources_of_type(template, "AWS::Serverless::Function").items():
         props = fn["Properties"]
@@ -72,10 +93,12 @@ def sqs_event_sources(template: dict[str, Any]) -> list[SqsEventSource]:
                     function=name,
                     handler=props["Handler"],
                     queue=queue,
-                    batch_size=int(ev.get("BatchSize", 10)),
+                    batch_size=int(resolve_if(template, ev.get("BatchSize", 10), parameters)),
                     batching_window_s=float(ev.get("MaximumBatchingWindowInSeconds", 0)),
                     report_batch_item_failures="ReportBatchItemFailures" in ev.get("FunctionResponseTypes", []),
-                    maximum_concurrency=int(ev.get("ScalingConfig", {}).get("MaximumConcurrency", 5)),
+                    maximum_concurrency=int(
+                        resolve_if(template, ev.get("ScalingConfig", {}).get("MaximumConcurrency", 5), parameters)
+                    ),
                 )
             )
     return sources

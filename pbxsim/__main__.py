@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -14,6 +16,7 @@ from rich.table import Table
 from pbxsim.plan import Rates
 from pbxsim.retry import RetryPolicy
 from pbxsim.runner import Options, run
+from pbxsim.speech import FRAME_S, SpeechError, SpeechRequest, fixture_rows
 
 EPILOG = """\
 503 answers are retried as the API asks: after Retry-After seconds (--retry-backoff,
@@ -32,10 +35,34 @@ state, result and AI history disagree (see README). A request that gave up after
 retries is reported but is not by itself a failure: the stack said "not now, retry",
 and nothing it acknowledged was dropped. It fails the run only where it hides a loss:
 a GET of the final check that gives up leaves its call unverified.
+
+Speech (--speech): each call streams real speech as a PBX does, 20 ms G.711 mu-law
+frames at 8 kHz (160 bytes, base64, one per packet): the committed fixtures
+(tests/fixtures/speech), cycled over the calls, or with --text/--text-file any text
+spoken by espeak-ng. --calls defaults to one call per speech; --packets and
+--interval-ms do not apply (the audio sets a call's length; --speed or --fast its pace).
+The duplicate/reorder/late/skip rates apply as usual (a skipped packet is 20 ms of
+silence to the AI). Once a call is COMPLETED its transcript is compared with the text
+spoken: the word error rate per call (word-level Levenshtein distance over the number
+of reference words, after lowercasing and stripping punctuation), their mean, and
+whether the sentiment label is the text's expected one. These are measurements: they
+do not change the exit status.
 """
 
 
+@dataclass(frozen=True)
+class Cli:
+    options: Options
+    json_path: Path | None
+    speech: SpeechRequest | None  # --speech: the audio main() loads into options.speech
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[Options, Path | None]:
+    cli = parse_cli(argv)
+    return cli.options, cli.json_path
+
+
+def parse_cli(argv: list[str] | None = None) -> Cli:
     p = argparse.ArgumentParser(
         prog="python -m pbxsim",
         description=__doc__,
@@ -44,9 +71,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, Path | None]:
     )
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="the stack's API (local or deployed)")
     p.add_argument("--api-key", default=None, help="sent as X-API-Key")
-    p.add_argument("--calls", type=int, default=100, help="concurrent calls")
-    p.add_argument("--packets", type=int, default=20, help="packets per call")
-    p.add_argument("--interval-ms", type=float, default=20.0, help="pause before each packet of a call")
+    p.add_argument("--calls", type=int, default=None, help="concurrent calls (100; with --speech, one per speech)")
+    p.add_argument("--packets", type=int, default=None, help="packets per call (20)")
+    p.add_argument("--interval-ms", type=float, default=None, help="pause before each packet of a call (20)")
     p.add_argument("--duplicate-rate", type=float, default=0.05)
     p.add_argument("--reorder-rate", type=float, default=0.05)
     p.add_argument("--late-rate", type=float, default=0.02, help="packets held back and sent last")
@@ -67,20 +94,46 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, Path | None]:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    speech = p.add_argument_group("speech (see below)")
+    speech.add_argument(
+        "--speech", action="store_true", help="stream real speech: the committed fixtures, cycled over the calls"
+    )
+    speech.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="speak TEXT with espeak-ng instead (repeatable: one speech each; implies --speech)",
+    )
+    speech.add_argument(
+        "--text-file", type=Path, default=None, help="speak each non-empty line of this file (implies --speech)"
+    )
+    speech.add_argument("--voice", default=None, help="espeak-ng voice for --text (en-us+klatt, as the fixtures)")
+    pace = speech.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--speed", type=float, default=None, help="pace, times real time (1: one 20 ms frame per 20 ms per call)"
+    )
+    pace.add_argument("--fast", action="store_true", help="no pacing: each call's frames as fast as answered")
     a = p.parse_args(argv)
+    request = _speech_request(p, a)
     for name in ("duplicate_rate", "reorder_rate", "late_rate", "skip_rate"):
         if not 0 <= getattr(a, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 1")
-    if a.calls < 1 or a.packets < 1 or a.connections < 1:
+    if request is None:
+        calls = 100 if a.calls is None else a.calls
+    else:
+        calls = a.calls if a.calls is not None else len(request.texts) or _fixture_count(p)
+    packets = 20 if a.packets is None else a.packets
+    if calls < 1 or packets < 1 or a.connections < 1:
         p.error("--calls, --packets and --connections must be at least 1")
     if a.max_retries < 0 or a.max_retry_wait < 0 or a.retry_backoff < 0:
         p.error("--max-retries, --max-retry-wait and --retry-backoff must not be negative")
     options = Options(
         base_url=a.base_url,
         api_key=a.api_key,
-        calls=a.calls,
-        packets=a.packets,
-        interval_s=a.interval_ms / 1000,
+        calls=calls,
+        packets=packets,
+        interval_s=(20.0 if a.interval_ms is None else a.interval_ms) / 1000,
         rates=Rates(duplicate=a.duplicate_rate, reorder=a.reorder_rate, late=a.late_rate, skip=a.skip_rate),
         connections=a.connections,
         wait=not a.no_wait,
@@ -89,19 +142,101 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, Path | None]:
         progress=not a.quiet,
         retry=RetryPolicy(max_retries=a.max_retries, max_wait_s=a.max_retry_wait, fallback_s=a.retry_backoff),
     )
-    return options, a.json
+    if request is not None:
+        # Real time: frame i of a call at its start + i * 20 ms, however long each request takes.
+        options = replace(options, interval_s=0.0 if a.fast else FRAME_S / (a.speed or 1.0), on_clock=True)
+    return Cli(options, a.json, request)
+
+
+def _speech_request(p: argparse.ArgumentParser, a: argparse.Namespace) -> SpeechRequest | None:
+    """What --speech, --text and --text-file ask for; None without them (refusing the speech-only options)."""
+    texts = list(a.text)
+    if a.text_file is not None:
+        try:
+            texts += [line.strip() for line in a.text_file.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            p.error(f"--text-file: {exc}")
+        if not texts:
+            p.error(f"--text-file {a.text_file} has no text")
+    if not (a.speech or texts or a.text_file is not None):
+        if a.speed is not None or a.fast or a.voice is not None:
+            p.error("--speed, --fast and --voice apply to --speech (or --text)")
+        return None
+    if any(not t.strip() for t in texts):
+        p.error("--text must not be empty")
+    if a.packets is not None or a.interval_ms is not None:
+        p.error("--packets and --interval-ms do not apply to speech: the audio sets its length, --speed its pace")
+    if a.speed is not None and not (a.speed > 0 and a.speed < float("inf")):
+        p.error("--speed must be a positive number")
+    if a.voice is not None and not texts:
+        p.error("--voice applies to --text (the fixtures are already spoken)")
+    return SpeechRequest(tuple(texts), **({"voice": a.voice} if a.voice else {}))
+
+
+def _fixture_count(p: argparse.ArgumentParser) -> int:
+    try:
+        return len(fixture_rows())
+    except SpeechError as exc:
+        p.error(str(exc))
 
 
 def render(report: dict[str, object], console: Console) -> None:
     table = Table(title="PBX simulator report", show_header=False)
     for key, value in report.items():
-        if key not in ("lost_by_call", "problems_by_call"):
+        if key not in ("lost_by_call", "problems_by_call", "speech"):
             table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     console.print(table)
+    if isinstance(speech := report.get("speech"), dict):
+        render_speech(speech, console)
+
+
+SPEECH_ROWS = 50  # calls listed on the terminal; --json has every one
+
+
+def render_speech(summary: dict[str, Any], console: Console) -> None:
+    """Per-call word error rate and sentiment, then the mean (transcripts are in --json)."""
+    table = Table(title="Speech: each transcript against the text spoken")
+    for column in ("call", "source", "audio s", "state", "WER", "sentiment", "expected"):
+        table.add_column(column, overflow="fold")
+    rows: list[dict[str, Any]] = summary["by_call"]
+    for row in rows[:SPEECH_ROWS]:
+        table.add_row(
+            row["call_id"],
+            row["source"],
+            f"{row['audio_s']:.2f}",
+            str(row["state"]),
+            "-" if row["wer"] is None else f"{row['wer']:.3f}",
+            str(row["sentiment"] or "-"),
+            str(row["expected_sentiment"] or "-"),
+        )
+    console.print(table)
+    if len(rows) > SPEECH_ROWS:
+        console.print(f"({len(rows) - SPEECH_ROWS} more calls in --json)")
+    mean, pooled = summary["mean_wer"], summary["pooled_wer"]
+    line = f"mean WER over {summary['calls_with_transcript']} of {summary['calls']} calls with a transcript: "
+    line += "-" if mean is None else f"{mean:.3f} (pooled: {pooled:.3f})"
+    if summary["sentiment_compared"]:
+        agreed = round(summary["sentiment_agreement"] * summary["sentiment_compared"])
+        line += f"; sentiment as expected in {agreed} of {summary['sentiment_compared']}"
+    console.print(line)
 
 
 def main(argv: list[str] | None = None) -> int:
-    options, json_path = parse_args(argv)
+    cli = parse_cli(argv)
+    options, json_path = cli.options, cli.json_path
+    if cli.speech is not None:
+        try:
+            speeches = tuple(cli.speech.load())
+        except SpeechError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        options = replace(options, speech=speeches)
+        pace = "as fast as answered" if not options.interval_s else f"{FRAME_S / options.interval_s:g}x real time"
+        print(
+            f"speech: {options.calls} calls over {len(speeches)} speeches "
+            f"({min(s.duration_s for s in speeches):.1f} to {max(s.duration_s for s in speeches):.1f} s), {pace}",
+            file=sys.stderr,
+        )
     report = asyncio.run(run(options))
     as_dict = report.to_dict()
     render(as_dict, Console(stderr=False))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -39,8 +40,21 @@ def packet_data(rng: random.Random, sequence: int) -> str:
     return base64.b64encode(f"{words} ({sequence})".encode()).decode()
 
 
-def plan_call(call_id: str, packets: int, rates: Rates, rng: random.Random, start_ts: float = 0.0) -> CallPlan:
-    originals = [Send(seq, packet_data(rng, seq), start_ts + seq * 0.02) for seq in range(packets)]
+def plan_call(
+    call_id: str,
+    packets: int,
+    rates: Rates,
+    rng: random.Random,
+    start_ts: float = 0.0,
+    *,
+    data: Sequence[str] | None = None,
+) -> CallPlan:
+    """``packets`` packets of words for the mock AI; with ``data`` (speech frames), one packet per item instead."""
+    if data is not None:
+        packets = len(data)
+    originals = [
+        Send(seq, packet_data(rng, seq) if data is None else data[seq], start_ts + seq * 0.02) for seq in range(packets)
+    ]
     skipped = frozenset(s.sequence for s in originals if rng.random() < rates.skip)
     order = [s for s in originals if s.sequence not in skipped]
     late = [s for s in order if rng.random() < rates.late]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbxsim.retry import Exchange
+from pbxsim.speech import Heard, Speech, summarise
 
 FINAL_STATES = ("COMPLETED", "FAILED")
 # Final answers of the packet and end requests, by bucket. "503" is a request that gave
@@ -154,6 +155,8 @@ class CallOutcome:
     problems: list[str] = field(default_factory=list)  # see result_problems
     lost: set[int] = field(default_factory=set)
     verify_error: str | None = None
+    transcript: str | None = None  # ai.transcript, as the check's GET saw it
+    sentiment: str | None = None  # ai.sentiment.label, likewise
 
     @property
     def ended(self) -> bool:
@@ -175,6 +178,7 @@ class Report:
     checking_s: float = 0.0  # then reading every call back
     waited: bool = False  # the run waited for the ended calls to finish
     calls: dict[str, CallOutcome] = field(default_factory=dict)
+    speech: dict[str, Speech] = field(default_factory=dict)  # --speech: what each call said
 
     def record(self, kind: str, exchange: Exchange) -> None:
         """Count one request (``kind`` of REQUEST_KINDS) with all its attempts."""
@@ -293,5 +297,14 @@ class Report:
             "failed_without_reason": self.failed_without_reason,
             "inconsistent_calls": self.inconsistent_calls,
             "problems_by_call": dict(list(problems.items())[:50]),
+            **({"speech": self.speech_summary()} if self.speech else {}),
             "ok": self.ok,
         }
+
+    def speech_summary(self) -> dict[str, Any]:
+        """--speech: each call's transcript against the text it said (see speech.summarise)."""
+        heard = []
+        for call_id, speech in self.speech.items():
+            c = self.calls[call_id]
+            heard.append(Heard(call_id, speech, c.state or c.final_state, c.transcript, c.sentiment))
+        return summarise(heard)

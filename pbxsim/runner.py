@@ -17,6 +17,7 @@ from pbxsim.http import Client, Transport
 from pbxsim.plan import CallPlan, Rates, plan_call
 from pbxsim.report import FINAL_STATES, CallOutcome, Report, lost_sequences, result_problems
 from pbxsim.retry import Exchange, RetryPolicy, Sleep, exchange
+from pbxsim.speech import Speech
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,12 @@ class Options:
     prefix: str = ""
     progress: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # for 503s, on every request
+    # Speech (--speech): call i streams speech[i % len(speech)], one 20 ms mu-law frame per
+    # packet, so `packets` does not apply; the report adds each call's word error rate.
+    speech: tuple[Speech, ...] = ()
+    # Pace on a clock: a call's send i goes at its start + i * interval_s, so the time each
+    # request takes does not add up (audio in real time). False: interval_s before each send.
+    on_clock: bool = False
 
 
 def _iso_to_epoch(iso: str) -> float:
@@ -64,21 +71,40 @@ class _Bars:
             yield
 
 
-async def run(options: Options, transport: Transport | None = None, sleep: Sleep = asyncio.sleep) -> Report:
-    """Simulate the PBX against ``options.base_url`` (or ``transport``, for tests); ``sleep`` does every wait."""
+async def run(
+    options: Options,
+    transport: Transport | None = None,
+    sleep: Sleep = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Report:
+    """Simulate the PBX against ``options.base_url`` (or ``transport``, for tests); ``sleep`` does every wait,
+    ``clock`` (seconds) paces the packets of ``options.on_clock``."""
     rng = random.Random(options.seed)
     prefix = options.prefix or f"sim-{int(time.time())}-{rng.randrange(16**6):06x}"
+    speech = (
+        {f"{prefix}-{i}": options.speech[i % len(options.speech)] for i in range(options.calls)}
+        if options.speech
+        else {}
+    )
     plans = [
-        plan_call(f"{prefix}-{i}", options.packets, options.rates, random.Random(rng.random()), start_ts=time.time())
+        plan_call(
+            f"{prefix}-{i}",
+            options.packets,
+            options.rates,
+            random.Random(rng.random()),
+            start_ts=time.time(),
+            data=speech[f"{prefix}-{i}"].frames if speech else None,
+        )
         for i in range(options.calls)
     ]
     report = Report()
     report.calls = {p.call_id: CallOutcome(call_id=p.call_id, last_sequence=p.last_sequence) for p in plans}
+    report.speech = speech
     bars = _Bars(options.progress, options.calls, sum(len(p.sends) for p in plans))
     owned: Client | None = None
     if transport is None:
         transport = owned = Client(options.base_url, options.connections, options.api_key)
-    sim = _Simulation(transport, options, report, bars, sleep)
+    sim = _Simulation(transport, options, report, bars, sleep, clock=clock)
     try:
         with bars.shown():
             started = time.perf_counter()
@@ -98,12 +124,22 @@ async def run(options: Options, transport: Transport | None = None, sleep: Sleep
 
 
 class _Simulation:
-    def __init__(self, transport: Transport, options: Options, report: Report, bars: _Bars, sleep: Sleep) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        options: Options,
+        report: Report,
+        bars: _Bars,
+        sleep: Sleep,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.transport = transport
         self.options = options
         self.report = report
         self.bars = bars
         self.sleep = sleep
+        self.clock = clock
 
     async def post(self, kind: str, path: str, body: dict[str, Any]) -> Exchange:
         result = await exchange(lambda: self.transport.post(path, body), self.options.retry, self.sleep)
@@ -117,9 +153,12 @@ class _Simulation:
 
     async def stream_call(self, plan: CallPlan) -> None:
         outcome = self.report.calls[plan.call_id]
-        for send in plan.sends:
-            if self.options.interval_s:
-                await self.sleep(self.options.interval_s)
+        interval, started = self.options.interval_s, self.clock()
+        for i, send in enumerate(plan.sends):
+            if interval and not self.options.on_clock:
+                await self.sleep(interval)
+            elif interval and (delay := started + i * interval - self.clock()) > 0:
+                await self.sleep(delay)
             body = {"sequence": send.sequence, "data": send.data, "timestamp": send.timestamp}
             result = await self.post("packets", f"/v1/call/stream/{plan.call_id}", body)
             self.report.packets_sent += 1
@@ -223,6 +262,9 @@ class _Simulation:
             outcome.state = call["state"]
             outcome.final_state = outcome.final_state or call["state"]
             outcome.failure_reason = call.get("failure_reason")
+            ai = call.get("ai") or {}
+            outcome.transcript = ai.get("transcript")
+            outcome.sentiment = (ai.get("sentiment") or {}).get("label")
             outcome.problems = result_problems(call)
             try:
                 outcome.lost = lost_sequences(outcome.acknowledged, call["packets"], call.get("last_sequence"))

@@ -33,12 +33,17 @@ SESSION_ENDPOINT = f"http://127.0.0.1:{SESSION_MOTO_PORT}"
 point_sdks_at(SESSION_ENDPOINT, os.environ)
 
 
+# The tests' stacks run the seed's mock provider (the packets' own text, no speech
+# recognition), unless a test chooses another: most tests stream text, not speech.
+TEST_PARAMETERS_ENV = {"AI_PROVIDER": "mock"}
+
+
 def _expected_function_env(endpoint: str) -> dict[str, str]:
     """What provisioning the template on a fresh moto server at ``endpoint`` will give the functions."""
     template = load_template()
     names = [name for name, res in template["Resources"].items() if res["Type"] == "AWS::SQS::Queue"]
     stack = Stack(
-        parameters=parameters(template, {}),
+        parameters=parameters(template, TEST_PARAMETERS_ENV),
         tables={n: n for n, r in template["Resources"].items() if r["Type"] == "AWS::DynamoDB::Table"},
         buckets={n: bucket_name(n) for n, r in template["Resources"].items() if r["Type"] == "AWS::S3::Bucket"},
         queue_urls={n: f"{endpoint}/123456789012/{n}" for n in names},
@@ -73,7 +78,7 @@ def start_moto_stack(env_overrides: dict[str, str] | None = None, port: int | No
         template,
         session.client("dynamodb", endpoint_url=moto.endpoint),
         session.client("sqs", endpoint_url=moto.endpoint),
-        env=env_overrides or {},
+        env={**TEST_PARAMETERS_ENV, **(env_overrides or {})},
         s3=session.client("s3", endpoint_url=moto.endpoint),
     )
     return MotoStack(moto=moto, stack=stack, env={**aws_env, **stack.function_environment(template)})

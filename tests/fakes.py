@@ -14,6 +14,8 @@ import dataclasses
 import json
 import threading
 
+from callcore.adapters.s3_recordings import recording_key
+from callcore.domain.audio import CallAudio
 from callcore.domain.errors import (
     AIError,
     CallNotFoundError,
@@ -28,6 +30,7 @@ from callcore.domain.model import (
     Call,
     CallState,
     Packet,
+    Recording,
     Sentiment,
     TransitionRule,
     WorkItem,
@@ -141,6 +144,13 @@ class InMemoryCallStore:
             attempts = list(call.attempts)
             attempts[attempt - 1] = dataclasses.replace(attempts[attempt - 1], error=error)
             self._calls[call_id] = dataclasses.replace(call, attempts=attempts, ai_last_error=error)
+
+    def set_recording(self, call_id: str, recording: Recording) -> None:
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None:
+                raise CallNotFoundError(call_id)
+            self._calls[call_id] = dataclasses.replace(call, recording=recording)
 
     def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:
         with self._lock:
@@ -270,12 +280,13 @@ class FakeQueue:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.sent: list[WorkItem] = []
+        self.delays: list[int] = []  # each sent item's delay_s, in order
         self.fail_next: bool = False
         self.fail_with: Exception | None = None
         self.visibility_changes: list[tuple[str, int]] = []
         self.visibility_fail_with: Exception | None = None
 
-    def send(self, item: WorkItem) -> None:
+    def send(self, item: WorkItem, *, delay_s: int = 0) -> None:
         with self._lock:
             if self.fail_with is not None:
                 raise self.fail_with
@@ -283,6 +294,7 @@ class FakeQueue:
                 self.fail_next = False
                 raise DependencyUnavailableError("SQS", "simulated outage")
             self.sent.append(item)
+            self.delays.append(delay_s)
 
     def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
         with self._lock:
@@ -302,7 +314,7 @@ class FakeAIProvider:
     calls, in order: a transcript string is returned, an ``AIError`` (RetryableAIError,
     PermanentAIError) is raised. Once a call's script is used up, or for a call with
     no script, ``transcribe`` returns ``default_transcript``. Every ``transcribe`` is
-    recorded in ``calls`` as ``(call_id, packets)``, every ``score_sentiment`` in
+    recorded in ``calls`` as ``(call_id, packets)`` and in ``audios`` as given, every ``score_sentiment`` in
     ``scored``; ``score_sentiment`` returns ``sentiment``.
     """
 
@@ -318,6 +330,7 @@ class FakeAIProvider:
         self.default_transcript = default_transcript
         self.sentiment = sentiment or Sentiment(label="POSITIVE", score=0.5)
         self.calls: list[tuple[str, list[Packet]]] = []
+        self.audios: list[CallAudio] = []
         self.scored: list[str] = []
 
     def calls_for(self, call_id: str) -> int:
@@ -325,9 +338,11 @@ class FakeAIProvider:
         with self._lock:
             return sum(1 for recorded, _ in self.calls if recorded == call_id)
 
-    async def transcribe(self, call_id: str, packets: list[Packet]) -> str:
+    async def transcribe(self, audio: CallAudio) -> str:
+        call_id = audio.call_id
         with self._lock:
-            self.calls.append((call_id, list(packets)))
+            self.calls.append((call_id, list(audio.packets)))
+            self.audios.append(audio)
             outcomes = self._script.get(call_id)
             outcome = outcomes.pop(0) if outcomes else self.default_transcript
         if isinstance(outcome, AIError):
@@ -338,3 +353,44 @@ class FakeAIProvider:
         with self._lock:
             self.scored.append(transcript)
         return self.sentiment
+
+
+class InMemoryRecordingStore:
+    """A ``RecordingStore`` in a dict, keyed as the S3 adapter keys its objects.
+
+    ``saves`` counts the writes, so that a test sees a redelivery write nothing new.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.objects: dict[str, bytes] = {}
+        self.durations: dict[str, float] = {}
+        self.saves = 0
+
+    def find(self, call_id: str) -> Recording | None:
+        key = recording_key(call_id)
+        with self._lock:
+            if key not in self.objects:
+                return None
+            return Recording(key=key, duration_s=self.durations[key], bytes=len(self.objects[key]))
+
+    def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
+        key = recording_key(call_id)
+        with self._lock:
+            self.saves += 1
+            self.objects[key] = wav
+            self.durations[key] = duration_s
+        return Recording(key=key, duration_s=duration_s, bytes=len(wav))
+
+    def read(self, recording: Recording) -> bytes:
+        with self._lock:
+            return self.objects[recording.key]
+
+    def download_url(self, recording: Recording, *, expires_s: int) -> str:
+        return f"https://recordings.example/{recording.key}?expires={expires_s}"
+
+
+def call_audio(call_id: str, packets: list[Packet], *, round: int = 1, attempt: int = 1) -> CallAudio:
+    """What the worker hands a provider for ``packets``: a recording noted, no decoded PCM."""
+    recording = Recording(key=recording_key(call_id), duration_s=0.0, bytes=0)
+    return CallAudio(call_id=call_id, round=round, attempt=attempt, recording=recording, packets=packets)

@@ -14,8 +14,9 @@ from botocore.config import Config
 from botocore.loaders import Loader
 
 from callcore.adapters.dynamodb_store import DynamoDBCallStore
+from callcore.adapters.s3_recordings import S3RecordingStore
 from callcore.adapters.sqs_queue import SQSWorkQueue
-from callcore.ports import AIProvider, CallStore, WorkQueue
+from callcore.ports import AIProvider, CallStore, RecordingStore, WorkQueue
 from callcore.settings import Settings
 
 # Fail fast: a PBX retries a 503 sooner than it would wait for a hung request. One SDK
@@ -38,6 +39,11 @@ CLIENT_CONFIG = Config(
 )
 
 
+# A recording is megabytes (a 10-minute call is 9.6 MB of 8 kHz WAV): S3 gets longer to
+# answer than DynamoDB's milliseconds, and presigned URLs are SigV4.
+S3_CONFIG = CLIENT_CONFIG.merge(Config(read_timeout=20, signature_version="s3v4"))
+
+
 class _KnownServicesLoader(Loader):
     """botocore's model loader, told which services exist instead of listing its data directory.
 
@@ -45,7 +51,7 @@ class _KnownServicesLoader(Loader):
     stat calls, 20 to 30 ms of a cold start); this code only ever loads these.
     """
 
-    SERVICES = ("dynamodb", "sqs")
+    SERVICES = ("dynamodb", "sqs", "s3")
 
     def list_available_services(self, type_name: str) -> list[str]:
         return list(self.SERVICES)
@@ -88,6 +94,7 @@ class AwsClients:
 
     dynamodb: Any
     sqs: Any
+    s3: Any
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class Ports:
     settings: Settings
     store: CallStore
     queue: WorkQueue
+    recordings: RecordingStore
 
 
 def build_clients(session: boto3.session.Session | None = None, endpoint_url: str | None = None) -> AwsClients:
@@ -108,6 +116,7 @@ def build_clients(session: boto3.session.Session | None = None, endpoint_url: st
     return AwsClients(
         dynamodb=LazyClient(lambda: shared.client("dynamodb", config=CLIENT_CONFIG, endpoint_url=endpoint_url), lock),
         sqs=LazyClient(lambda: shared.client("sqs", config=CLIENT_CONFIG, endpoint_url=endpoint_url), lock),
+        s3=LazyClient(lambda: shared.client("s3", config=S3_CONFIG, endpoint_url=endpoint_url), lock),
     )
 
 
@@ -118,15 +127,34 @@ def build_ports(settings: Settings, clients: AwsClients | None = None, *, endpoi
         settings=settings,
         store=DynamoDBCallStore(clients.dynamodb, settings.calls_table, settings.packets_table),
         queue=SQSWorkQueue(clients.sqs, settings.work_queue_url),
+        recordings=S3RecordingStore(clients.s3, settings.recordings_bucket),
     )
 
 
 def build_ai_provider(settings: Settings) -> AIProvider:
-    """The provider AI_PROVIDER names (Settings has already refused unknown names)."""
-    # Imported here: the ingest function builds ports too, and never needs an AI provider.
-    from callcore.adapters.ai.mock import MockAIProvider
+    """The provider AI_PROVIDER names (Settings has already refused unknown names), behind the
+    simulated failures and latency of AI_FAILURE_RATE and AI_MIN/MAX_LATENCY_S."""
+    # Imported here, each only when chosen: the ingest function never needs a provider,
+    # and aws's SDK (aioboto3) alone costs a third of a second of a cold start.
+    from callcore.adapters.ai.unreliable import UnreliableAI
 
-    return MockAIProvider(
+    inner: AIProvider
+    if settings.ai_provider == "aws":
+        from callcore.adapters.ai.aws import AwsAIProvider
+
+        inner = AwsAIProvider(settings.recordings_bucket)
+    elif settings.ai_provider == "local":
+        from callcore.adapters.ai.local import LocalAIProvider
+
+        inner = LocalAIProvider(settings.local_max_audio_s)
+    else:
+        from callcore.adapters.ai.mock import PacketText
+
+        inner = PacketText()
+    if not settings.ai_failure_rate and not settings.ai_max_latency_s:
+        return inner
+    return UnreliableAI(
+        inner,
         failure_rate=settings.ai_failure_rate,
         min_latency_s=settings.ai_min_latency_s,
         max_latency_s=settings.ai_max_latency_s,

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from callcore.domain.audio import CallAudio
     from callcore.domain.model import (
         AIResult,
         Arrival,
         Call,
         CallState,
         Packet,
+        Recording,
         Sentiment,
         TransitionRule,
         WorkItem,
@@ -90,6 +92,10 @@ class CallStore(Protocol):
         """Every stored packet of the call, in sequence order. Raises CallTooLargeError past ``max_bytes``."""
         ...
 
+    def set_recording(self, call_id: str, recording: Recording) -> None:
+        """Note the call's stored recording (the same recording again changes nothing). CallNotFoundError if no call."""
+        ...
+
     def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:
         """Record that the work item of ``round`` was put on the queue at ``now``."""
         ...
@@ -123,16 +129,42 @@ class CallStore(Protocol):
 
 
 class WorkQueue(Protocol):
-    def send(self, item: WorkItem) -> None: ...
+    def send(self, item: WorkItem, *, delay_s: int = 0) -> None:
+        """Put ``item`` on the queue, visible after ``delay_s`` (0 to 900 seconds)."""
+        ...
 
     def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
         """When the queue may deliver a received message again: a failed attempt's backoff."""
         ...
 
 
-class AIProvider(Protocol):
-    """Transcription and sentiment. Raises RetryableAIError or PermanentAIError."""
+class RecordingStore(Protocol):
+    """Where each call's assembled audio is kept, one WAV file per call."""
 
-    async def transcribe(self, call_id: str, packets: list[Packet]) -> str: ...
+    def find(self, call_id: str) -> Recording | None:
+        """The call's stored recording, or None before there is one."""
+        ...
+
+    def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
+        """Store the call's WAV. The packets of an ended call never change, so neither does its WAV:
+        saving it again (a redelivered work item) writes the same object, never a second one."""
+        ...
+
+    def read(self, recording: Recording) -> bytes: ...
+
+    def download_url(self, recording: Recording, *, expires_s: int) -> str:
+        """A URL that fetches the WAV without credentials until it expires."""
+        ...
+
+
+class AIProvider(Protocol):
+    """Transcription and sentiment for one round of one call.
+
+    Raises RetryableAIError (throttling, 5xx, timeouts) or PermanentAIError (undecodable,
+    unsupported or empty audio), or TranscriptionPendingError while a job it started
+    still runs: not a failure, the worker checks again later.
+    """
+
+    async def transcribe(self, audio: CallAudio) -> str: ...
 
     async def score_sentiment(self, transcript: str) -> Sentiment: ...

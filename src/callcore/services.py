@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from callcore.clock import iso_seconds_ago, now_iso, now_ns, seconds_since
+from callcore.domain.audio import AudioFormat, CallAudio, call_format, decode_call, to_wav
 from callcore.domain.errors import (
     CallCoreError,
     CallNotAcceptingPacketsError,
@@ -18,11 +19,23 @@ from callcore.domain.errors import (
     DependencyUnavailableError,
     InvalidTransitionError,
     PermanentAIError,
+    RecordingNotFoundError,
     RetryableAIError,
     SequenceConflictError,
+    TranscriptionPendingError,
 )
-from callcore.domain.model import AIResult, Call, CallState, Packet, PacketStats, WorkItem, error_text, transition_rule
-from callcore.ports import AIProvider, CallPage, CallStore, WorkQueue
+from callcore.domain.model import (
+    AIResult,
+    Call,
+    CallState,
+    Packet,
+    PacketStats,
+    Recording,
+    WorkItem,
+    error_text,
+    transition_rule,
+)
+from callcore.ports import AIProvider, CallPage, CallStore, RecordingStore, WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +135,16 @@ def get_call(store: CallStore, call_id: str) -> CallDetails:
     return CallDetails(call=call, packets=stats)
 
 
+def get_recording(store: CallStore, call_id: str) -> Recording:
+    """The call's stored recording. Raises CallNotFoundError, or RecordingNotFoundError before there is one."""
+    call = store.get_call(call_id)
+    if call is None:
+        raise CallNotFoundError(call_id)
+    if call.recording is None:
+        raise RecordingNotFoundError(call_id)
+    return call.recording
+
+
 def list_calls(store: CallStore, state: CallState, *, limit: int, cursor: str | None) -> CallPage:
     return store.list_calls(state, limit=limit, cursor=cursor)
 
@@ -140,27 +163,64 @@ def retry_call(store: CallStore, queue: WorkQueue, call_id: str) -> Call:
 class ProcessOutcome(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
+    PENDING = "pending"  # a transcription job still runs; a delayed check message follows it
     SKIPPED = "skipped"  # not PROCESSING_AI in the item's round: already done, or a stale duplicate
 
 
-async def process_call(store: CallStore, ai: AIProvider, item: WorkItem, *, max_call_bytes: int) -> ProcessOutcome:
-    """One AI attempt for a work item.
+@dataclass(frozen=True)
+class AudioLimits:
+    """What the worker accepts of a call's audio."""
+
+    default_format: AudioFormat
+    max_call_bytes: int  # packet data read from the store
+    max_pcm_bytes: int  # decoded audio, gaps included
+
+
+async def process_call(
+    store: CallStore,
+    ai: AIProvider,
+    recordings: RecordingStore,
+    queue: WorkQueue,
+    item: WorkItem,
+    *,
+    limits: AudioLimits,
+) -> ProcessOutcome:
+    """One AI attempt for a work item, or one check of a transcription job an attempt started.
+
+    An attempt reads the call's packets, decodes them (audio that is not in the call's
+    format fails the call at once, naming the packets), stores the recording once, then
+    transcribes and scores it.
 
     Raises RetryableAIError (or DependencyUnavailableError) for SQS to deliver the item
     again; a permanent AI error, or a call over its size limits, fails the call at once
-    instead of burning retries. Every write is conditional on the call being
+    instead of burning retries. A job still running is not a failure: a delayed check
+    message is sent, and this item is done. Every write is conditional on the call being
     PROCESSING_AI in the item's round, so a redelivered message changes nothing once the
     round is over.
     """
-    attempt = await asyncio.to_thread(
-        functools.partial(store.start_attempt, item.call_id, item.round, now=now_iso(), token=new_token())
-    )
-    if attempt is None:
-        return ProcessOutcome.SKIPPED
+    if item.check:
+        checked = await _checked_audio(store, item)
+        if checked is None:
+            return ProcessOutcome.SKIPPED
+        attempt, audio = checked.attempt, checked
+    else:
+        started = await asyncio.to_thread(
+            functools.partial(store.start_attempt, item.call_id, item.round, now=now_iso(), token=new_token())
+        )
+        if started is None:
+            return ProcessOutcome.SKIPPED
+        attempt = started
     try:
-        packets = await asyncio.to_thread(functools.partial(store.packets, item.call_id, max_bytes=max_call_bytes))
-        transcript = await ai.transcribe(item.call_id, packets)
+        if not item.check:
+            audio = await asyncio.to_thread(_prepare_audio, store, recordings, item, attempt, limits)
+        transcript = await ai.transcribe(audio)
         sentiment = await ai.score_sentiment(transcript)
+    except TranscriptionPendingError as exc:
+        await asyncio.to_thread(
+            functools.partial(queue.send, item.next_check(attempt), delay_s=exc.check_after_s)
+        )
+        logger.info("call %s round %d: %s; checking again in %d s", item.call_id, item.round, exc, exc.check_after_s)
+        return ProcessOutcome.PENDING
     except CallTooLargeError as exc:
         await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
         return await _finish(
@@ -179,6 +239,37 @@ async def process_call(store: CallStore, ai: AIProvider, item: WorkItem, *, max_
     except CallTooLargeError as exc:
         reason = f"the AI result could not be stored on attempt {attempt}: {error_text(exc)}"
         return await _finish(store, item, CallState.FAILED, failure_reason=reason)
+
+
+def _prepare_audio(
+    store: CallStore, recordings: RecordingStore, item: WorkItem, attempt: int, limits: AudioLimits
+) -> CallAudio:
+    """The call's packets decoded, and its recording stored (once: a redelivery finds it stored)."""
+    packets = store.packets(item.call_id, max_bytes=limits.max_call_bytes)
+    fmt = call_format(packets, limits.default_format)
+    decoded = decode_call(packets, fmt, max_pcm_bytes=limits.max_pcm_bytes)
+    recording = recordings.find(item.call_id)
+    if recording is None:
+        recording = recordings.save(item.call_id, to_wav(decoded), duration_s=decoded.duration_s)
+    # Every attempt notes it: an attempt whose note failed after the save left it unnoted.
+    store.set_recording(item.call_id, recording)
+    return CallAudio(
+        call_id=item.call_id, round=item.round, attempt=attempt, recording=recording, packets=packets, audio=decoded
+    )
+
+
+async def _checked_audio(store: CallStore, item: WorkItem) -> CallAudio | None:
+    """What a delayed check resumes: None when the round is over (nothing to check any more)."""
+    call = await asyncio.to_thread(store.get_call, item.call_id)
+    if call is None or call.state is not CallState.PROCESSING_AI or call.round != item.round:
+        return None
+    if call.recording is None or item.attempt is None:
+        # A check follows an attempt that stored the recording; without one there is no
+        # job to check, and a new attempt (this item's redelivery) starts over.
+        raise RetryableAIError(f"call {item.call_id!r} has no recording to check a transcription of")
+    return CallAudio(
+        call_id=item.call_id, round=item.round, attempt=item.attempt, recording=call.recording, check=item.check
+    )
 
 
 async def _finish(

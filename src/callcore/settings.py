@@ -9,12 +9,14 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from callcore.domain.audio import DEFAULT_FORMAT, AudioFormat
 
 # template.yaml's WorkQueue VisibilityTimeout and AiWorkerFunction Timeout (a unit test
 # holds them equal).
-WORK_QUEUE_VISIBILITY_S = 360
-AI_WORKER_TIMEOUT_S = 60
+WORK_QUEUE_VISIBILITY_S = 5400
+AI_WORKER_TIMEOUT_S = 900
 # template.yaml's WorkQueue MessageRetentionPeriod: no work item outlives it.
 WORK_QUEUE_RETENTION_S = 345600
 # The ingest function's timeout (template.yaml); a request never runs longer.
@@ -22,6 +24,14 @@ INGEST_TIMEOUT_S = 10
 # What the dead-letter handler may take on top of the retries: its queue's 180 s
 # visibility timeout, several times over.
 DEAD_LETTER_MARGIN_S = 1800
+
+
+AI_PROVIDERS = ("local", "aws", "mock")
+# Transcription seconds per audio second that AI_PROVIDER=local is sized for on a Lambda
+# vCPU (measured ~0.19 on this project's x86 build machine; see README, Long calls),
+# with room for a slower CPU.
+ASR_RTF_BOUND = 0.35
+LOCAL_MAX_AUDIO_S = AI_WORKER_TIMEOUT_S * 0.8 / ASR_RTF_BOUND
 
 
 class SettingsError(ValueError):
@@ -61,7 +71,7 @@ class Settings:
     packets_table: str = "PacketsTable"
     work_queue_url: str = ""
     recordings_bucket: str = ""
-    ai_provider: str = "mock"
+    ai_provider: str = "local"
     ai_failure_rate: float = 0.25
     ai_min_latency_s: float = 1.0
     ai_max_latency_s: float = 3.0
@@ -70,6 +80,13 @@ class Settings:
     retry_max_delay_s: float = 60.0
     max_receive_count: int = 5
     api_keys: tuple[str, ...] = ()
+    # The audio of calls whose packets declare no format (AUDIO_ENCODING, AUDIO_SAMPLE_RATE).
+    audio_format: AudioFormat = field(default=DEFAULT_FORMAT)
+    # GET /v1/call/{id}/recording: "redirect" answers 307 to a presigned S3 URL (AWS);
+    # "inline" answers the WAV itself (the local stack, whose S3 is not the client's).
+    recording_download: str = "redirect"
+    # Longest call AI_PROVIDER=local transcribes: it must finish inside the worker's timeout.
+    local_max_audio_s: float = LOCAL_MAX_AUDIO_S
     # Under DynamoDB's 400 KB item limit, with room for the packet's other attributes.
     max_packet_bytes: int = 256 * 1024
     # Packet data of one call the worker will load: two hours of 8 kHz mu-law is 77 MB of base64.
@@ -80,7 +97,7 @@ class Settings:
     # A round with no result this long after its work item was sent is past every retry
     # (unset: the retry horizon, ``retry_horizon_s``, plus the dead-letter handler's
     # retries): its item may be lost, and the sweeper sends it once more.
-    processing_timeout_s: float = 3600.0
+    processing_timeout_s: float = 5 * WORK_QUEUE_VISIBILITY_S + DEAD_LETTER_MARGIN_S
 
     def give_up_after_s(self) -> float:
         """After this long without a result since its last send, a round's work item is certainly
@@ -117,6 +134,9 @@ class Settings:
             retry_max_delay_s=_float(env, "RETRY_MAX_DELAY_S", cls.retry_max_delay_s, 0.0, 43200.0),
             max_receive_count=_int(env, "MAX_RECEIVE_COUNT", cls.max_receive_count, 1),
             api_keys=tuple(k.strip() for k in env.get("API_KEYS", "").split(",") if k.strip()),
+            audio_format=_audio_format(env),
+            recording_download=env.get("RECORDING_DOWNLOAD", "").strip() or cls.recording_download,
+            local_max_audio_s=_float(env, "LOCAL_MAX_AUDIO_S", cls.local_max_audio_s, 1.0, LOCAL_MAX_AUDIO_S),
             max_packet_bytes=_int(env, "MAX_PACKET_BYTES", cls.max_packet_bytes, 1),
             max_call_bytes=_int(env, "MAX_CALL_BYTES", cls.max_call_bytes, 1),
             work_resend_after_s=_float(env, "WORK_RESEND_AFTER_S", cls.work_resend_after_s, INGEST_TIMEOUT_S + 5.0),
@@ -140,6 +160,17 @@ class Settings:
             )
         if settings.ai_max_latency_s < settings.ai_min_latency_s:
             raise SettingsError("AI_MAX_LATENCY_S must be >= AI_MIN_LATENCY_S")
-        if settings.ai_provider not in {"mock"}:
-            raise SettingsError(f"AI_PROVIDER={settings.ai_provider!r} is not one of: mock")
+        if settings.ai_provider not in AI_PROVIDERS:
+            raise SettingsError(f"AI_PROVIDER={settings.ai_provider!r} is not one of: {', '.join(AI_PROVIDERS)}")
+        if settings.recording_download not in {"redirect", "inline"}:
+            raise SettingsError(f"RECORDING_DOWNLOAD={settings.recording_download!r} is not one of: redirect, inline")
         return settings
+
+
+def _audio_format(env: Mapping[str, str]) -> AudioFormat:
+    encoding = env.get("AUDIO_ENCODING", "").strip() or DEFAULT_FORMAT.encoding.value
+    rate = _int(env, "AUDIO_SAMPLE_RATE", DEFAULT_FORMAT.sample_rate, 1)
+    try:
+        return AudioFormat.parse(encoding, rate)
+    except ValueError as exc:
+        raise SettingsError(f"AUDIO_ENCODING={encoding!r}, AUDIO_SAMPLE_RATE={rate}: {exc}") from None

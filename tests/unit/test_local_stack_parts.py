@@ -165,17 +165,29 @@ def test_template_has_an_sqs_event_source_for_the_work_queue_and_the_dead_letter
     assert set(by_queue(template)) == {"WorkQueue", "DeadLetterQueue"}
 
 
-def test_work_queue_feeds_the_ai_worker_in_batches_of_ten_with_partial_failures(template: dict[str, Any]) -> None:
-    source = by_queue(template)["WorkQueue"]
+@pytest.mark.parametrize(
+    ("provider", "batch_size", "concurrency"),
+    [
+        # CPU-bound in the worker: one call per invocation, more invocations at once.
+        ("local", 1, 100),
+        ("aws", 10, 10),
+        ("mock", 10, 10),
+    ],
+)
+def test_work_queue_feeds_the_ai_worker_with_partial_failures_in_batches_sized_for_the_provider(
+    template: dict[str, Any], provider: str, batch_size: int, concurrency: int
+) -> None:
+    params = {name: str(spec.get("Default", "")) for name, spec in template["Parameters"].items()}
+    [source] = [s for s in sqs_event_sources(template, params | {"AiProvider": provider}) if s.queue == "WorkQueue"]
 
     assert source == SqsEventSource(
         function="AiWorkerFunction",
         handler="ai_worker.handler.lambda_handler",
         queue="WorkQueue",
-        batch_size=10,
+        batch_size=batch_size,
         batching_window_s=0.0,
         report_batch_item_failures=True,
-        maximum_concurrency=10,
+        maximum_concurrency=concurrency,
     )
 
 

@@ -10,7 +10,9 @@ from callcore.settings import Settings, SettingsError
 def test_defaults_are_those_of_the_design() -> None:
     settings = Settings.from_env({})
 
-    assert settings.ai_provider == "mock"
+    assert settings.ai_provider == "local"
+    assert str(settings.audio_format) == "mulaw/8000"
+    assert settings.recording_download == "redirect"
     assert settings.ai_failure_rate == 0.25
     assert settings.ai_min_latency_s == 1.0
     assert settings.ai_max_latency_s == 3.0
@@ -27,7 +29,7 @@ def test_call_size_and_sweep_defaults() -> None:
 
     assert settings.max_call_bytes == 128 * 1024 * 1024
     assert settings.work_resend_after_s == 30.0
-    assert settings.processing_timeout_s == 3600.0
+    assert settings.processing_timeout_s == 28800.0
     assert Settings() == settings
 
 
@@ -54,7 +56,10 @@ def test_overrides_are_parsed_to_their_types() -> None:
         "WORK_QUEUE_URL": "http://localhost/queue/work",
         "MAX_CALL_BYTES": " 4096 ",
         "WORK_RESEND_AFTER_S": "20",
-        "PROCESSING_TIMEOUT_S": "9000",
+        "PROCESSING_TIMEOUT_S": "20000",
+        "AUDIO_ENCODING": "PCM16",
+        "AUDIO_SAMPLE_RATE": "16000",
+        "RECORDING_DOWNLOAD": "inline",
     }
 
     settings = Settings.from_env(env)
@@ -73,7 +78,9 @@ def test_overrides_are_parsed_to_their_types() -> None:
     assert settings.work_queue_url == "http://localhost/queue/work"
     assert settings.max_call_bytes == 4096
     assert settings.work_resend_after_s == 20.0
-    assert settings.processing_timeout_s == 9000.0
+    assert settings.processing_timeout_s == 20000.0
+    assert str(settings.audio_format) == "pcm16/16000"
+    assert settings.recording_download == "inline"
 
 
 def test_equal_min_and_max_latency_are_allowed() -> None:
@@ -161,7 +168,7 @@ def test_infinite_delays_are_rejected(name: str) -> None:
     [
         pytest.param({"PROCESSING_TIMEOUT_S": "30"}, id="timeout equal to the default resend delay"),
         pytest.param({"PROCESSING_TIMEOUT_S": "10"}, id="timeout below the default resend delay"),
-        pytest.param({"WORK_RESEND_AFTER_S": "3600"}, id="resend delay equal to the default timeout"),
+        pytest.param({"WORK_RESEND_AFTER_S": "28800"}, id="resend delay equal to the default timeout"),
         pytest.param({"WORK_RESEND_AFTER_S": "60", "PROCESSING_TIMEOUT_S": "59"}, id="both set, timeout shorter"),
     ],
 )
@@ -176,23 +183,24 @@ def test_a_processing_timeout_not_longer_than_the_resend_delay_raises_settings_e
 
 
 def test_a_processing_timeout_just_longer_than_the_resend_delay_is_allowed() -> None:
-    settings = Settings.from_env({"WORK_RESEND_AFTER_S": "1800", "PROCESSING_TIMEOUT_S": "1800.5"})
+    env = {"MAX_RECEIVE_COUNT": "1", "WORK_RESEND_AFTER_S": "5400", "PROCESSING_TIMEOUT_S": "5400.5"}
+    settings = Settings.from_env(env)
 
-    assert (settings.work_resend_after_s, settings.processing_timeout_s) == (1800.0, 1800.5)
+    assert (settings.work_resend_after_s, settings.processing_timeout_s) == (5400.0, 5400.5)
 
 
 def test_a_processing_timeout_shorter_than_the_retry_horizon_raises_settings_error() -> None:
-    # 5 receives x 360 s visibility timeout: a call could still be retried after 1799 s.
+    # 5 receives x 5400 s visibility timeout: a call could still be retried after 26999 s.
     with pytest.raises(SettingsError, match="retry horizon"):
-        Settings.from_env({"PROCESSING_TIMEOUT_S": "1799"})
+        Settings.from_env({"PROCESSING_TIMEOUT_S": "26999"})
 
 
 @pytest.mark.parametrize(
     ("env", "timeout"),
     [
-        ({}, 3600.0),  # 5 x 360 s + 1800 s for the dead-letter handler
-        ({"MAX_RECEIVE_COUNT": "20"}, 20 * 360 + 1800.0),
-        ({"RETRY_MAX_DELAY_S": "900"}, 5 * (60 + 900) + 1800.0),
+        ({}, 28800.0),  # 5 x 5400 s + 1800 s for the dead-letter handler
+        ({"MAX_RECEIVE_COUNT": "20"}, 20 * 5400 + 1800.0),
+        ({"RETRY_MAX_DELAY_S": "43200"}, 5 * (900 + 43200) + 1800.0),
     ],
 )
 def test_the_default_processing_timeout_grows_with_the_retry_horizon(env: dict[str, str], timeout: float) -> None:
@@ -219,3 +227,18 @@ def test_the_horizon_constants_are_the_templates_visibility_and_worker_timeouts(
     assert resources["IngestFunction"]["Properties"]["Timeout"] == settings_module.INGEST_TIMEOUT_S
     assert resources["WorkQueue"]["Properties"]["VisibilityTimeout"] == settings_module.WORK_QUEUE_VISIBILITY_S
     assert resources["AiWorkerFunction"]["Properties"]["Timeout"] == settings_module.AI_WORKER_TIMEOUT_S
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"AUDIO_ENCODING": "opus"}, "unknown audio encoding 'opus'"),
+        ({"AUDIO_ENCODING": "mulaw", "AUDIO_SAMPLE_RATE": "16000"}, "mulaw audio must be 8000 Hz"),
+        ({"AUDIO_SAMPLE_RATE": "44100"}, "44100"),
+        ({"RECORDING_DOWNLOAD": "email"}, "RECORDING_DOWNLOAD"),
+        ({"AI_PROVIDER": "openai"}, "local, aws, mock"),
+    ],
+)
+def test_audio_and_recording_settings_refuse_what_cannot_work(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)

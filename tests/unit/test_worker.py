@@ -5,6 +5,7 @@ and sweeper Lambda handlers driven with events in Lambda's SQS shape."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import json
@@ -17,8 +18,9 @@ import pytest
 import ai_worker.dlq
 import ai_worker.handler
 import ai_worker.sweeper
-from ai_worker.handler import WorkerDeps
+from ai_worker.handler import WorkerDeps, audio_limits
 from callcore import services
+from callcore.domain.audio import CallAudio
 from callcore.domain.errors import (
     CallNotFoundError,
     CallTooLargeError,
@@ -40,7 +42,7 @@ from callcore.domain.model import (
 from callcore.domain.retry import backoff_delay
 from callcore.services import ProcessOutcome
 from callcore.settings import Settings
-from tests.fakes import FakeAIProvider, FakeQueue, InMemoryCallStore
+from tests.fakes import FakeAIProvider, FakeQueue, InMemoryCallStore, InMemoryRecordingStore
 
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:WorkQueue"
 SETTINGS = Settings(retry_base_delay_s=2.0, retry_max_delay_s=60.0, max_receive_count=5)
@@ -52,10 +54,16 @@ def retryable(message: str = "mock AI service answered HTTP 503 Service Unavaila
     return RetryableAIError(message, status=503)
 
 
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 def ended_call(store: InMemoryCallStore, queue: FakeQueue, call_id: str, *data: str) -> WorkItem:
     """A call with packets, ended: PROCESSING_AI in round 1 with its work item on the queue."""
     for sequence, chunk in enumerate(data or ("hello",), start=1):
-        services.record_packet(store, call_id, Packet(sequence=sequence, data=chunk, timestamp=float(sequence)))
+        # Base64 text: audio as the worker decodes it (mu-law), text as the mock reads it.
+        encoded = b64(chunk)
+        services.record_packet(store, call_id, Packet(sequence=sequence, data=encoded, timestamp=float(sequence)))
     services.end_call(store, queue, call_id)
     item = queue.sent[-1]
     assert item == WorkItem(call_id=call_id, round=1)
@@ -83,9 +91,20 @@ def get(store: InMemoryCallStore, call_id: str) -> Call:
 
 
 def process(
-    store: InMemoryCallStore, ai: FakeAIProvider, item: WorkItem, *, max_call_bytes: int = SETTINGS.max_call_bytes
+    store: InMemoryCallStore,
+    ai: FakeAIProvider,
+    item: WorkItem,
+    *,
+    max_call_bytes: int = SETTINGS.max_call_bytes,
+    recordings: InMemoryRecordingStore | None = None,
+    queue: FakeQueue | None = None,
 ) -> ProcessOutcome:
-    return asyncio.run(services.process_call(store, ai, item, max_call_bytes=max_call_bytes))
+    limits = dataclasses.replace(audio_limits(SETTINGS), max_call_bytes=max_call_bytes)
+    return asyncio.run(
+        services.process_call(
+            store, ai, recordings or InMemoryRecordingStore(), queue or FakeQueue(), item, limits=limits
+        )
+    )
 
 
 # --- process_call -----------------------------------------------------------------------
@@ -114,7 +133,7 @@ def test_process_call_completes_with_one_attempt_and_stores_transcript_and_senti
 def test_process_call_gives_the_ai_the_calls_packets_in_sequence_order(store: InMemoryCallStore) -> None:
     queue = FakeQueue()
     for sequence in (3, 1, 2):
-        services.record_packet(store, "c1", Packet(sequence=sequence, data=f"chunk-{sequence}", timestamp=1.0))
+        services.record_packet(store, "c1", Packet(sequence=sequence, data=b64(f"chunk-{sequence}"), timestamp=1.0))
     services.end_call(store, queue, "c1")
     ai = FakeAIProvider()
 
@@ -257,10 +276,10 @@ def test_a_call_over_max_call_bytes_fails_at_once_naming_the_limit_without_calli
 
 
 def test_a_call_of_exactly_max_call_bytes_is_processed(store: InMemoryCallStore, queue: FakeQueue) -> None:
-    item = ended_call(store, queue, "c1", "a" * 10, "b" * 10)
+    item = ended_call(store, queue, "c1", "a" * 15, "b" * 15)  # 20 characters of base64 each
     ai = FakeAIProvider()
 
-    assert process(store, ai, item, max_call_bytes=20) is ProcessOutcome.COMPLETED
+    assert process(store, ai, item, max_call_bytes=40) is ProcessOutcome.COMPLETED
     assert ai.calls_for("c1") == 1
 
 
@@ -449,7 +468,7 @@ def test_retried_call_completes_when_the_ai_recovers(store: InMemoryCallStore, q
 def test_retry_from_any_state_but_failed_is_an_invalid_transition(
     store: InMemoryCallStore, queue: FakeQueue, state: CallState
 ) -> None:
-    services.record_packet(store, "c1", Packet(sequence=1, data="x", timestamp=1.0))
+    services.record_packet(store, "c1", Packet(sequence=1, data=b64("x"), timestamp=1.0))
     if state is not CallState.IN_PROGRESS:
         services.end_call(store, queue, "c1")
     if state is CallState.COMPLETED:
@@ -813,7 +832,8 @@ def body(item: WorkItem) -> str:
 def worker(
     store: InMemoryCallStore, ai: FakeAIProvider | Any, queue: FakeQueue, settings: Settings = SETTINGS
 ) -> Handler:
-    return ai_worker.handler.build_handler(WorkerDeps(settings=settings, store=store, ai=ai, queue=queue))
+    deps = WorkerDeps(settings=settings, store=store, ai=ai, queue=queue, recordings=InMemoryRecordingStore())
+    return ai_worker.handler.build_handler(deps)
 
 
 def failures(response: dict[str, Any]) -> list[str]:
@@ -1040,7 +1060,7 @@ class GatheringAI(FakeAIProvider):
         self.peak = 0
         self._all_in: asyncio.Event | None = None
 
-    async def transcribe(self, call_id: str, packets: list[Packet]) -> str:
+    async def transcribe(self, audio: CallAudio) -> str:
         if self._all_in is None:
             self._all_in = asyncio.Event()
         self.in_flight += 1
@@ -1052,7 +1072,7 @@ class GatheringAI(FakeAIProvider):
             await asyncio.wait_for(self._all_in.wait(), timeout=5)
         finally:
             self.in_flight -= 1
-        return await super().transcribe(call_id, packets)
+        return await super().transcribe(audio)
 
 
 def test_worker_processes_the_records_of_a_batch_concurrently(store: InMemoryCallStore, queue: FakeQueue) -> None:

@@ -22,7 +22,7 @@ from callcore.bootstrap import build_ai_provider, default_ports
 from callcore.domain.errors import DependencyUnavailableError, RetryableAIError
 from callcore.domain.model import WorkItem
 from callcore.domain.retry import backoff_delay
-from callcore.ports import AIProvider, CallStore, WorkQueue
+from callcore.ports import AIProvider, CallStore, RecordingStore, WorkQueue
 from callcore.settings import Settings
 
 logger = Logger(service="ai-worker")
@@ -34,6 +34,17 @@ class WorkerDeps:
     store: CallStore
     ai: AIProvider
     queue: WorkQueue
+    recordings: RecordingStore
+
+
+def audio_limits(settings: Settings) -> services.AudioLimits:
+    # Decoded PCM is at most twice the packet data read (mu-law doubles, base64 shrinks
+    # by a quarter), plus the silence of gaps, which this bound also caps.
+    return services.AudioLimits(
+        default_format=settings.audio_format,
+        max_call_bytes=settings.max_call_bytes,
+        max_pcm_bytes=2 * settings.max_call_bytes,
+    )
 
 
 def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
@@ -48,7 +59,7 @@ def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str,
         receive_count = int(record.attributes.approximate_receive_count)
         try:
             outcome = await services.process_call(
-                deps.store, deps.ai, item, max_call_bytes=deps.settings.max_call_bytes
+                deps.store, deps.ai, deps.recordings, deps.queue, item, limits=audio_limits(deps.settings)
             )
         except (RetryableAIError, DependencyUnavailableError) as exc:
             last_try = receive_count >= deps.settings.max_receive_count
@@ -63,6 +74,7 @@ def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str,
                 extra={
                     "call_id": item.call_id,
                     "round": item.round,
+                    "check": item.check,
                     "receive_count": receive_count,
                     "retry_in_s": delay,
                     "error": str(exc),
@@ -92,7 +104,11 @@ def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str,
 def _default_deps() -> WorkerDeps:
     ports = default_ports()
     return WorkerDeps(
-        settings=ports.settings, store=ports.store, ai=build_ai_provider(ports.settings), queue=ports.queue
+        settings=ports.settings,
+        store=ports.store,
+        ai=build_ai_provider(ports.settings),
+        queue=ports.queue,
+        recordings=ports.recordings,
     )
 
 

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from callcore.domain.errors import (
     CallNotAcceptingPacketsError,
     CallNotFoundError,
+    RecordingNotFoundError,
     CallTooLargeError,
     DependencyMisconfiguredError,
     DependencyUnavailableError,
@@ -155,6 +156,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(CallNotFoundError)
     async def not_found(request: Request, exc: CallNotFoundError) -> JSONResponse:
         return error_response(404, "call_not_found", str(exc))
+
+    @app.exception_handler(RecordingNotFoundError)
+    async def no_recording(request: Request, exc: RecordingNotFoundError) -> JSONResponse:
+        return error_response(404, "recording_not_found", str(exc))
 
     @app.exception_handler(SequenceConflictError)
     async def sequence_conflict(request: Request, exc: SequenceConflictError) -> JSONResponse:

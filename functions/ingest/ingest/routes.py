@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
 from callcore import services
@@ -96,7 +96,12 @@ def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep) -> JSONRes
     outcome = services.record_packet(
         ports.store,
         call_id,
-        Packet(sequence=packet.sequence, data=packet.data, timestamp=packet.timestamp),
+        Packet(
+            sequence=packet.sequence,
+            data=packet.data,
+            timestamp=packet.timestamp,
+            audio_format=packet.audio_format(),
+        ),
     )
     ack = PacketAck(call_id=call_id, sequence=packet.sequence, status=outcome.value)
     return JSONResponse(
@@ -144,6 +149,38 @@ def retry_call(call_id: CallId, ports: PortsDep) -> EndOut:
 )
 def get_call(call_id: CallId, ports: PortsDep) -> CallOut:
     return CallOut.from_details(services.get_call(ports.store, call_id))
+
+
+# What a presigned recording URL is good for: long enough to start a download or a
+# player, short enough that a leaked URL soon stops working.
+RECORDING_URL_EXPIRES_S = 300
+
+
+@router.get(
+    "/call/{call_id}/recording",
+    summary="The call's recording, as a WAV file",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The WAV file (mono 16-bit PCM), served by the app (local stack).",
+        },
+        307: {
+            "description": (
+                f"On AWS: a presigned S3 URL for the WAV file in `Location`, valid {RECORDING_URL_EXPIRES_S} s."
+            ),
+            "headers": {"Location": {"schema": {"type": "string"}, "description": "The presigned URL."}},
+        },
+        **error_responses((404, "No call with this call_id, or the call has no recording yet.")),
+    },
+)
+def get_recording(call_id: CallId, ports: PortsDep) -> Response:
+    recording = services.get_recording(ports.store, call_id)
+    if ports.settings.recording_download == "inline":
+        wav = ports.recordings.read(recording)
+        return Response(content=wav, media_type="audio/wav")
+    url = ports.recordings.download_url(recording, expires_s=RECORDING_URL_EXPIRES_S)
+    return RedirectResponse(url, status_code=307)
 
 
 @router.get("/calls", response_model=CallListOut, summary="Calls in one state, most recently changed first")

@@ -5,9 +5,19 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from callcore.domain.audio import AudioFormat
 from callcore.domain.model import MAX_SEQUENCE, Call, CallState
 from callcore.services import CallDetails
 
@@ -47,7 +57,13 @@ Sequence = Annotated[
 
 class PacketIn(BaseModel):
     sequence: Sequence
-    data: StrictStr = Field(description="The audio chunk: base64 for real audio; opaque text is stored as is.")
+    data: StrictStr = Field(
+        description=(
+            "The audio chunk, base64, in the call's format (a 20 ms G.711 packet is 160 bytes, 216 characters "
+            "of base64). It is stored as sent; data that is not audio in the call's format fails the call when "
+            "its AI processing starts, with a reason naming the packets."
+        )
+    )
     timestamp: Annotated[
         float,
         Field(
@@ -59,6 +75,34 @@ class PacketIn(BaseModel):
         ),
     ]
 
+    encoding: Literal["mulaw", "pcm16"] | None = Field(
+        default=None,
+        description=(
+            "The call's audio encoding, declared on any of its packets (usually the first): `mulaw` (G.711 "
+            "mu-law, 8000 Hz) or `pcm16` (16-bit little-endian linear PCM, 8000 or 16000 Hz), mono. Every "
+            "packet of a call that declares a format must declare the same one; a call that declares none "
+            "is read in the service's default (AUDIO_ENCODING, AUDIO_SAMPLE_RATE: mulaw at 8000 Hz unless "
+            "configured otherwise)."
+        ),
+    )
+    sample_rate: Literal[8000, 16000] | None = Field(
+        default=None, description="Samples per second of `encoding`; 8000 when `encoding` is given without it."
+    )
+
+    @model_validator(mode="after")
+    def format_is_whole(self) -> PacketIn:
+        if self.sample_rate is not None and self.encoding is None:
+            raise ValueError("sample_rate needs encoding: declare the audio format with both")
+        if self.encoding is not None:
+            AudioFormat.parse(self.encoding, self.sample_rate or 8000)  # ValueError: mulaw is 8000 Hz only
+        return self
+
+    def audio_format(self) -> str | None:
+        """The declared format as packets carry it ("pcm16/16000"), or None."""
+        if self.encoding is None:
+            return None
+        return str(AudioFormat.parse(self.encoding, self.sample_rate or 8000))
+
     @field_validator("data")
     @classmethod
     def data_is_unicode_text(cls, value: str) -> str:
@@ -69,7 +113,18 @@ class PacketIn(BaseModel):
         return value
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"sequence": 1, "data": "UklGRiQAAABXQVZF", "timestamp": 1732650000.02}]}
+        json_schema_extra={
+            "examples": [
+                {"sequence": 1, "data": "/v7+/n5+fn7+/v7+fn5+fg==", "timestamp": 1732650000.02},
+                {
+                    "sequence": 0,
+                    "data": "AAAQABAAAAA=",
+                    "timestamp": 1732650000.0,
+                    "encoding": "pcm16",
+                    "sample_rate": 16000,
+                },
+            ]
+        }
     )
 
 
@@ -122,6 +177,11 @@ class AIOut(BaseModel):
     history: list[AttemptOut]
 
 
+class RecordingOut(BaseModel):
+    duration_s: float = Field(description="Seconds of audio, gaps (missing packets) included as silence.")
+    bytes: int = Field(description="Size of the WAV file; fetch it from GET /v1/call/{call_id}/recording.")
+
+
 class CallOut(BaseModel):
     call_id: str
     state: CallState
@@ -131,6 +191,9 @@ class CallOut(BaseModel):
     packets: PacketsOut
     ai: AIOut
     failure_reason: str | None
+    recording: RecordingOut | None = Field(
+        description="The call's assembled audio, stored when its AI processing starts; null before."
+    )
 
     @classmethod
     def from_details(cls, details: CallDetails) -> CallOut:
@@ -163,6 +226,9 @@ class CallOut(BaseModel):
                 ],
             ),
             failure_reason=call.reason_for_failure,
+            recording=RecordingOut(duration_s=call.recording.duration_s, bytes=call.recording.bytes)
+            if call.recording
+            else None,
         )
 
 

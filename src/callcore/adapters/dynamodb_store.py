@@ -27,6 +27,7 @@ from callcore.domain.model import (
     Call,
     CallState,
     Packet,
+    Recording,
     Sentiment,
     TransitionRule,
     is_valid_call_id,
@@ -119,11 +120,24 @@ def call_from_item(item: Item) -> Call:
         sentiment=sentiment,
         failure_reason=_str(item, "failure_reason"),
         attempts=attempts,
+        recording=_recording(item),
     )
 
 
+def _recording(item: Item) -> Recording | None:
+    raw = item.get("recording", {}).get("M")
+    if not raw:
+        return None
+    return Recording(key=raw["key"]["S"], duration_s=float(_num(raw["duration_s"])), bytes=int(raw["bytes"]["N"]))
+
+
 def packet_from_item(item: Item) -> Packet:
-    return Packet(sequence=int(item["sequence"]["N"]), data=item["data"]["S"], timestamp=float(_num(item["timestamp"])))
+    return Packet(
+        sequence=int(item["sequence"]["N"]),
+        data=item["data"]["S"],
+        timestamp=float(_num(item["timestamp"])),
+        audio_format=_str(item, "audio_format"),
+    )
 
 
 def encode_cursor(key: Item) -> str:
@@ -176,7 +190,8 @@ class DynamoDBCallStore:
                     # Names this one call of add_packet, so that it can tell its own
                     # committed write (answer lost) from another request's packet.
                     "write_id": _s(write_id),
-                },
+                }
+                | ({"audio_format": _s(packet.audio_format)} if packet.audio_format else {}),
                 "ConditionExpression": "attribute_not_exists(#seq)",
                 "ExpressionAttributeNames": {"#seq": "sequence"},
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -326,6 +341,29 @@ class DynamoDBCallStore:
             if not old:
                 raise CallNotFoundError(call_id) from exc
             # Otherwise our own write committed; its answer was lost.
+
+    def set_recording(self, call_id: str, recording: Recording) -> None:
+        value = {
+            "M": {
+                "key": _s(recording.key),
+                "duration_s": _seconds(recording.duration_s),
+                "bytes": _n(recording.bytes),
+            }
+        }
+        try:
+            self._write(
+                lambda: self._ddb.update_item(
+                    TableName=self._calls,
+                    Key={"call_id": _s(call_id)},
+                    UpdateExpression="SET recording = :recording",
+                    ConditionExpression="attribute_exists(call_id)",
+                    ExpressionAttributeValues={":recording": value},
+                )
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            raise CallNotFoundError(call_id) from exc
 
     def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:
         try:

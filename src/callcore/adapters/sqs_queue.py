@@ -18,9 +18,9 @@ class SQSWorkQueue:
         self._sqs = client
         self._url = queue_url
 
-    def send(self, item: WorkItem) -> None:
+    def send(self, item: WorkItem, *, delay_s: int = 0) -> None:
         with dependency("SQS"):
-            self._sqs.send_message(QueueUrl=self._url, MessageBody=json.dumps(item.to_dict()))
+            self._sqs.send_message(QueueUrl=self._url, MessageBody=json.dumps(item.to_dict()), DelaySeconds=delay_s)
 
     def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
         """When SQS may deliver the message again: the retry's backoff."""

@@ -26,14 +26,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from callcore.domain.errors import CallTooLargeError, PermanentAIError
-from callcore.domain.model import Packet
+from callcore.domain.model import Packet, Recording
 
 __all__ = [
     "DEFAULT_FORMAT",
     "AudioEncoding",
     "AudioFormat",
+    "CallAudio",
     "DecodedAudio",
     "UndecodableAudioError",
+    "call_format",
     "decode_call",
     "decode_packet",
     "mulaw_to_pcm16",
@@ -77,6 +79,14 @@ class AudioFormat:
         Raises ValueError naming what is wrong, so a misconfiguration fails at start-up.
         """
         return cls(_encoding(encoding.strip().lower()), sample_rate)
+
+    @classmethod
+    def from_str(cls, text: str) -> AudioFormat:
+        """The format as ``str()`` writes it ("mulaw/8000"), as packets carry it. Raises ValueError."""
+        encoding, _, rate = text.partition("/")
+        if not rate.isdigit():
+            raise ValueError(f"audio format {text!r} is not <encoding>/<sample rate>, such as mulaw/8000")
+        return cls.parse(encoding, int(rate))
 
     def __str__(self) -> str:
         return f"{self.encoding.value}/{self.sample_rate}"
@@ -145,6 +155,29 @@ def _decode(data: str, fmt: AudioFormat) -> bytes | str:
     if len(raw) % 2:
         return "pcm16 of an odd number of bytes, not whole 16-bit samples"
     return raw
+
+
+def call_format(packets: Iterable[Packet], default: AudioFormat = DEFAULT_FORMAT) -> AudioFormat:
+    """The format a call's packets declare, or ``default`` when none declares one.
+
+    A call has one format. Packets that declare none take it; packets that declare
+    another than the lowest declaring sequence's are named in an UndecodableAudioError,
+    since no single reading of the call's audio would be right.
+    """
+    declared = sorted((p.sequence, p.audio_format) for p in packets if p.audio_format is not None)
+    if not declared:
+        return default
+    first_sequence, first = declared[0]
+    others = [seq for seq, fmt in declared if fmt != first]
+    if others:
+        raise UndecodableAudioError(
+            f"{_naming(others)} declared as other audio than the {first} of packet {first_sequence}", others
+        )
+    try:
+        return AudioFormat.from_str(first)
+    except ValueError as exc:
+        seqs = [seq for seq, _ in declared]
+        raise UndecodableAudioError(f"{_naming(seqs)} declared as unsupported audio: {exc}", seqs) from None
 
 
 def _naming(sequences: list[int], limit: int = 20) -> str:
@@ -244,6 +277,24 @@ def decode_call(
         duration_s=len(pcm16) // 2 / fmt.sample_rate,
         gaps=gaps,
     )
+
+
+@dataclass(frozen=True)
+class CallAudio:
+    """What an AI provider transcribes: one round of one call, its recording stored.
+
+    ``audio`` is the decoded PCM, built by the attempt that reads the packets; it is None
+    on a delayed check (``check`` > 0) of a transcription job that an earlier attempt,
+    number ``attempt``, started on the stored recording.
+    """
+
+    call_id: str
+    round: int
+    attempt: int
+    recording: Recording
+    packets: list[Packet] = field(default_factory=list)
+    audio: DecodedAudio | None = None
+    check: int = 0
 
 
 def _count(n: int, noun: str) -> str:

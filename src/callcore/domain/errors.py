@@ -18,6 +18,16 @@ class CallNotFoundError(CallCoreError):
         self.call_id = call_id
 
 
+class RecordingNotFoundError(CallCoreError):
+    """The call exists but has no recording yet: the worker stores it when AI processing starts."""
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__(
+            f"call {call_id!r} has no recording yet: it is assembled when the call's AI processing starts"
+        )
+        self.call_id = call_id
+
+
 class SequenceConflictError(CallCoreError):
     """The same sequence arrived again with different data."""
 
@@ -89,3 +99,11 @@ class RetryableAIError(AIError):
 
 class PermanentAIError(AIError):
     """The request itself is bad (say, audio that cannot be decoded): retrying cannot help."""
+
+
+class TranscriptionPendingError(AIError):
+    """A transcription job is still running: not a failure. Check again after ``check_after_s``."""
+
+    def __init__(self, message: str, check_after_s: int) -> None:
+        super().__init__(message)
+        self.check_after_s = check_after_s

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from callcore.domain.errors import InvalidTransitionError
 
@@ -90,6 +90,9 @@ class Packet:
     sequence: int
     data: str
     timestamp: float
+    # The audio format the packet declared ("pcm16/16000"; see callcore.domain.audio), or
+    # None: the call's format then comes from its other packets, or the service's default.
+    audio_format: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timestamp", round(self.timestamp, TIMESTAMP_DIGITS))
@@ -212,6 +215,15 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class Recording:
+    """A call's assembled audio, stored once as a WAV file under ``key`` (callcore.ports.RecordingStore)."""
+
+    key: str
+    duration_s: float
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Call:
     call_id: str
     state: CallState
@@ -229,6 +241,7 @@ class Call:
     sentiment: Sentiment | None = None
     failure_reason: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
+    recording: Recording | None = None
 
     @property
     def reason_for_failure(self) -> str | None:
@@ -269,13 +282,25 @@ class WorkItem:
     item only while the call is PROCESSING_AI in the same round, so a redelivered or
     stale message never processes a call twice or moves it backwards. (SQS changes the
     messageId on redrive, so idempotency cannot key on it.)
+
+    ``check`` > 0 marks a delayed check of a transcription job that attempt ``attempt``
+    started and that was still running: a new message, so that waiting for a job never
+    spends the receives (maxReceiveCount) of the item that started it.
     """
 
     call_id: str
     round: int
+    check: int = 0
+    attempt: int | None = None
+
+    def next_check(self, attempt: int) -> WorkItem:
+        return WorkItem(call_id=self.call_id, round=self.round, check=self.check + 1, attempt=attempt)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"call_id": self.call_id, "round": self.round}
+        body: dict[str, Any] = {"call_id": self.call_id, "round": self.round}
+        if self.check:
+            body.update(check=self.check, attempt=self.attempt)
+        return body
 
     @classmethod
     def from_json(cls, body: str) -> WorkItem:
@@ -293,6 +318,13 @@ class WorkItem:
         call_id, round_ = raw.get("call_id"), raw.get("round")
         if not isinstance(call_id, str) or not is_valid_call_id(call_id):
             raise ValueError(f"work item has no valid call_id: {raw!r}")
-        if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 1:
+        if not _positive_int(round_):
             raise ValueError(f"work item has no valid round: {raw!r}")
-        return cls(call_id=call_id, round=round_)
+        check, attempt = raw.get("check", 0), raw.get("attempt")
+        if check != 0 and not (_positive_int(check) and _positive_int(attempt)):
+            raise ValueError(f"work item has an invalid check or attempt: {raw!r}")
+        return cls(call_id=call_id, round=round_, check=check, attempt=attempt if check else None)
+
+
+def _positive_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -12,6 +12,7 @@ the same failure on every attempt.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import sys
 import threading
@@ -21,6 +22,7 @@ from itertools import pairwise
 from types import ModuleType
 from typing import Any
 
+from callcore.domain.audio import CallAudio
 from callcore.domain.errors import PermanentAIError
 from callcore.domain.model import Sentiment
 
@@ -115,6 +117,36 @@ class LocalSpeech:
                     vader = _import("vaderSentiment.vaderSentiment")
                     LocalSpeech._analyzer = vader.SentimentIntensityAnalyzer()
         return LocalSpeech._analyzer
+
+
+class LocalAIProvider:
+    """AI_PROVIDER=local: the worker transcribes the call's decoded audio itself, offline.
+
+    Calls longer than ``max_audio_s`` are refused (permanently: the same call is as long
+    on every attempt): transcription takes about ``ASR_RTF_BOUND`` seconds per audio
+    second on a Lambda vCPU, and must end inside the worker's timeout. Longer calls
+    need AI_PROVIDER=aws, whose jobs run outside the Lambda.
+    """
+
+    def __init__(self, max_audio_s: float, speech: LocalSpeech | None = None) -> None:
+        self._max_audio_s = max_audio_s
+        self._speech = speech or LocalSpeech()
+
+    async def transcribe(self, audio: CallAudio) -> str:
+        decoded = audio.audio
+        if decoded is None:
+            # Only a job-based provider resumes a check; this one never asks for one.
+            raise PermanentAIError("the local provider was given no decoded audio to transcribe")
+        if decoded.duration_s > self._max_audio_s:
+            raise PermanentAIError(
+                f"the call's {decoded.duration_s / 60:.1f} minutes of audio are over the local provider's "
+                f"{self._max_audio_s / 60:.0f}-minute limit (the worker's timeout); use AI_PROVIDER=aws"
+            )
+        return await asyncio.to_thread(self._speech.transcribe_pcm16, decoded.pcm16, decoded.sample_rate)
+
+    async def score_sentiment(self, transcript: str) -> Sentiment:
+        # VADER takes microseconds per sentence: no thread needed.
+        return self._speech.score(transcript)
 
 
 def _decode(decoder: Any, chunks: Iterator[bytes]) -> list[str]:

@@ -1,24 +1,20 @@
 """The simulated external AI service of the original brief: slow, and often down.
 
-It fails ``failure_rate`` of its calls with what a remote API's HTTP 503 looks like,
-takes ``min_latency_s`` to ``max_latency_s`` per call without blocking the event loop,
-and derives its transcript from the call's actual packets. Audio whose data starts
-with ``corrupt:`` cannot be decoded: that error is permanent.
+It derives its transcript from the call's actual packets (base64 text reads as that
+text), behind ``UnreliableAI``: it fails ``failure_rate`` of its calls with what a remote
+API's HTTP 503 looks like, and takes ``min_latency_s`` to ``max_latency_s`` per call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import random
 import re
-import threading
 
-from callcore.domain.errors import PermanentAIError, RetryableAIError
+from callcore.adapters.ai.unreliable import UnreliableAI
+from callcore.domain.audio import CallAudio
+from callcore.domain.errors import PermanentAIError
 from callcore.domain.model import Packet, Sentiment
-
-CORRUPT_AUDIO_PREFIX = "corrupt:"
 
 _POSITIVE = frozenset(
     ("good", "great", "thanks", "thank", "happy", "excellent", "love", "pleased", "wonderful", "resolved", "perfect")
@@ -56,30 +52,22 @@ def score_text(text: str) -> Sentiment:
     return Sentiment(label=label, score=score)
 
 
-class MockAIProvider:
-    def __init__(
-        self, failure_rate: float, min_latency_s: float, max_latency_s: float, seed: int | None = None
-    ) -> None:
-        self._failure_rate = failure_rate
-        self._latency = (min_latency_s, max_latency_s)
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()  # one provider serves concurrent batches
+class PacketText:
+    """The seed's simulated transcription: no speech recognition, the packets' own text."""
 
-    def _draw(self) -> tuple[float, bool]:
-        with self._lock:
-            return self._rng.uniform(*self._latency), self._rng.random() < self._failure_rate
-
-    async def transcribe(self, call_id: str, packets: list[Packet]) -> str:
-        latency, fails = self._draw()
-        await asyncio.sleep(latency)
-        corrupt = [p.sequence for p in packets if p.data.startswith(CORRUPT_AUDIO_PREFIX)]
-        if corrupt:
-            raise PermanentAIError(f"audio of packet {corrupt[0]} cannot be decoded")
-        if fails:
-            raise RetryableAIError("mock AI service answered HTTP 503 Service Unavailable", status=503)
-        if not packets:
+    async def transcribe(self, audio: CallAudio) -> str:
+        if not audio.packets:
             raise PermanentAIError("the call has no audio")
-        return transcribe_packets(packets)
+        return transcribe_packets(audio.packets)
 
     async def score_sentiment(self, transcript: str) -> Sentiment:
         return score_text(transcript)
+
+
+class MockAIProvider(UnreliableAI):
+    """AI_PROVIDER=mock: the packets' text, behind the seed's slow and often failing service."""
+
+    def __init__(
+        self, failure_rate: float, min_latency_s: float, max_latency_s: float, seed: int | None = None
+    ) -> None:
+        super().__init__(PacketText(), failure_rate, min_latency_s, max_latency_s, seed)

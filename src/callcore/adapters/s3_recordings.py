@@ -1,0 +1,67 @@
+"""RecordingStore on S3: one WAV object per call, beside which the call's other files go."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from callcore.adapters.aws_errors import dependency, error_code
+from callcore.domain.model import Recording
+
+S3Client = Any
+
+# User metadata travels with the object, so that finding a recording is one HEAD.
+_DURATION = "duration-s"
+
+
+def recording_key(call_id: str) -> str:
+    """Where a call's recording lives: under the call's own prefix (call ids are S3-safe)."""
+    return f"calls/{call_id}/recording.wav"
+
+
+class S3RecordingStore:
+    def __init__(self, client: S3Client, bucket: str) -> None:
+        self._s3 = client
+        self._bucket = bucket
+
+    def find(self, call_id: str) -> Recording | None:
+        key = recording_key(call_id)
+        try:
+            with dependency("S3"):
+                head = self._s3.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            # HEAD has no body, so a missing key comes back as its status alone.
+            if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        duration = float(head.get("Metadata", {}).get(_DURATION, "0"))
+        return Recording(key=key, duration_s=duration, bytes=int(head["ContentLength"]))
+
+    def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
+        key = recording_key(call_id)
+        with dependency("S3"):
+            # The same packets give the same bytes (callcore.domain.audio.to_wav): two
+            # workers racing here write one identical object, and versioning is off.
+            self._s3.put_object(
+                Bucket=self._bucket,
+                Key=key,
+                Body=wav,
+                ContentType="audio/wav",
+                Metadata={_DURATION: f"{duration_s:.3f}"},
+            )
+        return Recording(key=key, duration_s=round(duration_s, 3), bytes=len(wav))
+
+    def read(self, recording: Recording) -> bytes:
+        with dependency("S3"):
+            body: bytes = self._s3.get_object(Bucket=self._bucket, Key=recording.key)["Body"].read()
+        return body
+
+    def download_url(self, recording: Recording, *, expires_s: int) -> str:
+        # Signing is local (no request): only the credentials' own expiry can cut it short.
+        url: str = self._s3.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self._bucket, "Key": recording.key, "ResponseContentType": "audio/wav"},
+            ExpiresIn=expires_s,
+        )
+        return url
