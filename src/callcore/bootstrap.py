@@ -51,7 +51,8 @@ class _KnownServicesLoader(Loader):
     stat calls, 20 to 30 ms of a cold start); this code only ever loads these.
     """
 
-    SERVICES = ("dynamodb", "sqs", "s3")
+    # transcribe and comprehend: AI_PROVIDER=aws only (build_ai_clients).
+    SERVICES = ("dynamodb", "sqs", "s3", "transcribe", "comprehend")
 
     def list_available_services(self, type_name: str) -> list[str]:
         return list(self.SERVICES)
@@ -120,6 +121,34 @@ def build_clients(session: boto3.session.Session | None = None, endpoint_url: st
     )
 
 
+# AI_PROVIDER=aws's clients serve the worker, which has minutes, not an ingest request's
+# seconds: a slow Transcribe or Comprehend answer is waited for rather than cut off, and a
+# third try absorbs a throttle in place instead of redoing the whole attempt through SQS.
+AI_CLIENT_CONFIG = CLIENT_CONFIG.merge(Config(read_timeout=10, retries={"mode": "standard", "total_max_attempts": 3}))
+
+
+@dataclass(frozen=True)
+class AwsAIClients:
+    """The clients of AI_PROVIDER=aws (callcore.adapters.ai.aws), made on first use."""
+
+    transcribe: Any
+    comprehend: Any
+
+
+def build_ai_clients(session: boto3.session.Session | None = None, endpoint_url: str | None = None) -> AwsAIClients:
+    """Transcribe and Comprehend clients made on first use; AWS_ENDPOINT_URL (or ``endpoint_url``) as for the others."""
+    lock = threading.RLock()
+    shared = LazyClient(lambda: session or _session(), lock)
+    return AwsAIClients(
+        transcribe=LazyClient(
+            lambda: shared.client("transcribe", config=AI_CLIENT_CONFIG, endpoint_url=endpoint_url), lock
+        ),
+        comprehend=LazyClient(
+            lambda: shared.client("comprehend", config=AI_CLIENT_CONFIG, endpoint_url=endpoint_url), lock
+        ),
+    )
+
+
 def build_ports(settings: Settings, clients: AwsClients | None = None, *, endpoint_url: str | None = None) -> Ports:
     """The ports over ``clients`` (by default new ones, for ``endpoint_url``)."""
     clients = clients or build_clients(endpoint_url=endpoint_url)
@@ -134,15 +163,18 @@ def build_ports(settings: Settings, clients: AwsClients | None = None, *, endpoi
 def build_ai_provider(settings: Settings) -> AIProvider:
     """The provider AI_PROVIDER names (Settings has already refused unknown names), behind the
     simulated failures and latency of AI_FAILURE_RATE and AI_MIN/MAX_LATENCY_S."""
-    # Imported here, each only when chosen: the ingest function never needs a provider,
-    # and aws's SDK (aioboto3) alone costs a third of a second of a cold start.
+    # Imported here, each only when chosen: the ingest function never needs a provider.
     from callcore.adapters.ai.unreliable import UnreliableAI
 
     inner: AIProvider
     if settings.ai_provider == "aws":
         from callcore.adapters.ai.aws import AwsAIProvider
 
-        inner = AwsAIProvider(settings.recordings_bucket)
+        ai = build_ai_clients()
+        # The S3 client is the recordings' own (one per process, made on first use).
+        inner = AwsAIProvider(
+            settings.recordings_bucket, transcribe=ai.transcribe, comprehend=ai.comprehend, s3=default_clients().s3
+        )
     elif settings.ai_provider == "local":
         from callcore.adapters.ai.local import LocalAIProvider
 

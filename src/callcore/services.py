@@ -216,9 +216,7 @@ async def process_call(
         transcript = await ai.transcribe(audio)
         sentiment = await ai.score_sentiment(transcript)
     except TranscriptionPendingError as exc:
-        await asyncio.to_thread(
-            functools.partial(queue.send, item.next_check(attempt), delay_s=exc.check_after_s)
-        )
+        await asyncio.to_thread(functools.partial(queue.send, item.next_check(attempt), delay_s=exc.check_after_s))
         logger.info("call %s round %d: %s; checking again in %d s", item.call_id, item.round, exc, exc.check_after_s)
         return ProcessOutcome.PENDING
     except CallTooLargeError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import threading
@@ -20,10 +21,20 @@ from devstack.template import ScheduleSource
 from pbxsim.retry import RetryPolicy
 
 
+def audio_data(sequence: int) -> str:
+    """A packet's default data: base64, so that it decodes as (noisy) mu-law audio, and the
+    mock provider reads it back as the text ``audio-N``."""
+    return b64(f"audio-{sequence}")
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 def packet(sequence: int, data: str | None = None, timestamp: float | None = None) -> dict[str, Any]:
     return {
         "sequence": sequence,
-        "data": data if data is not None else f"audio-{sequence}",
+        "data": data if data is not None else audio_data(sequence),
         "timestamp": timestamp if timestamp is not None else 1_700_000_000.0 + sequence * 0.02,
     }
 

@@ -20,7 +20,7 @@ from callcore.adapters.dynamodb_store import DynamoDBCallStore
 from callcore.bootstrap import CLIENT_CONFIG, Ports
 from callcore.domain.model import MAX_SEQUENCE
 from tests.conftest import LiveServer
-from tests.integration.helpers import packet, stored_packets
+from tests.integration.helpers import audio_data, packet, stored_packets
 
 
 def test_first_packet_creates_the_call_in_progress(api: httpx.Client, call_id: str) -> None:
@@ -46,7 +46,7 @@ def test_same_packet_again_is_a_duplicate_that_changes_only_the_count(
     again = api.post(f"/v1/call/stream/{call_id}", json=packet(1, timestamp=9.0))
     assert again.status_code == 200
     assert again.json()["status"] == "duplicate"
-    assert stored_packets(ports, call_id) == {1: "audio-1"}
+    assert stored_packets(ports, call_id) == {1: audio_data(1)}
     assert api.get(f"/v1/call/{call_id}").json()["packets"]["duplicates"] == 1
 
 
@@ -102,7 +102,7 @@ def test_packet_after_end_is_409_and_not_stored(api: httpx.Client, ports: Ports,
     assert response.status_code == 409
     assert response.json()["error"] == "call_not_in_progress"
     assert "PROCESSING_AI" in response.json()["message"]
-    assert stored_packets(ports, call_id) == {0: "audio-0"}
+    assert stored_packets(ports, call_id) == {0: audio_data(0)}
 
 
 def test_end_of_a_finished_call_is_200_with_its_state(api: httpx.Client, ports: Ports, call_id: str) -> None:
@@ -356,13 +356,14 @@ def test_openapi_documents_every_status_and_no_other(api: httpx.Client) -> None:
         ("get", "/v1/call/{call_id}"): {"200", "401", "404", "422", "500", "503"},
         ("get", "/v1/calls"): {"200", "401", "422", "500", "503"},
         ("post", "/v1/call/{call_id}/retry"): {"202", "401", "404", "409", "422", "500", "503"},
+        ("get", "/v1/call/{call_id}/recording"): {"200", "307", "401", "404", "422", "500", "503"},
         ("get", "/healthz"): {"200"},
     }
     assert {(method, path) for path, ops in paths.items() for method in ops} == set(documented)
     for (method, path), statuses in documented.items():
         responses = paths[path][method]["responses"]
         assert set(responses) == statuses, (method, path)
-        for status in statuses - {"200", "202"}:
+        for status in statuses - {"200", "202", "307"}:
             assert responses[status]["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/ErrorOut"
             }

@@ -20,6 +20,7 @@ import pytest
 from callcore.bootstrap import AwsClients, Ports
 from tests.integration.helpers import (
     FAULTS_ON,
+    audio_data,
     drain_queue,
     get_retrying,
     packet,
@@ -57,7 +58,7 @@ def test_racing_first_packets_of_a_new_call_are_all_stored_and_the_call_exists_o
     assert answers.unexpected == []
     statuses = [r.status_code for r in answers.final]
     assert set(statuses) <= STORED if FAULTS_ON else statuses == [202] * 20
-    assert stored_packets(ports, call_id) == {s: f"audio-{s}" for s in range(20)}
+    assert stored_packets(ports, call_id) == {s: audio_data(s) for s in range(20)}
     assert _all_pages(api, "IN_PROGRESS").count(call_id) == 1
 
 
@@ -93,7 +94,7 @@ def test_the_same_packet_ten_times_at_once_is_stored_once_with_one_202(
     else:
         assert counts == {202: 1, 200: 9}
     assert duplicates_answered == counts[200]
-    assert stored_packets(ports, call_id) == {sequence: f"audio-{sequence}"}
+    assert stored_packets(ports, call_id) == {sequence: audio_data(sequence)}
     stats = get_retrying(api, f"/v1/call/{call_id}").json()["packets"]
     assert stats["received"] == 1
     # Each 200 was answered after its duplicate was counted; a retried count may count twice.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -20,6 +20,7 @@ import pytest
 from botocore.stub import Stubber
 
 from ai_worker import sweeper
+from ai_worker.handler import audio_limits
 from callcore import services
 from callcore.adapters import aws_errors
 from callcore.adapters.dynamodb_store import ARRIVAL_INDEX, DynamoDBCallStore
@@ -33,6 +34,16 @@ from tests.fakes import FakeAIProvider
 from tests.integration.helpers import drain_queue, packet
 
 
+def process(
+    ports: Ports, ai: FakeAIProvider, item: WorkItem, *, max_call_bytes: int | None = None
+) -> Coroutine[Any, Any, services.ProcessOutcome]:
+    """The worker's use case on the real adapters, with the worker's limits (or a smaller byte limit)."""
+    limits = audio_limits(ports.settings)
+    if max_call_bytes is not None:
+        limits = replace(limits, max_call_bytes=max_call_bytes)
+    return services.process_call(ports.store, ai, ports.recordings, ports.queue, item, limits=limits)
+
+
 class HangingQueue:
     """SQS that takes a send in, hangs until released, then fails: a send timing out."""
 
@@ -41,7 +52,7 @@ class HangingQueue:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def send(self, item: WorkItem) -> None:
+    def send(self, item: WorkItem, *, delay_s: int = 0) -> None:
         self.entered.set()
         assert self.release.wait(timeout=30)
         raise DependencyUnavailableError("SQS", "ReadTimeoutError")
@@ -224,9 +235,7 @@ def test_a_transcript_larger_than_the_call_item_completes_truncated_and_says_so(
     assert api.post(f"/v1/call/{call_id}/end").status_code == 202
     ai = FakeAIProvider(default_transcript="word " * 100_000)
     # WHEN the worker processes it
-    outcome = asyncio.run(
-        services.process_call(ports.store, ai, WorkItem(call_id, 1), max_call_bytes=ports.settings.max_call_bytes)
-    )
+    outcome = asyncio.run(process(ports, ai, WorkItem(call_id, 1)))
     # THEN the call is COMPLETED, with the transcript cut to the limit and flagged as cut
     assert outcome is services.ProcessOutcome.COMPLETED
     body = api.get(f"/v1/call/{call_id}").json()
@@ -324,7 +333,7 @@ def test_the_worker_refuses_a_call_over_its_byte_limit_with_a_reason_naming_it(
         assert api.post(f"/v1/call/stream/{call_id}", json=packet(seq, data="B" * 1000)).status_code == 202
     assert api.post(f"/v1/call/{call_id}/end").status_code == 202
     ai = FakeAIProvider()
-    outcome = asyncio.run(services.process_call(ports.store, ai, WorkItem(call_id, 1), max_call_bytes=2500))
+    outcome = asyncio.run(process(ports, ai, WorkItem(call_id, 1), max_call_bytes=2500))
     assert outcome is services.ProcessOutcome.FAILED
     assert ai.calls == []
     reason = api.get(f"/v1/call/{call_id}").json()["failure_reason"]
@@ -448,9 +457,7 @@ def test_an_attempt_whose_count_answer_was_lost_is_counted_once(monkeypatch: pyt
         assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
         assert api.post(f"/v1/call/{call_id}/end").status_code == 202
         # WHEN the worker counts its attempt, and that write's answer is lost and resent
-        outcome = asyncio.run(
-            services.process_call(ports.store, FakeAIProvider(), WorkItem(call_id, 1), max_call_bytes=10**6)
-        )
+        outcome = asyncio.run(process(ports, FakeAIProvider(), WorkItem(call_id, 1), max_call_bytes=10**6))
         # THEN the attempt is counted once, and the round completes
         assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
         assert outcome is services.ProcessOutcome.COMPLETED

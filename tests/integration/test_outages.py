@@ -15,7 +15,7 @@ from callcore.bootstrap import CLIENT_CONFIG, AwsClients, Ports, build_ports
 from callcore.domain.model import CallState
 from devstack.moto_process import free_port
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
-from tests.integration.helpers import drain_queue, packet, stored_packets
+from tests.integration.helpers import audio_data, drain_queue, packet, stored_packets
 from tests.integration.tcp_proxy import TcpProxy
 
 
@@ -69,7 +69,7 @@ def test_an_outage_mid_test_leaves_nothing_half_written(
         _assert_503(cut_api.post(f"/v1/call/stream/{call_id}", json=packet(1)))
         _assert_503(cut_api.post(f"/v1/call/{call_id}/end"))
     # THEN, seen directly on moto, the call is as the last success left it
-    assert stored_packets(ports, call_id) == {0: "audio-0"}
+    assert stored_packets(ports, call_id) == {0: audio_data(0)}
     assert api.get(f"/v1/call/{call_id}").json()["state"] == "IN_PROGRESS"
     assert [b for b in drain_queue(aws_clients, ports.settings.work_queue_url) if b["call_id"] == call_id] == []
 
@@ -103,7 +103,7 @@ def test_sqs_down_at_end_leaves_the_call_ended_and_the_sweeper_sends_its_work_it
     ]
     sweep({}, None)
     assert [b for b in drain_queue(aws_clients, queue_url) if b["call_id"] == call_id] == []
-    assert stored_packets(ports, call_id) == {0: "audio-0"}
+    assert stored_packets(ports, call_id) == {0: audio_data(0)}
 
 
 def _moto_port(ports: Ports) -> int:

@@ -16,12 +16,13 @@ from ai_worker import dlq
 from ai_worker.handler import WorkerDeps, build_handler
 from callcore.adapters.ai.mock import MockAIProvider
 from callcore.bootstrap import AwsClients, Ports, build_clients, build_ports
+from callcore.domain.audio import CallAudio
 from callcore.domain.errors import RetryableAIError
-from callcore.domain.model import Packet, Sentiment, WorkItem
+from callcore.domain.model import Sentiment, WorkItem
 from devstack.poller import build_pollers, to_lambda_record
 from devstack.template import load_template
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
-from tests.integration.helpers import RunningStack, packet
+from tests.integration.helpers import RunningStack, b64, packet
 
 MAX_RECEIVES = 3
 FINAL = {"COMPLETED", "FAILED"}
@@ -40,10 +41,10 @@ class SwitchableAI:
     def set_failure_rate(self, rate: float) -> None:
         self._mock = MockAIProvider(rate, self.latency_s, self.latency_s, seed=self.seed)
 
-    async def transcribe(self, call_id: str, packets: list[Packet]) -> str:
+    async def transcribe(self, audio: CallAudio) -> str:
         start = time.monotonic()
         try:
-            return await self._mock.transcribe(call_id, packets)
+            return await self._mock.transcribe(audio)
         finally:
             self.intervals.append((start, time.monotonic()))
 
@@ -111,7 +112,9 @@ def pipeline(pipeline_stack: MotoStack) -> Iterator[Pipeline]:
 
     with LiveServer(create_app(ports)) as server, httpx.Client(base_url=server.url, timeout=30) as api:
         pipe = Pipeline(stack=pipeline_stack, ports=ports, clients=clients, api=api)
-        deps = WorkerDeps(settings=settings, store=ports.store, ai=pipe.ai, queue=ports.queue)
+        deps = WorkerDeps(
+            settings=settings, store=ports.store, ai=pipe.ai, queue=ports.queue, recordings=ports.recordings
+        )
         handlers = {"AiWorkerFunction": build_handler(deps), "DlqHandlerFunction": dlq.build_handler(ports.store)}
         pollers = build_pollers(load_template(), pipeline_stack.stack, clients.sqs, handlers)
         with RunningStack(pollers):
@@ -119,7 +122,7 @@ def pipeline(pipeline_stack: MotoStack) -> Iterator[Pipeline]:
 
 
 def test_a_call_completes_with_one_attempt_when_the_ai_never_fails(pipeline: Pipeline, call_id: str) -> None:
-    pipeline.end_call(call_id, data=lambda seq: ["thanks", "great", "service"][seq])
+    pipeline.end_call(call_id, data=lambda seq: b64(["thanks", "great", "service"][seq]))
     call = pipeline.wait_for_states([call_id], FINAL)[call_id]
     assert call["state"] == "COMPLETED"
     assert call["ai"]["attempts"] == 1
@@ -142,11 +145,12 @@ def test_an_always_failing_ai_fails_the_call_through_the_dlq_after_max_receives(
 
 
 def test_a_non_retryable_error_fails_the_call_at_once(pipeline: Pipeline, call_id: str) -> None:
-    pipeline.end_call(call_id, data=lambda seq: "corrupt:xx" if seq == 1 else "ok")
+    pipeline.end_call(call_id, data=lambda seq: "sample_audio_chunk" if seq == 1 else b64("ok"))
     call = pipeline.wait_for_states([call_id], FINAL)[call_id]
     assert call["state"] == "FAILED"
     assert call["ai"]["attempts"] == 1
-    assert "cannot be decoded" in call["failure_reason"]
+    assert "packet 1 is not base64 mulaw audio" in call["failure_reason"]
+    assert pipeline.ai.intervals == []  # the AI was never asked
 
 
 def test_operator_retry_of_a_failed_call_completes_it_once_the_ai_recovers(pipeline: Pipeline, call_id: str) -> None:
@@ -234,8 +238,8 @@ class RecordingQueue:
         self._queue = queue
         self.visibility_changes: list[tuple[str, int]] = []
 
-    def send(self, item: WorkItem) -> None:
-        self._queue.send(item)
+    def send(self, item: WorkItem, *, delay_s: int = 0) -> None:
+        self._queue.send(item, delay_s=delay_s)
 
     def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
         self._queue.change_visibility(receipt_handle, timeout_s)
@@ -247,9 +251,9 @@ class OneCallFails(SwitchableAI):
         super().__init__(0.0, latency_s=0.2)
         self.failing_call = failing_call
 
-    async def transcribe(self, call_id: str, packets: list[Packet]) -> str:
-        text = await super().transcribe(call_id, packets)
-        if call_id == self.failing_call:
+    async def transcribe(self, audio: CallAudio) -> str:
+        text = await super().transcribe(audio)
+        if audio.call_id == self.failing_call:
             raise RetryableAIError("HTTP 503 from the AI service", status=503)
         return text
 
@@ -264,7 +268,10 @@ def test_a_batch_reports_exactly_its_failing_record_and_runs_its_records_concurr
     ai = OneCallFails(failing_call=ids[4])
     settings = idle_stack.ports.settings
     queue = RecordingQueue(idle_stack.ports.queue)
-    handler = build_handler(WorkerDeps(settings=settings, store=idle_stack.ports.store, ai=ai, queue=queue))
+    deps = WorkerDeps(
+        settings=settings, store=idle_stack.ports.store, ai=ai, queue=queue, recordings=idle_stack.ports.recordings
+    )
+    handler = build_handler(deps)
 
     response = handler(event, None)
 

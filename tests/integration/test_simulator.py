@@ -159,7 +159,13 @@ def full_stack() -> Iterator[FullStack]:
         settings = moto_stack.settings(**CHAOS_SETTINGS)
         clients = build_clients(endpoint_url=moto_stack.moto.endpoint)
         ports = build_ports(settings, clients)
-        deps = WorkerDeps(settings=settings, store=ports.store, ai=build_ai_provider(settings), queue=ports.queue)
+        deps = WorkerDeps(
+            settings=settings,
+            store=ports.store,
+            ai=build_ai_provider(settings),
+            queue=ports.queue,
+            recordings=ports.recordings,
+        )
         handlers: dict[str, Handler] = {
             "AiWorkerFunction": build_handler(deps),
             "DlqHandlerFunction": dlq.build_handler(ports.store),

@@ -72,6 +72,9 @@ def test_unset_or_empty_is_off(spec: str | None) -> None:
         ("dynamodb.PutItem=nan:ThrottlingException", "rate nan is not from 0 to 1"),
         ("dynamodb.PutItem=0.1:Gremlins", "unknown outcome 'Gremlins'"),
         ("dynamodb.PutItm=0.1:ThrottlingException", "dynamodb has no operation 'PutItm'"),
+        ("transcribe.StartJob=0.1:ThrottlingException", "transcribe has no operation 'StartJob'"),
+        ("comprehend.DetectSentiment=0.1:ProvisionedThroughputExceededException", "does not happen on comprehend"),
+        ("transcribe.*=0.1:TransactionConflictException", "does not happen on transcribe"),
         ("sqs.SendMessage=0.1:ProvisionedThroughputExceededException", "does not happen on sqs"),
         ("s3.PutObject=0.1:TransactionConflictException", "does not happen on s3"),
         ("dynamodb.UpdateItem=0.1:TransactionConflict", "only on dynamodb TransactWriteItems"),
@@ -226,6 +229,22 @@ def test_json_protocols_are_named_by_their_target_and_query_sqs_by_its_action() 
     query["wsgi.input"] = io.BytesIO(body)
     assert faults.identify(query) == ("sqs", "SendMessage")
     assert query["wsgi.input"].read() == body  # still there for moto
+
+
+def test_transcribe_and_comprehend_are_named_by_their_json_1_1_target() -> None:
+    transcribe = _environ("POST", "/", service="transcribe", HTTP_X_AMZ_TARGET="Transcribe.GetTranscriptionJob")
+    assert faults.identify(transcribe) == ("transcribe", "GetTranscriptionJob")
+    comprehend = _environ("POST", "/", service="comprehend", HTTP_X_AMZ_TARGET="Comprehend_20171127.DetectSentiment")
+    assert faults.identify(comprehend) == ("comprehend", "DetectSentiment")
+    # The prefixes are botocore's own: a renamed one would never match.
+    session = botocore.session.get_session()
+    for service, prefix in (("transcribe", "Transcribe"), ("comprehend", "Comprehend_20171127")):
+        assert session.get_service_model(service).metadata["targetPrefix"] == prefix
+    rules = parse_rules("transcribe.StartTranscriptionJob=0.5:LostResponse,comprehend.*=0.1:ServiceUnavailable")
+    assert [str(r) for r in rules] == [
+        "transcribe.StartTranscriptionJob=0.5:LostResponse",
+        "comprehend.*=0.1:ServiceUnavailable",
+    ]
 
 
 def test_moto_api_unsigned_and_other_services_are_never_faulted() -> None:
@@ -444,6 +463,65 @@ def test_s3_errors_reach_botocore_as_aws_sends_them(
         s3.put_object(Bucket=bucket, Key="calls/c1.wav", Body=b"RIFF")
     assert _error(caught) == (code, status)
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+
+
+_JSON11_OUTCOMES = [
+    ("ThrottlingException", "ThrottlingException", 400),
+    ("InternalServerError", "InternalFailure", 500),
+    ("ServiceUnavailable", "ServiceUnavailable", 503),
+]
+
+
+def _start_job(transcribe: Any, name: str) -> None:
+    transcribe.start_transcription_job(
+        TranscriptionJobName=name,
+        LanguageCode="en-US",
+        MediaFormat="wav",
+        Media={"MediaFileUri": "s3://audio-bucket/calls/c1/recording.wav"},
+    )
+
+
+@pytest.mark.parametrize(("outcome", "code", "status"), _JSON11_OUTCOMES)
+def test_transcribe_errors_reach_botocore_as_aws_sends_them(
+    serve: Callable[..., Served], outcome: str, code: str, status: int
+) -> None:
+    served = serve(f"transcribe.StartTranscriptionJob=1:{outcome},transcribe.GetTranscriptionJob=1:{outcome}")
+    transcribe = served.client("transcribe")
+    name = _name()
+    with pytest.raises(ClientError) as started:
+        _start_job(transcribe, name)
+    assert _error(started) == (code, status)
+    assert started.value.response["ResponseMetadata"]["HTTPHeaders"]["content-type"] == "application/x-amz-json-1.1"
+    with pytest.raises(ClientError) as got:
+        transcribe.get_transcription_job(TranscriptionJobName=name)
+    assert _error(got) == (code, status)
+    # Answered instead of run: no job was started.
+    assert transcribe.list_transcription_jobs(JobNameContains=name)["TranscriptionJobSummaries"] == []
+    assert served.counters()["by_operation"]["transcribe.StartTranscriptionJob"] == {"requests": 1, "faulted": 1}
+
+
+@pytest.mark.parametrize(("outcome", "code", "status"), _JSON11_OUTCOMES)
+def test_comprehend_errors_reach_botocore_as_aws_sends_them(
+    serve: Callable[..., Served], outcome: str, code: str, status: int
+) -> None:
+    served = serve(f"comprehend.DetectSentiment=1:{outcome}")
+    comprehend = served.client("comprehend")
+    with pytest.raises(ClientError) as caught:
+        comprehend.detect_sentiment(Text="thanks, that fixed it", LanguageCode="en")
+    assert _error(caught) == (code, status)
+    assert caught.value.response["Error"]["Message"]  # the message is read from the body too
+    assert served.counters()["by_outcome"] == {outcome: 1}
+
+
+def test_a_lost_transcription_start_has_started_the_job(serve: Callable[..., Served]) -> None:
+    served = serve("transcribe.StartTranscriptionJob=1:LostResponse")
+    transcribe = served.client("transcribe")
+    name = _name()
+    with pytest.raises(ConnectionClosedError):
+        _start_job(transcribe, name)
+    # The job exists: starting it again (a retry) meets it, as AWS answers a taken name.
+    summaries = transcribe.list_transcription_jobs(JobNameContains=name)["TranscriptionJobSummaries"]
+    assert [s["TranscriptionJobName"] for s in summaries] == [name]
 
 
 def _packet_transaction(calls: str, packets: str, sequence: int) -> list[dict[str, Any]]:

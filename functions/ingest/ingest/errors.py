@@ -14,11 +14,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from callcore.domain.errors import (
     CallNotAcceptingPacketsError,
     CallNotFoundError,
-    RecordingNotFoundError,
     CallTooLargeError,
     DependencyMisconfiguredError,
     DependencyUnavailableError,
     InvalidTransitionError,
+    RecordingNotFoundError,
     SequenceConflictError,
 )
 from ingest.schemas import ErrorOut

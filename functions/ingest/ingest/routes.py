@@ -100,7 +100,7 @@ def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep) -> JSONRes
             sequence=packet.sequence,
             data=packet.data,
             timestamp=packet.timestamp,
-            audio_format=packet.audio_format(),
+            audio_format=packet.audio_format,
         ),
     )
     ack = PacketAck(call_id=call_id, sequence=packet.sequence, status=outcome.value)

@@ -13,11 +13,10 @@ from pydantic import (
     StrictInt,
     StrictStr,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from callcore.domain.audio import AudioFormat
+from callcore.domain.audio import SUPPORTED_RATES, AudioFormat
 from callcore.domain.model import MAX_SEQUENCE, Call, CallState
 from callcore.services import CallDetails
 
@@ -55,6 +54,13 @@ Sequence = Annotated[
 ]
 
 
+# Every format callcore.domain.audio decodes, by the name packets carry (str(AudioFormat)).
+AudioFormatName = Literal["mulaw/8000", "pcm16/8000", "pcm16/16000"]
+assert set(AudioFormatName.__args__) == {  # type: ignore[attr-defined]
+    str(AudioFormat(encoding, rate)) for encoding, rates in SUPPORTED_RATES.items() for rate in rates
+}
+
+
 class PacketIn(BaseModel):
     sequence: Sequence
     data: StrictStr = Field(
@@ -75,33 +81,16 @@ class PacketIn(BaseModel):
         ),
     ]
 
-    encoding: Literal["mulaw", "pcm16"] | None = Field(
+    audio_format: AudioFormatName | None = Field(
         default=None,
         description=(
-            "The call's audio encoding, declared on any of its packets (usually the first): `mulaw` (G.711 "
-            "mu-law, 8000 Hz) or `pcm16` (16-bit little-endian linear PCM, 8000 or 16000 Hz), mono. Every "
-            "packet of a call that declares a format must declare the same one; a call that declares none "
-            "is read in the service's default (AUDIO_ENCODING, AUDIO_SAMPLE_RATE: mulaw at 8000 Hz unless "
+            "The call's audio, declared on any of its packets (usually the first): `mulaw/8000` (G.711 "
+            "mu-law, 8 kHz), `pcm16/8000` or `pcm16/16000` (16-bit little-endian linear PCM), all mono. "
+            "Every packet of a call that declares a format must declare the same one. A call that declares "
+            "none is read in the service's default (AUDIO_ENCODING/AUDIO_SAMPLE_RATE: mulaw/8000 unless "
             "configured otherwise)."
         ),
     )
-    sample_rate: Literal[8000, 16000] | None = Field(
-        default=None, description="Samples per second of `encoding`; 8000 when `encoding` is given without it."
-    )
-
-    @model_validator(mode="after")
-    def format_is_whole(self) -> PacketIn:
-        if self.sample_rate is not None and self.encoding is None:
-            raise ValueError("sample_rate needs encoding: declare the audio format with both")
-        if self.encoding is not None:
-            AudioFormat.parse(self.encoding, self.sample_rate or 8000)  # ValueError: mulaw is 8000 Hz only
-        return self
-
-    def audio_format(self) -> str | None:
-        """The declared format as packets carry it ("pcm16/16000"), or None."""
-        if self.encoding is None:
-            return None
-        return str(AudioFormat.parse(self.encoding, self.sample_rate or 8000))
 
     @field_validator("data")
     @classmethod
@@ -120,8 +109,7 @@ class PacketIn(BaseModel):
                     "sequence": 0,
                     "data": "AAAQABAAAAA=",
                     "timestamp": 1732650000.0,
-                    "encoding": "pcm16",
-                    "sample_rate": 16000,
+                    "audio_format": "pcm16/16000",
                 },
             ]
         }

@@ -30,6 +30,7 @@ from callcore.domain.model import Packet, Recording
 
 __all__ = [
     "DEFAULT_FORMAT",
+    "SUPPORTED_RATES",
     "AudioEncoding",
     "AudioFormat",
     "CallAudio",
@@ -50,7 +51,7 @@ class AudioEncoding(StrEnum):
 
 # The sample rates each encoding is accepted at. G.711 is defined at 8 kHz only; linear
 # PCM comes from narrowband (8 kHz) or wideband (16 kHz) trunks.
-_RATES: dict[AudioEncoding, tuple[int, ...]] = {
+SUPPORTED_RATES: dict[AudioEncoding, tuple[int, ...]] = {
     AudioEncoding.MULAW: (8000,),
     AudioEncoding.PCM16: (8000, 16000),
 }
@@ -66,7 +67,7 @@ class AudioFormat:
     def __post_init__(self) -> None:
         encoding = _encoding(self.encoding)
         object.__setattr__(self, "encoding", encoding)
-        rates = _RATES[encoding]
+        rates = SUPPORTED_RATES[encoding]
         # bool is an int subclass; True is not a sample rate.
         if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate not in rates:
             allowed = " or ".join(f"{r} Hz" for r in rates)

@@ -22,9 +22,7 @@ class RecordingNotFoundError(CallCoreError):
     """The call exists but has no recording yet: the worker stores it when AI processing starts."""
 
     def __init__(self, call_id: str) -> None:
-        super().__init__(
-            f"call {call_id!r} has no recording yet: it is assembled when the call's AI processing starts"
-        )
+        super().__init__(f"call {call_id!r} has no recording yet: it is assembled when the call's AI processing starts")
         self.call_id = call_id
 
 

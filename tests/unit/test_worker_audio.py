@@ -1,0 +1,202 @@
+"""The worker's audio path with fakes: the call's format, undecodable packets, the recording
+stored once, and a transcription job that is still running (a delayed check, no receive spent)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import wave
+
+import pytest
+
+from ai_worker.handler import audio_limits
+from callcore import services
+from callcore.domain.audio import CallAudio
+from callcore.domain.errors import RetryableAIError, TranscriptionPendingError
+from callcore.domain.model import CallState, Packet, WorkItem
+from callcore.services import ProcessOutcome
+from callcore.settings import Settings
+from tests.fakes import FakeAIProvider, FakeQueue, InMemoryCallStore, InMemoryRecordingStore
+
+SETTINGS = Settings()
+SILENCE_20MS = base64.b64encode(b"\xff" * 160).decode()  # mu-law silence: 160 samples
+
+
+def stream(store: InMemoryCallStore, call_id: str, *packets: Packet) -> None:
+    for packet in packets:
+        services.record_packet(store, call_id, packet)
+
+
+def end(store: InMemoryCallStore, queue: FakeQueue, call_id: str) -> WorkItem:
+    services.end_call(store, queue, call_id)
+    return queue.sent[-1]
+
+
+def frame(sequence: int, data: str = SILENCE_20MS, audio_format: str | None = None) -> Packet:
+    return Packet(sequence=sequence, data=data, timestamp=sequence * 0.02, audio_format=audio_format)
+
+
+def process(
+    store: InMemoryCallStore,
+    ai: FakeAIProvider,
+    recordings: InMemoryRecordingStore,
+    queue: FakeQueue,
+    item: WorkItem,
+) -> ProcessOutcome:
+    return asyncio.run(services.process_call(store, ai, recordings, queue, item, limits=audio_limits(SETTINGS)))
+
+
+@pytest.fixture
+def recordings() -> InMemoryRecordingStore:
+    return InMemoryRecordingStore()
+
+
+def test_the_recording_is_stored_with_gaps_as_silence_and_shown_on_the_call(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(0), frame(1), frame(3))  # sequence 2 is missing
+    item = end(store, queue, "c1")
+
+    assert process(store, FakeAIProvider(), recordings, queue, item) is ProcessOutcome.COMPLETED
+
+    call = store.get_call("c1")
+    assert call is not None and call.recording is not None
+    wav = recordings.objects[call.recording.key]
+    with wave.open(io.BytesIO(wav)) as reader:
+        assert (reader.getframerate(), reader.getnframes()) == (8000, 4 * 160)
+    assert call.recording.duration_s == pytest.approx(0.08)
+    assert call.recording.bytes == len(wav)
+
+
+def test_a_redelivered_work_item_does_not_store_the_recording_again(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(0), frame(1))
+    item = end(store, queue, "c1")
+    ai = FakeAIProvider({"c1": [RetryableAIError("503", status=503)]})
+
+    with pytest.raises(RetryableAIError):
+        process(store, ai, recordings, queue, item)
+    assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
+
+    assert recordings.saves == 1
+    assert ai.calls_for("c1") == 2
+
+
+def test_the_provider_gets_the_decoded_audio_and_the_recording(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(1), frame(0))
+    item = end(store, queue, "c1")
+    ai = FakeAIProvider()
+
+    process(store, ai, recordings, queue, item)
+
+    [given] = ai.audios
+    assert given.audio is not None and given.audio.sample_rate == 8000
+    assert len(given.audio.pcm16) == 2 * 320
+    assert given.recording == store.get_call("c1").recording  # type: ignore[union-attr]
+    assert (given.round, given.attempt, given.check) == (1, 1, 0)
+
+
+def test_undecodable_packets_fail_the_call_at_once_naming_them_without_asking_the_ai(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(0), frame(1, "sample_audio_chunk"), frame(2), frame(3, "also not base64!"))
+    item = end(store, queue, "c1")
+    ai = FakeAIProvider()
+
+    assert process(store, ai, recordings, queue, item) is ProcessOutcome.FAILED
+
+    call = store.get_call("c1")
+    assert call is not None and call.state is CallState.FAILED
+    assert call.failure_reason is not None and "packets 1, 3 are not base64 mulaw audio" in call.failure_reason
+    assert ai.calls == [] and recordings.saves == 0 and queue.sent == [item]
+
+
+def test_a_call_is_decoded_in_the_format_its_packets_declare(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    pcm = base64.b64encode(b"\x00\x10" * 320).decode()  # 20 ms of 16 kHz PCM16
+    stream(store, "c1", frame(0, pcm, "pcm16/16000"), frame(1, pcm))
+    item = end(store, queue, "c1")
+    ai = FakeAIProvider()
+
+    process(store, ai, recordings, queue, item)
+
+    [given] = ai.audios
+    assert given.audio is not None
+    assert (given.audio.sample_rate, given.audio.pcm16) == (16000, b"\x00\x10" * 640)
+
+
+def test_packets_declaring_different_formats_fail_the_call_naming_them(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    pcm = base64.b64encode(b"\x00\x10" * 160).decode()
+    stream(store, "c1", frame(0, pcm, "pcm16/8000"), frame(1, pcm, "pcm16/16000"), frame(2, pcm, "pcm16/8000"))
+    item = end(store, queue, "c1")
+
+    assert process(store, FakeAIProvider(), recordings, queue, item) is ProcessOutcome.FAILED
+
+    call = store.get_call("c1")
+    assert call is not None and call.failure_reason is not None
+    assert "packet 1 is declared as other audio than the pcm16/8000 of packet 0" in call.failure_reason
+
+
+class PendingThenDone(FakeAIProvider):
+    """A job-based provider: pending on the attempt and on the first check, done on the second."""
+
+    async def transcribe(self, audio: CallAudio) -> str:
+        self.audios.append(audio)
+        if audio.check < 2:
+            raise TranscriptionPendingError("job still IN_PROGRESS", check_after_s=30 + audio.check)
+        return "the words"
+
+
+def test_a_running_job_is_checked_by_delayed_messages_without_counting_attempts_or_receives(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(0))
+    item = end(store, queue, "c1")
+    ai = PendingThenDone()
+
+    assert process(store, ai, recordings, queue, item) is ProcessOutcome.PENDING
+    first_check = queue.sent[-1]
+    assert first_check == WorkItem(call_id="c1", round=1, check=1, attempt=1)
+    assert queue.delays[-1] == 30
+    assert process(store, ai, recordings, queue, first_check) is ProcessOutcome.PENDING
+    second_check = queue.sent[-1]
+    assert (second_check.check, queue.delays[-1]) == (2, 31)
+    assert process(store, ai, recordings, queue, second_check) is ProcessOutcome.COMPLETED
+
+    call = store.get_call("c1")
+    assert call is not None and call.state is CallState.COMPLETED and call.transcript == "the words"
+    # One attempt, however long the job ran; the checks saw no audio, only the recording.
+    assert call.ai_attempts == 1
+    assert [a.audio is None for a in ai.audios] == [False, True, True]
+    assert recordings.saves == 1
+
+
+def test_a_check_for_a_round_that_is_over_does_nothing(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(0))
+    item = end(store, queue, "c1")
+    ai = PendingThenDone()
+    process(store, ai, recordings, queue, item)
+    check = queue.sent[-1]
+    process(store, FakeAIProvider(), recordings, queue, item)  # a redelivery finished the round
+    before = store.get_call("c1")
+
+    assert process(store, ai, recordings, queue, check) is ProcessOutcome.SKIPPED
+    assert store.get_call("c1") == before
+
+
+def test_a_check_message_survives_the_queue_as_json() -> None:
+    item = WorkItem(call_id="c1", round=2).next_check(attempt=3).next_check(attempt=3)
+
+    assert WorkItem.from_json('{"call_id": "c1", "round": 2, "check": 2, "attempt": 3}') == item
+    assert item.to_dict() == {"call_id": "c1", "round": 2, "check": 2, "attempt": 3}
+    with pytest.raises(ValueError, match="check or attempt"):
+        WorkItem.from_json('{"call_id": "c1", "round": 2, "check": 1}')
