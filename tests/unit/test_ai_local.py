@@ -15,6 +15,8 @@ fixture itself and on all 40 disturbed copies.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import importlib.metadata
 import json
 import re
@@ -32,7 +34,9 @@ import pytest
 
 from callcore.adapters.ai import local
 from callcore.adapters.ai.local import LocalSpeech, to_decoder_rate, upsample_8k_to_16k
+from callcore.domain.audio import CallAudio, decode_call, pcm16_to_mulaw
 from callcore.domain.errors import PermanentAIError
+from callcore.domain.model import Packet, Recording
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEECH = ROOT / "tests" / "fixtures" / "speech"
@@ -320,3 +324,45 @@ def test_scoring_is_safe_from_many_threads() -> None:
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(score_all, range(4))) == [expected] * 4
+
+
+# --- the provider the worker calls (AI_PROVIDER=local) ----------------------------------
+
+
+def fixture_as_call(name: str, *, max_audio_s: float = 600.0) -> tuple[local.LocalAIProvider, CallAudio]:
+    """A fixture as the worker hands it over: streamed as 20 ms mu-law packets, decoded back."""
+    pcm, _ = read_wav(name)  # 8 kHz, as a trunk sends
+    packets = [
+        Packet(sequence=i, data=base64.b64encode(pcm16_to_mulaw(pcm[at : at + 320])).decode(), timestamp=i * 0.02)
+        for i, at in enumerate(range(0, len(pcm), 320))
+    ]
+    decoded = decode_call(packets)
+    recording = Recording(key=f"calls/{name}/recording.wav", duration_s=decoded.duration_s, bytes=0)
+    audio = CallAudio(call_id=name, round=1, attempt=1, recording=recording, packets=packets, audio=decoded)
+    return local.LocalAIProvider(max_audio_s=max_audio_s), audio
+
+
+@pytest.mark.parametrize(("name", "expected", "at_least"), KEYWORDS)
+def test_the_provider_finds_the_keywords_of_a_fixture_streamed_as_mulaw(
+    name: str, expected: set[str], at_least: int
+) -> None:
+    provider, audio = fixture_as_call(name)
+
+    found = words(asyncio.run(provider.transcribe(audio)))
+
+    assert len(found & expected) >= at_least, (found, expected)
+
+
+def test_the_provider_scores_a_clearly_negative_sentence_negative() -> None:
+    provider = local.LocalAIProvider(max_audio_s=60)
+
+    sentiment = asyncio.run(provider.score_sentiment("this is terrible, I am very angry, cancel my account"))
+
+    assert sentiment.label == "NEGATIVE" and sentiment.score < -0.5
+
+
+def test_a_call_longer_than_the_providers_limit_is_refused_permanently_naming_the_limit() -> None:
+    provider, audio = fixture_as_call("negative_cancel.wav", max_audio_s=3.0)
+
+    with pytest.raises(PermanentAIError, match=r"over the local provider's 0\.1-minute limit .*AI_PROVIDER=aws"):
+        asyncio.run(provider.transcribe(audio))

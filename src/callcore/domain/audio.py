@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import statistics
 import sys
@@ -40,6 +41,7 @@ __all__ = [
     "decode_call",
     "decode_packet",
     "mulaw_to_pcm16",
+    "pcm16_to_mulaw",
     "to_wav",
 ]
 
@@ -141,6 +143,30 @@ def mulaw_to_pcm16(raw: bytes) -> bytes:
     out[0::2] = raw.translate(_MULAW_LOW)
     out[1::2] = raw.translate(_MULAW_HIGH)
     return bytes(out)
+
+
+def _mulaw_encode(sample: int) -> int:
+    """ITU-T G.711 mu-law: one 16-bit linear sample to its code (the inverse of _mulaw_decode)."""
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(-sample if sign else sample, 32635) + 0x84  # clip, then the bias
+    exponent = max(magnitude.bit_length() - 8, 0)  # the segment: 0 to 7
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+@functools.cache
+def _mulaw_table() -> bytes:
+    """Every 16-bit sample's code, indexed by the sample as unsigned: built on first use (64 KB)."""
+    return bytes(_mulaw_encode(u - 0x10000 if u >= 0x8000 else u) for u in range(0x10000))
+
+
+def pcm16_to_mulaw(pcm16: bytes) -> bytes:
+    """16-bit little-endian PCM to G.711 mu-law, one byte per sample: what a PBX sends."""
+    samples = array("H", pcm16[: len(pcm16) // 2 * 2])
+    if sys.byteorder == "big":  # pragma: no cover - Lambda and CI hosts are little-endian
+        samples.byteswap()
+    table = _mulaw_table()
+    return bytes(table[s] for s in samples)
 
 
 def _decode(data: str, fmt: AudioFormat) -> bytes | str:

@@ -140,7 +140,7 @@ class LocalAIProvider:
         if decoded.duration_s > self._max_audio_s:
             raise PermanentAIError(
                 f"the call's {decoded.duration_s / 60:.1f} minutes of audio are over the local provider's "
-                f"{self._max_audio_s / 60:.0f}-minute limit (the worker's timeout); use AI_PROVIDER=aws"
+                f"{self._max_audio_s / 60:.1f}-minute limit (the worker's timeout); use AI_PROVIDER=aws"
             )
         return await asyncio.to_thread(self._speech.transcribe_pcm16, decoded.pcm16, decoded.sample_rate)
 
