@@ -5,11 +5,16 @@ Every timing is a ratio against a baseline measured here, now, on this machine:
 - the worker on a batch of 10 vs the AI latency L it waits for,
 - handler cold starts vs importing the libraries they stand on,
 - end of call to COMPLETED vs L.
+And the offline AI (AI_PROVIDER=local) on the speech fixtures (tests/fixtures/speech): its
+transcription time per audio second in-process, the word error rate and sentiment agreement
+it gets there (reported, no budget), and end of call to COMPLETED for a ~30 s speech call
+through a local stack running it, per audio second.
 And one chaos run, on a second local stack whose moto server injects AWS's failures
 (LOCAL_FAULTS=chaos): the PBX simulator must lose nothing, leave no call stuck and see no
 server error but 503, while the faults really happened.
 Writes bench/results.json and prints a table. Exit status 1 when a budget is missed.
-`python -m bench.run --chaos-only` runs the chaos part alone (and writes no results).
+`python -m bench.run --chaos-only` runs the chaos part alone, `--speech-only` the speech
+part alone (neither writes results).
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import httpx
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pbxsim.speech import Speech
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
@@ -58,7 +67,23 @@ BUDGETS: dict[str, tuple[str, float]] = {
     "chaos_stuck_calls": ("<=", 0),
     "chaos_non503_server_errors": ("<=", 0),
     "chaos_rate_applied": (">", 0),
+    # LocalSpeech in-process on the fixtures: transcription seconds per audio second (sum of
+    # the times over sum of the durations; the decoder warmed by one untimed run first).
+    "asr_rtf": ("<=", 0.5),
+    # A ~30 s speech call (fixtures cycled) on a local stack with AI_PROVIDER=local: end of
+    # call to COMPLETED, over the call's audio seconds.
+    "speech_end_to_complete_over_audio": ("<=", 0.5),
 }
+# Reported with the budgets' table but without a budget (in the info block, as the other
+# reported-only figures): asr_wer, the mean over the fixtures of each transcript's word
+# error rate against its text; sentiment_agreement, the share of fixtures whose label from
+# the transcript is the label from their text (both LocalSpeech.score).
+SPEECH_CALL_S = 30.0  # at least this much audio in the speech call
+SPEECH_REPS = 3  # speech calls timed, one at a time (each ~30 s of audio to transcribe)
+# The speech stack: the real offline AI, without the simulated unreliability that
+# build_ai_provider layers on any provider (AI_FAILURE_RATE, AI_MIN/MAX_LATENCY_S), so the
+# figure is the pipeline and the transcription, not injected failures and sleeps.
+SPEECH_ENV = {"AI_PROVIDER": "local", "AI_FAILURE_RATE": "0", "AI_MIN_LATENCY_S": "0", "AI_MAX_LATENCY_S": "0"}
 
 # The chaos stack: moto fails as AWS does under stress (devstack/faults.py, the `chaos`
 # preset), and the AI as `make run` has it by default (25% failures), only faster. The
@@ -89,9 +114,9 @@ def log(message: str) -> None:
 
 
 class LocalStack:
-    """`python -m devstack` as a child process: by default with a fixed AI latency, no AI
-    failures and no injected faults (whatever LOCAL_FAULTS the bench was started with);
-    ``env`` overrides that."""
+    """`python -m devstack` as a child process: by default with the mock AI (its figures are
+    ratios against its latency) at a fixed latency, no AI failures and no injected faults
+    (whatever AI_PROVIDER and LOCAL_FAULTS the bench was started with); ``env`` overrides that."""
 
     def __init__(self, env: dict[str, str] | None = None, name: str = "") -> None:
         from devstack.moto_process import free_port
@@ -103,6 +128,7 @@ class LocalStack:
             **{k: v for k, v in os.environ.items() if k not in FAULT_VARIABLES},
             "API_PORT": str(self.api_port),
             "MOTO_PORT": str(self.moto_port),
+            "AI_PROVIDER": "mock",
             "AI_FAILURE_RATE": "0",
             "AI_MIN_LATENCY_S": str(AI_LATENCY_S),
             "AI_MAX_LATENCY_S": str(AI_LATENCY_S),
@@ -269,7 +295,9 @@ def worker_batch_seconds(ports: Any) -> float:
             }
         )
     ai = MockAIProvider(0.0, AI_LATENCY_S, AI_LATENCY_S)
-    handler = build_handler(WorkerDeps(settings=ports.settings, store=ports.store, ai=ai, queue=ports.queue))
+    handler = build_handler(
+        WorkerDeps(settings=ports.settings, store=ports.store, ai=ai, queue=ports.queue, recordings=ports.recordings)
+    )
     started = time.perf_counter()
     response = handler({"Records": records}, None)
     elapsed = time.perf_counter() - started
@@ -314,6 +342,151 @@ def end_to_complete_seconds(stack: LocalStack) -> float:
         return time.perf_counter() - started
 
 
+# ---------------------------------------------------------------- speech (AI_PROVIDER=local)
+
+
+def asr_figures(reps: int = REPS) -> dict[str, Any]:
+    """LocalSpeech in-process on every fixture: real-time factor, word error rate, sentiment agreement.
+
+    One untimed transcription first loads and warms the decoder (~0.25 s, ~90 MB: a cost
+    a worker pays once, not per call). Then ``reps`` timed passes over the fixtures; each
+    pass's real-time factor is the sum of its transcription times over the sum of the audio
+    durations, and the figure is the median pass. Transcripts are deterministic (the
+    decoder's front end is reset per call), so the word error rates come from any pass.
+    """
+    from callcore.adapters.ai.local import LocalSpeech
+    from pbxsim.speech import SAMPLE_RATE, load_fixtures, word_error_rate
+
+    speech = LocalSpeech()
+    fixtures = load_fixtures()  # 8 kHz 16-bit mono PCM, as the WAV files hold it
+    audio_s = sum(f.duration_s for f in fixtures)
+    speech.transcribe_pcm16(fixtures[0].pcm16, SAMPLE_RATE)  # warm-up, untimed
+    rtfs: list[float] = []
+    transcripts: dict[str, str] = {}
+    for _ in range(reps):
+        spent = 0.0
+        for f in fixtures:
+            started = time.perf_counter()
+            heard = speech.transcribe_pcm16(f.pcm16, SAMPLE_RATE)
+            spent += time.perf_counter() - started
+            if transcripts.setdefault(f.name, heard) != heard:
+                raise RuntimeError(f"{f.name}: two passes gave two transcripts: {transcripts[f.name]!r}, {heard!r}")
+        rtfs.append(spent / audio_s)
+    wers = {f.name: word_error_rate(f.text, transcripts[f.name]) for f in fixtures}
+    labels = {f.name: (speech.score(transcripts[f.name]).label, speech.score(f.text).label) for f in fixtures}
+    return {
+        "asr_rtf": statistics.median(rtfs),
+        "asr_wer": statistics.fmean(wers.values()),
+        "sentiment_agreement": sum(heard == said for heard, said in labels.values()) / len(fixtures),
+        "rtf_passes": [round(r, 4) for r in rtfs],
+        "audio_s": round(audio_s, 3),
+        "by_fixture": {
+            f.name: {
+                "wer": round(wers[f.name], 4),
+                "label_from_transcript": labels[f.name][0],
+                "label_from_text": labels[f.name][1],
+                "transcript": transcripts[f.name],
+            }
+            for f in fixtures
+        },
+    }
+
+
+def speech_call(min_seconds: float = SPEECH_CALL_S) -> Speech:
+    """The fixtures cycled into one call of at least ``min_seconds``, as the simulator streams it."""
+    from pbxsim.speech import at_least, load_fixtures
+
+    return at_least(load_fixtures(), min_seconds, f"fixtures cycled to {min_seconds:g} s")
+
+
+def speech_end_to_complete_seconds(stack: LocalStack, call: Speech) -> tuple[float, float, str]:
+    """Stream ``call``'s frames as fast as the stack takes them, end it, and time end -> COMPLETED.
+
+    The time is the call's ``updated_at`` (written by its move to COMPLETED, on this
+    machine's clock) minus the wall clock just before the end was sent, so it does not
+    depend on how often the poll looks. The poll reads the state listings (GET /v1/calls,
+    ~6 ms) every 0.2 s rather than the call's own GET: that reads the arrival index of its
+    ~1,500 packets (tens of ms each), and moto serves one request at a time, so polling it
+    would slow the very packet reads of the worker being timed. Returns the seconds, the
+    seconds until the poll saw it, and the transcript.
+    """
+    call_id = f"speech-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+
+        def send(item: tuple[int, str]) -> None:
+            seq, data = item
+            body = {"sequence": seq, "data": data, "timestamp": 1.0 + seq * 0.02}
+            status = client.post(f"/v1/call/stream/{call_id}", json=body).status_code
+            if status != 202:
+                raise RuntimeError(f"{call_id}: packet {seq} answered {status}")
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, enumerate(call.frames)))
+        ended_at, started = time.time(), time.perf_counter()
+        end = client.post(f"/v1/call/{call_id}/end", json={"last_sequence": len(call.frames) - 1})
+        if end.status_code != 202:
+            raise RuntimeError(f"{call_id}: the end answered {end.status_code}: {end.text}")
+        while True:
+            for state in ("COMPLETED", "FAILED"):
+                page = client.get("/v1/calls", params={"state": state, "limit": 10}).json()
+                if any(c["call_id"] == call_id for c in page["calls"]):
+                    seen_after = time.perf_counter() - started
+                    body = client.get(f"/v1/call/{call_id}").json()
+                    if body["state"] != "COMPLETED":
+                        raise RuntimeError(f"{call_id} is {body['state']}: {body.get('failure_reason')}")
+                    updated = datetime.strptime(body["updated_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+                    return updated.timestamp() - ended_at, seen_after, body["ai"]["transcript"]
+            if time.perf_counter() - started > 300:
+                raise RuntimeError(f"{call_id} is neither COMPLETED nor FAILED after 300 s")
+            time.sleep(0.2)
+
+
+def measure_speech(results: dict[str, float], info: dict[str, Any]) -> None:
+    """The offline AI in-process on the fixtures, then a ~30 s speech call through a local stack running it."""
+    from pbxsim.speech import load_fixtures, word_error_rate
+
+    log(f"offline ASR in-process: the speech fixtures, one warm-up run then {REPS} timed passes")
+    asr = asr_figures()
+    results["asr_rtf"] = asr.pop("asr_rtf")
+    info["asr_wer"] = asr.pop("asr_wer")
+    info["sentiment_agreement"] = asr.pop("sentiment_agreement")
+    info["asr"] = asr
+
+    call = speech_call()
+    log(f"starting a speech stack (python -m devstack with {', '.join(f'{k}={v}' for k, v in SPEECH_ENV.items())})")
+    try:
+        stack = LocalStack(SPEECH_ENV, name="speech")
+    except RuntimeError as exc:
+        # Until the stack accepts AI_PROVIDER=local this is where it stops (see bench/stack.log).
+        log(f"[red]the speech stack did not start: {exc}[/red]")
+        info["speech_stack_error"] = str(exc)
+        return
+    timings: list[float] = []
+    seen: list[float] = []
+    transcript = ""
+    try:
+        log(f"speech end to COMPLETED: one untimed warm-up call, then {SPEECH_REPS} calls of {call.duration_s:.1f} s")
+        speech_end_to_complete_seconds(stack, load_fixtures()[0])  # the worker loads its decoder
+        for _ in range(SPEECH_REPS):
+            elapsed, seen_after, transcript = speech_end_to_complete_seconds(stack, call)
+            timings.append(elapsed)
+            seen.append(seen_after)
+    except RuntimeError as exc:  # a call refused, FAILED or stuck: the figure is not measured
+        log(f"[red]speech call: {exc}[/red]")
+        info["speech_stack_error"] = str(exc)
+        return
+    finally:
+        stack.stop()
+    results["speech_end_to_complete_over_audio"] = statistics.median(timings) / call.duration_s
+    info["speech_end_to_complete_s"] = [round(t, 3) for t in timings]
+    info["speech_completed_seen_by_poll_s"] = [round(t, 3) for t in seen]  # up to 0.2 s later, by design
+    info["speech_call"] = {
+        "audio_s": round(call.duration_s, 3),
+        "packets": len(call.frames),
+        "wer_through_the_stack": round(word_error_rate(call.text, transcript), 4),
+    }
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -324,14 +497,21 @@ def median_of(reps: int, measure: Callable[[], float]) -> tuple[float, list[floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--chaos-only", action="store_true", help="only the chaos run (writes no results.json)")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--chaos-only", action="store_true", help="only the chaos run (writes no results.json)")
+    only.add_argument(
+        "--speech-only", action="store_true", help="only the offline AI's figures (writes no results.json)"
+    )
     args = parser.parse_args(argv)
     results: dict[str, float] = {}
     info: dict[str, Any] = {}
     started = time.perf_counter()
     if args.chaos_only:
         measure_chaos(results, info)
-        return report(results, info, time.perf_counter() - started)
+        return report(results, info, time.perf_counter() - started, partial="the chaos run alone")
+    if args.speech_only:
+        measure_speech(results, info)
+        return report(results, info, time.perf_counter() - started, partial="the speech figures alone")
     # Measure the code as deployed: with its bytecode compiled, as site-packages already is
     # (`make build` compiles the Lambda artifacts too). Without it, every cold start here
     # would compile the project's modules from source.
@@ -341,8 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     measure_cold_starts(results, info)
     measure_on_stack(results, info)
     measure_chaos(results, info)
+    measure_speech(results, info)
 
-    RESULTS.write_text(json.dumps({k: results[k] for k in BUDGETS}, indent=2) + "\n")
+    # A figure that could not be measured is null here, and MISSED in the table.
+    RESULTS.write_text(json.dumps({k: results.get(k) for k in BUDGETS}, indent=2) + "\n")
     return report(results, info, time.perf_counter() - started)
 
 
@@ -489,15 +671,18 @@ def measure_chaos(results: dict[str, float], info: dict[str, Any]) -> None:
     }
 
 
-def report(results: dict[str, float], info: dict[str, Any], elapsed_s: float) -> int:
-    full = all(k in results for k in BUDGETS)
+def report(results: dict[str, float], info: dict[str, Any], elapsed_s: float, partial: str | None = None) -> int:
+    """The table of budgets; ``partial`` names a part run alone (its missing figures are not missed)."""
     title = f"make bench ({elapsed_s:.0f} s; timings are medians of {REPS}+ runs)"
-    table = Table(title=title if full else f"bench, the chaos run alone ({elapsed_s:.0f} s)")
+    table = Table(title=title if partial is None else f"bench, {partial} ({elapsed_s:.0f} s)")
     for column in ("figure", "value", "budget", ""):
         table.add_column(column)
     missed = 0
     for key, (op, limit) in BUDGETS.items():
-        if key not in results:  # --chaos-only
+        if key not in results:
+            if partial is None:  # a whole run that could not measure it
+                missed += 1
+                table.add_row(key, "not measured", f"{op} {limit}", "MISSED")
             continue
         value = results[key]
         ok = {"<=": value <= limit, ">=": value >= limit, ">": value > limit}[op]
@@ -507,7 +692,7 @@ def report(results: dict[str, float], info: dict[str, Any], elapsed_s: float) ->
         )
     console.print(table)
     console.print_json(json.dumps(info))
-    if full:
+    if partial is None:
         console.print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 1 if missed else 0
 

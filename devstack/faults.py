@@ -9,10 +9,12 @@ The moto server (``python -m devstack.moto_server``) reads two variables, which 
     which may be followed by more rules (``chaos,sqs.SendMessage=0.5:ServiceUnavailable``:
     the extra rules add to the preset's).
 
-    - ``service`` is ``dynamodb``, ``sqs`` or ``s3``.
+    - ``service`` is ``dynamodb``, ``sqs``, ``s3``, ``transcribe`` or ``comprehend`` (the
+      last two are AI_PROVIDER=aws's).
     - ``Operation`` is the AWS API name (``TransactWriteItems``, ``UpdateItem``,
-      ``SendMessage``, ``PutObject``...), checked against botocore's model of the service,
-      or ``*`` for every operation of the service (control-plane ones too: ``CreateTable``).
+      ``SendMessage``, ``PutObject``, ``StartTranscriptionJob``, ``DetectSentiment``...),
+      checked against botocore's model of the service, or ``*`` for every operation of the
+      service (control-plane ones too: ``CreateTable``).
     - ``rate`` is a number from 0 to 1: the share of the matching requests that get the
       outcome.
     - ``Outcome`` is what those requests get instead of moto's answer, shaped as the
@@ -26,13 +28,13 @@ The moto server (``python -m devstack.moto_server``) reads two variables, which 
       ``TransactionConflictException``
           dynamodb ``PutItem``, ``UpdateItem``, ``DeleteItem`` only.
       ``ProvisionedThroughputExceededException``
-          dynamodb only (SQS and S3 have no provisioned throughput).
+          dynamodb only (the other services have no provisioned throughput).
       ``ThrottlingException``
           dynamodb ``ThrottlingException`` (400); sqs ``RequestThrottled`` (400); s3
-          ``SlowDown`` (503).
+          ``SlowDown`` (503); transcribe and comprehend ``ThrottlingException`` (400).
       ``InternalServerError``
-          dynamodb ``InternalServerError``; sqs ``InternalFailure``; s3 ``InternalError``
-          (all 500).
+          dynamodb ``InternalServerError``; sqs ``InternalFailure``; s3 ``InternalError``;
+          transcribe and comprehend ``InternalFailure`` (all 500).
       ``ServiceUnavailable``
           ``ServiceUnavailable`` (503) in each service's shape.
       ``LostResponse``
@@ -65,8 +67,8 @@ counted, so the server pays one dict lookup per request when off)::
      "by_operation": {"dynamodb.TransactWriteItems": {"requests": 4012, "faulted": 441}, ...},
      "by_outcome": {"TransactionConflict": 203, ...}}
 
-``requests`` counts the requests of dynamodb, sqs and s3 the injector saw, faulted or not
-(0 when faults are off: nothing is looked at then).
+``requests`` counts the requests of the services above that the injector saw, faulted or
+not (0 when faults are off: nothing is looked at then).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ WsgiApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
 _Answer = tuple[str, list[tuple[str, str]], bytes]
 
 FAULTS_PATH = "/_local_faults"
-SERVICES = ("dynamodb", "sqs", "s3")
+SERVICES = ("dynamodb", "sqs", "s3", "transcribe", "comprehend")
 
 TRANSACTION_CONFLICT = "TransactionConflict"
 TRANSACTION_CONFLICT_EXCEPTION = "TransactionConflictException"
@@ -306,6 +308,17 @@ def parse_seed(text: str | None) -> int | None:
 # Which service and operation a request is
 
 
+# The X-Amz-Target prefix of each service on a JSON protocol (botocore's model metadata,
+# "targetPrefix"): DynamoDB's JSON 1.0, SQS's JSON 1.0 (the protocol botocore uses for SQS
+# now), and Transcribe's and Comprehend's JSON 1.1. The last two also offer Smithy RPC v2
+# CBOR, which carries no X-Amz-Target; botocore prefers JSON when a service offers both.
+_TARGET_PREFIXES = {
+    "DynamoDB_20120810": "dynamodb",
+    "AmazonSQS": "sqs",
+    "Transcribe": "transcribe",
+    "Comprehend_20171127": "comprehend",
+}
+
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/([^/]+)/")
 
 
@@ -319,19 +332,16 @@ def _credential(environ: Mapping[str, Any]) -> tuple[str, str, str] | None:
 
 
 def identify(environ: dict[str, Any]) -> tuple[str, str] | None:
-    """(service, operation) of an AWS request to dynamodb, sqs or s3; None for anything else."""
+    """(service, operation) of an AWS request to one of SERVICES; None for anything else."""
     path = environ.get("PATH_INFO", "")
     if path.startswith("/moto-api") or path == FAULTS_PATH:
         return None
     target = environ.get("HTTP_X_AMZ_TARGET")
     if target:
-        # JSON protocols: DynamoDB's and SQS's (the protocol botocore uses for SQS now).
+        # JSON protocols: X-Amz-Target is <the service's target prefix>.<Operation>.
         prefix, _, operation = target.partition(".")
-        if prefix == "DynamoDB_20120810":
-            return "dynamodb", operation
-        if prefix == "AmazonSQS":
-            return "sqs", operation
-        return None
+        service = _TARGET_PREFIXES.get(prefix)
+        return (service, operation) if service else None
     credential = _credential(environ)
     if credential is None:
         return None
@@ -587,12 +597,49 @@ def _s3_error(outcome: str, environ: Mapping[str, Any]) -> _Answer:
     return status, headers, body
 
 
+# Transcribe and Comprehend speak AWS JSON 1.1. An error is an HTTP status and a body
+# {"__type": "<Code>", "message": ...}, Content-Type application/x-amz-json-1.1, and an
+# x-amzn-RequestId (the protocol's error serialization, as DynamoDB's JSON 1.0 above,
+# without the x-amz-crc32 only DynamoDB sends):
+# https://smithy.io/2.0/aws/protocols/aws-json-1_1-protocol.html#operation-error-serialization
+# The codes, statuses and messages are the errors common to every AWS API action, as both
+# services' API references list them: ThrottlingException 400, InternalFailure 500,
+# ServiceUnavailable 503.
+# https://docs.aws.amazon.com/transcribe/latest/APIReference/CommonErrors.html
+# https://docs.aws.amazon.com/comprehend/latest/APIReference/CommonErrors.html
+# (Each service has its own throttling and 5xx exceptions besides, such as Transcribe's
+# LimitExceededException and Comprehend's TooManyRequestsException; the AI provider's
+# classifier knows those too.)
+_JSON11_ERRORS: dict[str, tuple[str, str, str]] = {
+    THROTTLING: ("400 Bad Request", "ThrottlingException", "The request was denied due to request throttling."),
+    INTERNAL_SERVER_ERROR: (
+        "500 Internal Server Error",
+        "InternalFailure",
+        "The request processing has failed because of an unknown error, exception or failure.",
+    ),
+    SERVICE_UNAVAILABLE: (
+        "503 Service Unavailable",
+        "ServiceUnavailable",
+        "The request has failed due to a temporary failure of the server.",
+    ),
+}
+
+
+def _json11_error(outcome: str) -> _Answer:
+    status, code, message = _JSON11_ERRORS[outcome]
+    body = json.dumps({"__type": code, "message": message}).encode()
+    headers = [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", str(uuid.uuid4()))]
+    return status, headers, body
+
+
 def _error_answer(service: str, outcome: str, environ: dict[str, Any]) -> _Answer:
     if service == "dynamodb":
         status, error_type, message = _DYNAMODB_ERRORS[outcome]
         return _dynamodb_answer(status, {"__type": error_type, "message": message})
     if service == "sqs":
         return _sqs_error(outcome, query_protocol="HTTP_X_AMZ_TARGET" not in environ)
+    if service in ("transcribe", "comprehend"):
+        return _json11_error(outcome)
     return _s3_error(outcome, environ)
 
 

@@ -195,13 +195,16 @@ SPEECH_ROWS = 50  # calls listed on the terminal; --json has every one
 
 def render_speech(summary: dict[str, Any], console: Console) -> None:
     """Per-call word error rate and sentiment, then the mean (transcripts are in --json)."""
-    table = Table(title="Speech: each transcript against the text spoken")
-    for column in ("call", "source", "audio s", "state", "WER", "sentiment", "expected"):
-        table.add_column(column, overflow="fold")
     rows: list[dict[str, Any]] = summary["by_call"]
+    # The runner names calls <run prefix>-<n>: the prefix goes in the title, the rows keep <n>.
+    prefixes = {row["call_id"].rpartition("-")[0] for row in rows}
+    prefix = f"{prefixes.pop()}-" if len(prefixes) == 1 else ""
+    table = Table(title=f"Speech: transcripts vs the texts spoken, calls {prefix}N")
+    for column in ("call", "source", "s", "state", "WER", "label", "expected"):
+        table.add_column(column, no_wrap=True, min_width=len(column), overflow="fold")
     for row in rows[:SPEECH_ROWS]:
         table.add_row(
-            row["call_id"],
+            row["call_id"][len(prefix) :],
             row["source"],
             f"{row['audio_s']:.2f}",
             str(row["state"]),

@@ -6,9 +6,9 @@ A speech call streams audio as a PBX does by default: G.711 mu-law, 8 kHz mono, 
 sentiment label of that text), or any text spoken by the ``espeak-ng`` binary, with the
 voice and rate the fixtures were made with.
 
-Standard library only. ``audioop`` is not used (removed in Python 3.13): the mu-law
-encoder is a 65,536-entry table, the inverse of ``callcore.domain.audio.mulaw_to_pcm16``,
-and the resampler a windowed-sinc polyphase filter.
+Standard library only, plus the service's own G.711 codec (``callcore.domain.audio``,
+itself standard library only). ``audioop`` is not used (removed in Python 3.13): the
+resampler is a windowed-sinc polyphase filter.
 
 After the run, each transcript is compared with the text spoken: the word error rate
 (word-level Levenshtein distance over the reference's word count, after lowercasing
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from callcore.domain.audio import pcm16_to_mulaw
+
 SAMPLE_RATE = 8000  # G.711 is 8 kHz
 FRAME_S = 0.02
 FRAME_BYTES = int(SAMPLE_RATE * FRAME_S)  # 160 mu-law bytes, one per sample
@@ -51,38 +53,6 @@ class SpeechError(Exception):
 
 
 # ---------------------------------------------------------------- G.711 mu-law
-
-
-_BIAS = 0x84  # 132: added to the magnitude so every segment starts at a power of two
-_CLIP = 32635  # the largest magnitude that still fits in 15 bits with the bias added
-
-
-def mulaw_encode_sample(sample: int) -> int:
-    """ITU-T G.711 mu-law: one 16-bit linear sample to its code (the inverse of the decoder).
-
-    The biased magnitude's highest set bit (bits 7 to 14) is the segment, the four bits
-    under it the mantissa; the code is stored complemented, with the sign as its top bit.
-    Decoding gives the middle of the interval, so the error is at most half a step.
-    """
-    sign = 0x80 if sample < 0 else 0
-    magnitude = min(-sample if sample < 0 else sample, _CLIP) + _BIAS
-    segment = magnitude.bit_length() - 8  # 0..7
-    mantissa = (magnitude >> (segment + 3)) & 0x0F
-    return ~(sign | segment << 4 | mantissa) & 0xFF
-
-
-# Indexed by the sample read as unsigned 16-bit (0..65535): one lookup per sample.
-_ENCODE = bytes(mulaw_encode_sample(u - 0x10000 if u & 0x8000 else u) for u in range(0x10000))
-
-
-def pcm16_to_mulaw(pcm16: bytes) -> bytes:
-    """16-bit little-endian PCM to G.711 mu-law bytes, one per sample."""
-    if len(pcm16) % 2:
-        raise ValueError(f"{len(pcm16)} bytes is not 16-bit PCM (odd length)")
-    samples = array("H", pcm16)
-    if sys.byteorder == "big":  # pragma: no cover - little-endian hosts
-        samples.byteswap()
-    return bytes(map(_ENCODE.__getitem__, samples))
 
 
 def mulaw_frames(mulaw: bytes, frame_bytes: int = FRAME_BYTES) -> list[bytes]:

@@ -28,9 +28,9 @@ DEAD_LETTER_MARGIN_S = 1800
 
 AI_PROVIDERS = ("local", "aws", "mock")
 # Transcription seconds per audio second that AI_PROVIDER=local is sized for on a Lambda
-# vCPU (measured ~0.19 on this project's x86 build machine; see README, Long calls),
+# vCPU (measured 0.19 to 0.30 on the 2-core x86 build machine; see README, Long calls),
 # with room for a slower CPU.
-ASR_RTF_BOUND = 0.35
+ASR_RTF_BOUND = 0.4
 LOCAL_MAX_AUDIO_S = AI_WORKER_TIMEOUT_S * 0.8 / ASR_RTF_BOUND
 
 

@@ -519,7 +519,8 @@ def test_a_lost_transcription_start_has_started_the_job(serve: Callable[..., Ser
     name = _name()
     with pytest.raises(ConnectionClosedError):
         _start_job(transcribe, name)
-    # The job exists: starting it again (a retry) meets it, as AWS answers a taken name.
+    # The job exists though the client saw no answer: a retry of the start meets its name
+    # taken (ConflictException), which the AI provider takes as "go on with that job".
     summaries = transcribe.list_transcription_jobs(JobNameContains=name)["TranscriptionJobSummaries"]
     assert [s["TranscriptionJobName"] for s in summaries] == [name]
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from callcore.domain.audio import mulaw_to_pcm16
+from callcore.domain.audio import mulaw_encode_sample, mulaw_to_pcm16, pcm16_to_mulaw
 from pbxsim.__main__ import parse_args, parse_cli
 from pbxsim.http import Answer
 from pbxsim.plan import Rates
@@ -26,15 +26,15 @@ from pbxsim.speech import (
     FRAME_BYTES,
     MULAW_SILENCE,
     Speech,
+    SpeechError,
     SpeechRequest,
     at_least,
     edit_distance,
     load_fixtures,
-    mulaw_encode_sample,
     mulaw_frames,
     normalise_words,
-    pcm16_to_mulaw,
     resample_pcm16,
+    synthesize,
     word_error_rate,
 )
 
@@ -344,3 +344,8 @@ def test_real_time_pacing_does_not_add_up_the_requests_latency() -> None:
     asyncio.run(run(options, transport=api, sleep=sleep, clock=lambda: clock[0]))
     # Frame i goes at i * 20 ms: after each 5 ms request, 15 ms is left to wait.
     assert slept[:4] == pytest.approx([0.015] * 4)
+
+
+def test_text_without_espeak_ng_says_what_to_install() -> None:
+    with pytest.raises(SpeechError, match="needs the no-such-espeak binary"):
+        synthesize("hello", "text 1", binary="no-such-espeak")

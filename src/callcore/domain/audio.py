@@ -40,6 +40,7 @@ __all__ = [
     "call_format",
     "decode_call",
     "decode_packet",
+    "mulaw_encode_sample",
     "mulaw_to_pcm16",
     "pcm16_to_mulaw",
     "to_wav",
@@ -145,28 +146,38 @@ def mulaw_to_pcm16(raw: bytes) -> bytes:
     return bytes(out)
 
 
-def _mulaw_encode(sample: int) -> int:
-    """ITU-T G.711 mu-law: one 16-bit linear sample to its code (the inverse of _mulaw_decode)."""
+_BIAS = 0x84  # 132: added to the magnitude so every segment starts at a power of two
+_CLIP = 32635  # the largest magnitude that still fits in 15 bits with the bias added
+
+
+def mulaw_encode_sample(sample: int) -> int:
+    """ITU-T G.711 mu-law: one 16-bit linear sample to its code (the inverse of the decoder).
+
+    The biased magnitude's highest set bit (bits 7 to 14) is the segment, the four bits
+    under it the mantissa; the code is stored complemented, with the sign as its top bit.
+    Decoding gives the middle of the interval, so the error is at most half a step.
+    """
     sign = 0x80 if sample < 0 else 0
-    magnitude = min(-sample if sign else sample, 32635) + 0x84  # clip, then the bias
-    exponent = max(magnitude.bit_length() - 8, 0)  # the segment: 0 to 7
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+    magnitude = min(-sample if sample < 0 else sample, _CLIP) + _BIAS
+    segment = magnitude.bit_length() - 8  # 0..7
+    mantissa = (magnitude >> (segment + 3)) & 0x0F
+    return ~(sign | segment << 4 | mantissa) & 0xFF
 
 
 @functools.cache
 def _mulaw_table() -> bytes:
-    """Every 16-bit sample's code, indexed by the sample as unsigned: built on first use (64 KB)."""
-    return bytes(_mulaw_encode(u - 0x10000 if u >= 0x8000 else u) for u in range(0x10000))
+    """Every sample's code, indexed by the sample read as unsigned 16-bit: built on first use (64 KB)."""
+    return bytes(mulaw_encode_sample(u - 0x10000 if u & 0x8000 else u) for u in range(0x10000))
 
 
 def pcm16_to_mulaw(pcm16: bytes) -> bytes:
-    """16-bit little-endian PCM to G.711 mu-law, one byte per sample: what a PBX sends."""
-    samples = array("H", pcm16[: len(pcm16) // 2 * 2])
-    if sys.byteorder == "big":  # pragma: no cover - Lambda and CI hosts are little-endian
+    """16-bit little-endian PCM to G.711 mu-law bytes, one per sample: what a PBX sends."""
+    if len(pcm16) % 2:
+        raise ValueError(f"{len(pcm16)} bytes is not 16-bit PCM (odd length)")
+    samples = array("H", pcm16)
+    if sys.byteorder == "big":  # pragma: no cover - little-endian hosts
         samples.byteswap()
-    table = _mulaw_table()
-    return bytes(table[s] for s in samples)
+    return bytes(map(_mulaw_table().__getitem__, samples))
 
 
 def _decode(data: str, fmt: AudioFormat) -> bytes | str:

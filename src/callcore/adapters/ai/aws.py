@@ -8,9 +8,10 @@ does not use aioboto3:
   newest aioboto3 (15.5.0) needs botocore < 1.40.62 and the newest aiobotocore (3.10.0)
   botocore < 1.43.118, while the project pins boto3/botocore 1.44.8. A second SDK would
   hold boto3 back, for every function, for the sake of one provider.
-- Threads are what the worker already uses for every other blocking call; a worker
-  handles one call's few requests at a time, so a thread per request costs nothing that
-  an event loop would save.
+- Threads are what the worker already uses for every other blocking call (the store, the
+  recordings). An attempt here makes a handful of requests (a start, a status, a read,
+  a DetectSentiment per 5,000 bytes), each waiting on the network: asyncio's thread pool
+  runs them side by side with the batch's other records as it runs the store's calls.
 - No extra import at a cold start (aioboto3 alone took 0.36 s), and one client stack,
   retry policy and endpoint handling (AWS_ENDPOINT_URL) for every adapter.
 
@@ -31,7 +32,8 @@ The checks back off (``check_delay_s``): the first comes after max(15 s, a quart
 call's duration), each later one after twice the previous delay, at most 900 s (SQS's
 DelaySeconds limit). After MAX_TRANSCRIPTION_WAIT_S (4 h) of checks a still-running job
 is a RetryableAIError instead, so a stuck job ends in the worker's retries and dead-letter
-queue, well before the sweeper's ``processing_timeout_s`` (8 h) would resend the round.
+queue, well before the sweeper's ``processing_timeout_s`` (8 h by default) would resend
+the round.
 
 **Sentiment** is Comprehend's DetectSentiment, whose Text is limited to 5,000 bytes of
 UTF-8: a transcript is cut at word boundaries into chunks of at most that (``chunk_text``),
@@ -52,7 +54,7 @@ import hashlib
 import json
 import math
 import posixpath
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from botocore.exceptions import (
@@ -296,10 +298,12 @@ def classify_aws_error(exc: Exception, action: str) -> AIError:
     raise TypeError(f"not an AWS SDK error: {exc!r}") from exc
 
 
-def _aws(action: str, call: Callable[..., Any], **kwargs: Any) -> Any:
+def _aws(action: str, client: Any, method: str, **kwargs: Any) -> Any:
     """One SDK call, its failures as AI errors."""
     try:
-        return call(**kwargs)
+        # The method is looked up here: a LazyClient makes its client on first use, which
+        # fails (no region, no credentials...) as a BotoCoreError too.
+        return getattr(client, method)(**kwargs)
     except (ClientError, BotoCoreError) as exc:
         raise classify_aws_error(exc, action) from exc
 
@@ -336,7 +340,7 @@ class AwsAIProvider:
         if audio.check == 0:
             self._start(name, audio, key)
         answer = _aws(
-            "Transcribe GetTranscriptionJob", self._transcribe.get_transcription_job, TranscriptionJobName=name
+            "Transcribe GetTranscriptionJob", self._transcribe, "get_transcription_job", TranscriptionJobName=name
         )
         raise_unless_completed(answer["TranscriptionJob"], duration_s=audio.recording.duration_s, check=audio.check)
         return self._read_transcript(name, key)
@@ -391,7 +395,8 @@ class AwsAIProvider:
         for chunk in chunks:
             answer = _aws(
                 "Comprehend DetectSentiment",
-                self._comprehend.detect_sentiment,
+                self._comprehend,
+                "detect_sentiment",
                 Text=chunk,
                 LanguageCode=self._comprehend_language,
             )
