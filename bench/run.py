@@ -40,6 +40,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from devstack.child import ChildStack
+
 if TYPE_CHECKING:
     from pbxsim.speech import Speech
 
@@ -80,10 +82,21 @@ BUDGETS: dict[str, tuple[str, float]] = {
 # the transcript is the label from their text (both LocalSpeech.score).
 SPEECH_CALL_S = 30.0  # at least this much audio in the speech call
 SPEECH_REPS = 3  # speech calls timed, one at a time (each ~30 s of audio to transcribe)
-# The speech stack: the real offline AI, without the simulated unreliability that
-# build_ai_provider layers on any provider (AI_FAILURE_RATE, AI_MIN/MAX_LATENCY_S), so the
-# figure is the pipeline and the transcription, not injected failures and sleeps.
-SPEECH_ENV = {"AI_PROVIDER": "local", "AI_FAILURE_RATE": "0", "AI_MIN_LATENCY_S": "0", "AI_MAX_LATENCY_S": "0"}
+# The speech stack is `make run` as it comes: the offline AI behind the seed's simulated
+# unreliability (AI_FAILURE_RATE 0.25, 1 to 3 s of latency per attempt, SQS backoff),
+# every value the template's default (make_run_env), so the figure is what a newcomer sees.
+SPEECH_VARIABLES = ("AI_PROVIDER", "AI_FAILURE_RATE", "AI_MIN_LATENCY_S", "AI_MAX_LATENCY_S", "RETRY_BASE_DELAY_S")
+
+
+def make_run_env(names: tuple[str, ...]) -> dict[str, str]:
+    """The values `make run` gives these variables: the template's parameter defaults."""
+    from devstack.provision import parameters
+    from devstack.template import function_environment, load_template
+
+    template = load_template()
+    defaults, refs = parameters(template, {}), function_environment(template)
+    return {name: defaults[refs[name]["Ref"]] for name in names}
+
 
 # The chaos stack: moto fails as AWS does under stress (devstack/faults.py, the `chaos`
 # preset), and the AI as `make run` has it by default (25% failures), only faster. The
@@ -103,7 +116,6 @@ CHAOS_ENV = {
 # handler) fails for good: the template's 360 s (180 s) would hold its call past the run.
 CHAOS_VISIBILITY_TIMEOUT_S = 20
 CHAOS_TIMEOUT_S = 240  # the simulator's wait for the ended calls
-FAULT_VARIABLES = ("LOCAL_FAULTS", "LOCAL_FAULTS_SEED")
 
 
 def log(message: str) -> None:
@@ -113,47 +125,27 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------- the local stack
 
 
-class LocalStack:
+class LocalStack(ChildStack):
     """`python -m devstack` as a child process: by default with the mock AI (its figures are
     ratios against its latency) at a fixed latency, no AI failures and no injected faults
     (whatever AI_PROVIDER and LOCAL_FAULTS the bench was started with); ``env`` overrides that."""
 
     def __init__(self, env: dict[str, str] | None = None, name: str = "") -> None:
-        from devstack.moto_process import free_port
-
-        self.api_port, self.moto_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.api_port}"
-        self.moto_endpoint = f"http://127.0.0.1:{self.moto_port}"
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in FAULT_VARIABLES},
-            "API_PORT": str(self.api_port),
-            "MOTO_PORT": str(self.moto_port),
+        defaults = {
             "AI_PROVIDER": "mock",
             "AI_FAILURE_RATE": "0",
             "AI_MIN_LATENCY_S": str(AI_LATENCY_S),
             "AI_MAX_LATENCY_S": str(AI_LATENCY_S),
-            **(env or {}),
         }
         # One log for every stack of a run: the first one starts it, a named one adds to it.
-        self.log = open(ROOT / "bench" / "stack.log", "a" if name else "w")  # noqa: SIM115 - closed in stop()
+        log = open(ROOT / "bench" / "stack.log", "a" if name else "w")  # noqa: SIM115 - closed in stop()
         if name:
-            self.log.write(f"\n---- {name} stack ----\n")
-            self.log.flush()
-        self.proc = subprocess.Popen([sys.executable, "-m", "devstack"], env=env, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the local stack did not start; see bench/stack.log")
-            time.sleep(0.2)
+            log.write(f"\n---- {name} stack ----\n")
+            log.flush()
+        super().__init__({**defaults, **(env or {})}, log)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        super().stop()
         self.log.close()
 
 
@@ -453,9 +445,10 @@ def measure_speech(results: dict[str, float], info: dict[str, Any]) -> None:
     info["asr"] = asr
 
     call = speech_call()
-    log(f"starting a speech stack (python -m devstack with {', '.join(f'{k}={v}' for k, v in SPEECH_ENV.items())})")
+    speech_env = make_run_env(SPEECH_VARIABLES)
+    log(f"starting a speech stack (python -m devstack with {', '.join(f'{k}={v}' for k, v in speech_env.items())})")
     try:
-        stack = LocalStack(SPEECH_ENV, name="speech")
+        stack = LocalStack(speech_env, name="speech")
     except RuntimeError as exc:
         # Until the stack accepts AI_PROVIDER=local this is where it stops (see bench/stack.log).
         log(f"[red]the speech stack did not start: {exc}[/red]")
