@@ -69,12 +69,13 @@ checkov: $(CHECKOV_STAMP)
 unit: $(APP_STAMP)
 	$(PY) -m pytest tests/unit
 
-# Package for Lambda with Python 3.12 (the runtime), then ship compiled bytecode: the
-# Lambda file system is read-only, so without it every cold start compiles from source.
-PY312 ?= $(shell ls -d $$HOME/.pyenv/versions/3.12*/bin 2>/dev/null | head -n1)
+# Package for Lambda with Python 3.13 (the runtime: pocketsphinx has no cp312 wheel), then
+# ship compiled bytecode: the Lambda file system is read-only, so without it every cold
+# start compiles from source.
+PY313 ?= $(shell ls -d $$HOME/.pyenv/versions/3.13*/bin 2>/dev/null | head -n1)
 build: $(SAM_STAMP)
-	PATH="$(PY312):$$PATH" $(SAM_VENV)/bin/sam build
-	PATH="$(PY312):$$PATH" python3.12 -m compileall -q -j 0 .aws-sam/build
+	PATH="$(PY313):$$PATH" $(SAM_VENV)/bin/sam build
+	PATH="$(PY313):$$PATH" python3.13 -m compileall -q -j 0 .aws-sam/build
 
 # Performance against the budgets in README.md (Performance), every figure a ratio against a baseline
 # measured in the same run. Not part of `make test`: timings are noisy on shared machines.
