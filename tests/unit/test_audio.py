@@ -12,6 +12,7 @@ import pytest
 
 from callcore.domain.audio import (
     DEFAULT_FORMAT,
+    SUPPORTED_RATES,
     AudioEncoding,
     AudioFormat,
     DecodedAudio,
@@ -378,3 +379,12 @@ def test_audio_format_validates_when_built_directly() -> None:
         AudioFormat(AudioEncoding.MULAW, 16000)
     with pytest.raises(ValueError, match="not True Hz"):
         AudioFormat(AudioEncoding.MULAW, True)
+
+
+def test_the_api_offers_exactly_the_formats_the_decoder_supports() -> None:
+    from typing import get_args
+
+    from ingest.schemas import AudioFormatName
+
+    supported = {str(AudioFormat(encoding, rate)) for encoding, rates in SUPPORTED_RATES.items() for rate in rates}
+    assert set(get_args(AudioFormatName)) == supported
