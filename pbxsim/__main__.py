@@ -191,10 +191,11 @@ def render(report: dict[str, object], console: Console) -> None:
 
 
 SPEECH_ROWS = 50  # calls listed on the terminal; --json has every one
+SPEECH_TEXTS = 10  # calls whose words (said, heard) are printed in full
 
 
 def render_speech(summary: dict[str, Any], console: Console) -> None:
-    """Per-call word error rate and sentiment, then the mean (transcripts are in --json)."""
+    """Per-call word error rate and sentiment, what the first calls said and what was heard, then the mean."""
     rows: list[dict[str, Any]] = summary["by_call"]
     # The runner names calls <run prefix>-<n>: the prefix goes in the title, the rows keep <n>.
     prefixes = {row["call_id"].rpartition("-")[0] for row in rows}
@@ -215,6 +216,12 @@ def render_speech(summary: dict[str, Any], console: Console) -> None:
     console.print(table)
     if len(rows) > SPEECH_ROWS:
         console.print(f"({len(rows) - SPEECH_ROWS} more calls in --json)")
+    for row in rows[:SPEECH_TEXTS]:
+        console.print(f"{row['call_id'][len(prefix) :]}  said:  {row['reference']}", markup=False, highlight=False)
+        heard = "(no transcript)" if row["transcript"] is None else repr(row["transcript"])
+        console.print(f"{' ' * len(row['call_id'][len(prefix) :])}  heard: {heard}", markup=False, highlight=False)
+    if len(rows) > SPEECH_TEXTS:
+        console.print(f"(the words of {len(rows) - SPEECH_TEXTS} more calls in --json)")
     mean, pooled = summary["mean_wer"], summary["pooled_wer"]
     line = f"mean WER over {summary['calls_with_transcript']} of {summary['calls']} calls with a transcript: "
     line += "-" if mean is None else f"{mean:.3f} (pooled: {pooled:.3f})"

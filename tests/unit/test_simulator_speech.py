@@ -349,3 +349,38 @@ def test_real_time_pacing_does_not_add_up_the_requests_latency() -> None:
 def test_text_without_espeak_ng_says_what_to_install() -> None:
     with pytest.raises(SpeechError, match="needs the no-such-espeak binary"):
         synthesize("hello", "text 1", binary="no-such-espeak")
+
+
+def test_the_report_prints_what_each_call_said_and_what_was_heard() -> None:
+    from rich.console import Console
+
+    from pbxsim.__main__ import render_speech
+
+    row = {
+        "call_id": "sim-1-0",
+        "source": "negative_cancel.wav",
+        "audio_s": 4.66,
+        "state": "COMPLETED",
+        "wer": 0.5,
+        "reference": "Cancel my account.",
+        "transcript": "cancel my cow",
+        "expected_sentiment": "NEGATIVE",
+        "sentiment": "NEGATIVE",
+        "sentiment_agrees": True,
+    }
+    summary = {
+        "by_call": [row],
+        "calls": 1,
+        "calls_with_transcript": 1,
+        "mean_wer": 0.5,
+        "pooled_wer": 0.5,
+        "sentiment_compared": 1,
+        "sentiment_agreement": 1.0,
+    }
+    console = Console(record=True, width=120)
+
+    render_speech(summary, console)
+
+    text = console.export_text()
+    assert "0  said:  Cancel my account.\n   heard: 'cancel my cow'" in text
+    assert "sentiment as expected in 1 of 1" in text
