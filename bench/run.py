@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import compileall
 import json
 import os
@@ -75,6 +76,10 @@ BUDGETS: dict[str, tuple[str, float]] = {
     # A ~30 s speech call (fixtures cycled) on a local stack with AI_PROVIDER=local: end of
     # call to COMPLETED, over the call's audio seconds.
     "speech_end_to_complete_over_audio": ("<=", 0.5),
+    # A 10-minute call through the worker's path with AI_PROVIDER=local (decode, WAV,
+    # transcription), over the worker's 900 s timeout: at most half, so a Lambda vCPU
+    # slower than this machine still finishes (README, AI providers: long calls).
+    "long_call_over_worker_timeout": ("<=", 0.5),
 }
 # Reported with the budgets' table but without a budget (in the info block, as the other
 # reported-only figures): asr_wer, the mean over the fixtures of each transcript's word
@@ -384,6 +389,36 @@ def asr_figures(reps: int = REPS) -> dict[str, Any]:
     }
 
 
+LONG_CALL_S = 600.0  # the 10-minute call the worker's timeout is sized for (README, AI providers)
+
+
+def long_call_seconds() -> tuple[float, float]:
+    """One 10-minute call through the worker's own path, in-process: the fixtures cycled and
+    streamed as 20 ms mu-law packets, decoded and assembled (decode_call, to_wav), then
+    transcribed by the local provider. Returns (seconds taken, audio seconds)."""
+    from callcore.adapters.ai.local import LocalAIProvider
+    from callcore.domain.audio import CallAudio, decode_call, to_wav
+    from callcore.domain.model import Packet, Recording
+    from callcore.settings import AI_WORKER_TIMEOUT_S
+
+    call = speech_call(LONG_CALL_S)
+    packets = [
+        Packet(sequence=i, data=base64.b64encode(frame).decode(), timestamp=i * 0.02)
+        for i, frame in enumerate(call.frames)
+    ]
+    provider = LocalAIProvider(max_audio_s=2 * LONG_CALL_S)
+    started = time.perf_counter()
+    decoded = decode_call(packets)
+    wav = to_wav(decoded)
+    recording = Recording(key="calls/long/recording.wav", duration_s=decoded.duration_s, bytes=len(wav))
+    audio = CallAudio(call_id="long", round=1, attempt=1, recording=recording, packets=packets, audio=decoded)
+    asyncio.run(provider.transcribe(audio))
+    elapsed = time.perf_counter() - started
+    if elapsed > AI_WORKER_TIMEOUT_S:
+        log(f"[red]the 10-minute call took {elapsed:.0f} s, over the worker's {AI_WORKER_TIMEOUT_S} s timeout[/red]")
+    return elapsed, decoded.duration_s
+
+
 def speech_call(min_seconds: float = SPEECH_CALL_S) -> Speech:
     """The fixtures cycled into one call of at least ``min_seconds``, as the simulator streams it."""
     from pbxsim.speech import at_least, load_fixtures
@@ -443,6 +478,13 @@ def measure_speech(results: dict[str, float], info: dict[str, Any]) -> None:
     info["asr_wer"] = asr.pop("asr_wer")
     info["sentiment_agreement"] = asr.pop("sentiment_agreement")
     info["asr"] = asr
+
+    log(f"a {LONG_CALL_S / 60:g}-minute call through the local provider, in-process (a few minutes)")
+    from callcore.settings import AI_WORKER_TIMEOUT_S
+
+    long_s, long_audio_s = long_call_seconds()
+    results["long_call_over_worker_timeout"] = long_s / AI_WORKER_TIMEOUT_S
+    info["long_call"] = {"audio_s": round(long_audio_s, 3), "seconds": round(long_s, 3), "rtf": long_s / long_audio_s}
 
     call = speech_call()
     speech_env = make_run_env(SPEECH_VARIABLES)
