@@ -155,14 +155,18 @@ class LocalStack(ChildStack):
 
 
 def stack_ports(stack: LocalStack) -> tuple[Any, Any]:
-    """The project's own ports (store, queue) on the stack's moto server, for in-process
-    figures, and the SDK clients under them."""
+    """The project's own ports (store, queue, recordings) on the stack's moto server, for
+    in-process figures, and the SDK clients under them."""
     from callcore.bootstrap import build_clients, build_ports
     from callcore.settings import Settings
     from devstack.aws_env import point_sdks_at
+    from devstack.provision import bucket_name
 
     env: dict[str, str] = {}
     point_sdks_at(stack.moto_endpoint, env)
+    # Tables and queues keep their logical ids on the local stack (the settings' defaults);
+    # buckets are named by devstack.provision.bucket_name.
+    env["RECORDINGS_BUCKET"] = bucket_name("RecordingsBucket")
     os.environ.update(env)
     clients = build_clients(endpoint_url=stack.moto_endpoint)
     return build_ports(Settings.from_env(), clients), clients
