@@ -17,6 +17,7 @@ from callcore.domain.audio import (
     AudioFormat,
     DecodedAudio,
     UndecodableAudioError,
+    call_format,
     decode_call,
     decode_packet,
     mulaw_to_pcm16,
@@ -388,3 +389,27 @@ def test_the_api_offers_exactly_the_formats_the_decoder_supports() -> None:
 
     supported = {str(AudioFormat(encoding, rate)) for encoding, rates in SUPPORTED_RATES.items() for rate in rates}
     assert set(get_args(AudioFormatName)) == supported
+
+
+def _declaring(sequence: int, audio_format: str | None) -> Packet:
+    return Packet(sequence=sequence, data="AAAA", timestamp=0.0, audio_format=audio_format)
+
+
+def test_a_call_that_declares_nothing_is_in_the_default_format() -> None:
+    default = AudioFormat.parse("pcm16", 16000)
+    assert call_format([_declaring(0, None), _declaring(1, None)], default) is default
+
+
+def test_one_packets_declaration_is_the_whole_calls_format() -> None:
+    packets = [_declaring(0, None), _declaring(1, "pcm16/8000"), _declaring(2, None)]
+    assert call_format(packets) == AudioFormat.parse("pcm16", 8000)
+
+
+def test_packets_declaring_another_format_than_the_first_declaring_one_are_named() -> None:
+    packets = [_declaring(5, "pcm16/16000"), _declaring(2, "pcm16/8000"), _declaring(9, "mulaw/8000")]
+
+    with pytest.raises(UndecodableAudioError) as excinfo:
+        call_format(packets)
+
+    assert excinfo.value.sequences == [5, 9]
+    assert str(excinfo.value) == "packets 5, 9 are declared as other audio than the pcm16/8000 of packet 2"
