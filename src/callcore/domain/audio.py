@@ -18,9 +18,7 @@ import base64
 import binascii
 import functools
 import io
-import statistics
 import sys
-import wave
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -291,6 +289,8 @@ def decode_call(
         message = "; ".join(f"{_naming(seqs)} {reason}" for reason, seqs in bad.items())
         raise UndecodableAudioError(message, [s for seqs in bad.values() for s in seqs])
 
+    import statistics  # here, not at the top: the ingest function imports this module and never decodes
+
     lengths = [len(pcm) // 2 for pcm in decoded.values() if pcm]
     if not lengths:
         raise UndecodableAudioError(f"no audio: {_count(len(decoded), 'packet')}, none with a sample")
@@ -345,6 +345,8 @@ def to_wav(audio: DecodedAudio) -> bytes:
     Byte-identical for the same audio (a WAV header holds no timestamp), so the file of
     a redelivered work item is recognisably the one already produced.
     """
+    import wave  # here, not at the top: 1 ms of every ingest cold start otherwise
+
     frames = audio.pcm16
     if sys.byteorder == "big":  # pragma: no cover - Lambda and CI hosts are little-endian
         # ``wave`` takes samples in the host's order and writes them little-endian.
