@@ -21,6 +21,7 @@ from devstack.moto_process import MotoProcess
 from devstack.poller import SqsPoller, build_pollers, load_handler, run_on_schedule
 from devstack.provision import provision
 from devstack.template import ScheduleSource, load_template, schedule_sources
+from devstack.usage import FunctionClock
 
 HOST = "127.0.0.1"
 logger = logging.getLogger("devstack")
@@ -90,7 +91,9 @@ def main() -> int:
                 src.maximum_concurrency,
             )
 
-        config = uvicorn.Config(app, host=HOST, port=settings.api_port, log_level="info", access_log=False)
+        # Timed as Lambda bills it, for the bench's cost model (GET /_local_usage).
+        clock = FunctionClock("IngestFunction", pollers)
+        config = uvicorn.Config(clock.asgi(app), host=HOST, port=settings.api_port, log_level="info", access_log=False)
         server = uvicorn.Server(config)
         print(
             f"\n  PBX AI Call Processor: http://{HOST}:{settings.api_port}  (docs: http://{HOST}:{settings.api_port}/docs)\n",

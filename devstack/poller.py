@@ -111,6 +111,16 @@ class SqsPoller:
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self.invocations = 0
+        # Lambda bills an invocation's handler time: the local stack's cost model reads it.
+        self._usage_invocations = 0
+        self._handler_seconds = 0.0
+
+    def usage(self, *, reset: bool = False) -> dict[str, Any]:
+        """Invocations and handler seconds since the last reset (devstack.usage.FunctionClock)."""
+        usage = {"invocations": self._usage_invocations, "seconds": self._handler_seconds}
+        if reset:
+            self._usage_invocations, self._handler_seconds = 0, 0.0
+        return usage
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -170,11 +180,15 @@ class SqsPoller:
             records = [to_lambda_record(m, self._arn, self._region) for m in messages]
             context = LambdaContext(function_name=self.source.function, aws_request_id=str(uuid.uuid4()))
             self.invocations += 1
+            self._usage_invocations += 1
+            started = time.perf_counter()
             try:
                 response = await loop.run_in_executor(self._executor, self._handler, {"Records": records}, context)
             except Exception:
                 logger.exception("%s failed on a batch of %d; all of it goes back", self.source.function, len(records))
                 return
+            finally:
+                self._handler_seconds += time.perf_counter() - started
             failed = failed_message_ids(response, records, self.source.report_batch_item_failures)
             done = [r for r in records if r["messageId"] not in failed]
             if done:

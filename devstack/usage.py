@@ -1,0 +1,264 @@
+"""What the local stack's AWS requests would bill: a WSGI meter in front of moto.
+
+Every request that reaches moto (not one the fault injector answered in its place) is
+counted by service and operation, and DynamoDB's capacity units are worked out the way
+DynamoDB bills them (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/
+read-write-operations.html and .../CapacityUnitCalculations.html):
+
+- a write request unit covers 1 KB of item; a write bills the larger of the item before
+  and after it (a refused conditional write bills too, on the item as it is);
+- a read request unit covers 4 KB read strongly consistently (eventually: half);
+  a query bills the summed size of the items it read, rounded up to 4 KB;
+- every item of a transaction bills double, condition checks included.
+
+Item sizes follow DynamoDB's rules (.../CapacityUnitCalculations.html#ItemSizeCalculations):
+attribute names and string values by their UTF-8 length, numbers at about one byte per
+two significant digits plus one, lists and maps 3 bytes plus 1 per element.
+
+SQS bills a request per 64 KB chunk of payload; S3 bills PUT-class and GET-class
+requests apart, and storage by the bytes stored. ``GET /_local_usage`` answers the
+counters (``?reset=1`` also zeroes them), next to the fault injector's ``/_local_faults``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs
+
+from devstack.faults import _dynamodb_backend, _read_body, identify
+
+USAGE_PATH = "/_local_usage"
+WRITE_UNIT_BYTES = 1024
+READ_UNIT_BYTES = 4096
+SQS_CHUNK_BYTES = 64 * 1024
+# S3's request classes (Amazon S3 pricing): PUT, COPY, POST, LIST at one price; GET,
+# SELECT and every other request (HEAD included) at another.
+_S3_PUT_CLASS = ("Put", "Copy", "Post", "List", "CreateMultipart", "UploadPart", "CompleteMultipart")
+
+_StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
+Item = Mapping[str, Any]
+
+
+def value_size(value: Mapping[str, Any]) -> int:
+    """Bytes of one DynamoDB-JSON value (``{"S": ...}``, ``{"N": ...}``...)."""
+    kind, raw = next(iter(value.items()))
+    if kind == "S":
+        return len(str(raw).encode("utf-8"))
+    if kind == "N":
+        digits = Decimal(str(raw)).normalize().as_tuple().digits
+        return math.ceil(len(digits) / 2) + 1
+    if kind == "B":
+        return len(raw) * 3 // 4 if isinstance(raw, str) else len(raw)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "M":
+        return 3 + sum(len(k.encode("utf-8")) + value_size(v) + 1 for k, v in raw.items())
+    if kind == "L":
+        return 3 + sum(value_size(v) + 1 for v in raw)
+    if kind in ("SS", "NS", "BS"):
+        return sum(value_size({kind[0]: v}) for v in raw)
+    raise ValueError(f"unknown DynamoDB type {kind!r}")
+
+
+def item_size(item: Item | None) -> int:
+    """Bytes DynamoDB bills for an item: each attribute's name and value."""
+    if not item:
+        return 0
+    return sum(len(name.encode("utf-8")) + value_size(value) for name, value in item.items())
+
+
+def write_units(size: int) -> int:
+    return max(1, math.ceil(size / WRITE_UNIT_BYTES))
+
+
+def read_units(size: int, *, consistent: bool) -> float:
+    units = max(1, math.ceil(size / READ_UNIT_BYTES))
+    return float(units) if consistent else units / 2
+
+
+class UsageMeter:
+    """WSGI middleware: counts what each request to moto would bill. Put it inside the
+    lock that serialises moto, so the items read before and after a write are its own."""
+
+    def __init__(self, app: WsgiApp) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.requests: dict[str, int] = {}
+        self.dynamodb = {"write_units": 0.0, "read_units": 0.0}
+        self.sqs_billed_requests = 0
+        self.s3 = {"put_class": 0, "get_class": 0, "bytes_put": 0}
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": dict(sorted(self.requests.items())),
+                "dynamodb": dict(self.dynamodb),
+                "sqs_billed_requests": self.sqs_billed_requests,
+                "s3": dict(self.s3),
+            }
+
+    def __call__(self, environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == USAGE_PATH:
+            return self._answer(environ, start_response)
+        found = identify(environ)
+        if found is None:
+            return self._app(environ, start_response)
+        service, operation = found
+        if service == "dynamodb":
+            return self._dynamodb(environ, start_response, operation)
+        body = self._app(environ, start_response)
+        with self._lock:
+            key = f"{service}.{operation}"
+            self.requests[key] = self.requests.get(key, 0) + 1
+            if service == "sqs":
+                payload = int(environ.get("CONTENT_LENGTH") or 0)
+                self.sqs_billed_requests += max(1, math.ceil(payload / SQS_CHUNK_BYTES))
+            elif service == "s3":
+                put_class = operation.startswith(_S3_PUT_CLASS)
+                self.s3["put_class" if put_class else "get_class"] += 1
+                if operation == "PutObject":
+                    self.s3["bytes_put"] += int(environ.get("CONTENT_LENGTH") or 0)
+        return body
+
+    def _answer(self, environ: dict[str, Any], start_response: _StartResponse) -> list[bytes]:
+        stats = self.stats()
+        if parse_qs(environ.get("QUERY_STRING", "")).get("reset") == ["1"]:
+            with self._lock:
+                self._reset()
+        data = json.dumps(stats).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def _dynamodb(self, environ: dict[str, Any], start_response: _StartResponse, operation: str) -> list[bytes]:
+        request = json.loads(_read_body(environ) or b"{}")
+        backend = self._backend(environ)
+        before = self._items(backend, operation, request)
+        body = list(self._app(environ, start_response))
+        after = self._items(backend, operation, request)
+        try:
+            answer = json.loads(b"".join(body) or b"{}")
+        except ValueError:
+            answer = {}
+        writes, reads = _units(operation, request, answer, before, after)
+        with self._lock:
+            key = f"dynamodb.{operation}"
+            self.requests[key] = self.requests.get(key, 0) + 1
+            self.dynamodb["write_units"] += writes
+            self.dynamodb["read_units"] += reads
+        return body
+
+    @staticmethod
+    def _backend(environ: dict[str, Any]) -> Any:
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        try:
+            credential = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+            return _dynamodb_backend(environ, credential[2], credential[0])
+        except IndexError:
+            return None
+
+    @staticmethod
+    def _items(backend: Any, operation: str, request: Mapping[str, Any]) -> list[int]:
+        """The current size of each item a write names (0 when absent), in the request's order."""
+        if backend is None:
+            return []
+        targets: list[tuple[str, Item]] = []
+        if operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            targets.append((request["TableName"], _key_of(backend, request)))
+        elif operation == "TransactWriteItems":
+            for entry in request.get("TransactItems", []):
+                (_, op), = entry.items()
+                targets.append((op["TableName"], _key_of(backend, op)))
+        sizes = []
+        for table, key in targets:
+            try:
+                item = backend.get_item(table, key)
+            except Exception:  # noqa: BLE001 - an unknown table bills as nothing here
+                item = None
+            sizes.append(item_size(item.to_json()["Attributes"]) if item is not None else 0)
+        return sizes
+
+
+def _key_of(backend: Any, op: Mapping[str, Any]) -> Item:
+    if "Key" in op:
+        return dict(op["Key"])
+    table = backend.get_table(op["TableName"])
+    names = [n for n in (table.hash_key_attr, table.range_key_attr) if n]
+    return {n: op["Item"][n] for n in names if n in op["Item"]}
+
+
+def _units(
+    operation: str, request: Mapping[str, Any], answer: Mapping[str, Any], before: list[int], after: list[int]
+) -> tuple[float, float]:
+    """(write units, read units) of one DynamoDB request."""
+    if operation in ("PutItem", "UpdateItem", "DeleteItem"):
+        size = max(before[0], after[0], item_size(request.get("Item"))) if before else item_size(request.get("Item"))
+        return float(write_units(size)), 0.0
+    if operation == "TransactWriteItems":
+        return float(sum(2 * write_units(max(b, a)) for b, a in zip(before, after, strict=True))), 0.0
+    if operation == "GetItem":
+        size = item_size(answer.get("Item"))
+        return 0.0, read_units(size, consistent=bool(request.get("ConsistentRead")))
+    if operation in ("Query", "Scan"):
+        size = sum(item_size(i) for i in answer.get("Items", []))
+        return 0.0, read_units(size, consistent=bool(request.get("ConsistentRead")))
+    return 0.0, 0.0
+
+
+class FunctionClock:
+    """Lambda's billed units for the local stack's functions: invocations and handler seconds.
+
+    The API's requests are the ingest function's invocations (one per request, as API
+    Gateway invokes it), timed by ``asgi``; the pollers time their own invocations.
+    ``GET /_local_usage`` on the API answers them (``?reset=1`` also zeroes them).
+    """
+
+    def __init__(self, ingest_function: str, pollers: Iterable[Any] = ()) -> None:
+        self._ingest = ingest_function
+        self._pollers = list(pollers)
+        self._lock = threading.Lock()
+        self._invocations = 0
+        self._seconds = 0.0
+
+    def stats(self, *, reset: bool = False) -> dict[str, Any]:
+        with self._lock:
+            functions = {self._ingest: {"invocations": self._invocations, "seconds": self._seconds}}
+            if reset:
+                self._invocations, self._seconds = 0, 0.0
+        for poller in self._pollers:
+            functions[poller.source.function] = poller.usage(reset=reset)
+        return {"functions": functions}
+
+    def asgi(self, app: Any) -> Any:
+        """``app`` with its HTTP requests timed, and ``GET /_local_usage`` answered."""
+
+        async def timed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            if scope["path"] == USAGE_PATH:
+                reset = parse_qs(scope.get("query_string", b"").decode()).get("reset") == ["1"]
+                data = json.dumps(self.stats(reset=reset)).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": data})
+                return
+            started = time.perf_counter()
+            try:
+                await app(scope, receive, send)
+            finally:
+                elapsed = time.perf_counter() - started
+                with self._lock:
+                    self._invocations += 1
+                    self._seconds += elapsed
+
+        return timed

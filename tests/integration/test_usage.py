@@ -1,0 +1,103 @@
+"""The local stack's usage meter: what each request to moto would bill on AWS, counted by
+the moto server itself (devstack/usage.py) and read back over HTTP."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+import pytest
+
+from callcore.bootstrap import AwsClients
+from devstack.usage import item_size, read_units, value_size, write_units
+from tests.conftest import MotoStack
+
+
+def usage(ms: MotoStack, *, reset: bool = False) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(
+        f"{ms.moto.endpoint}/_local_usage", params={"reset": "1"} if reset else {}
+    ).json()
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ({"S": "héllo"}, 6),  # UTF-8 bytes
+        ({"N": "12345"}, 4),  # 5 significant digits: ceil(5 / 2) + 1
+        ({"N": "1.500"}, 2),  # trailing zeros are not significant
+        ({"BOOL": True}, 1),
+        ({"L": [{"S": "ab"}, {"N": "1"}]}, 3 + (2 + 1) + (2 + 1)),
+        ({"M": {"k": {"S": "v"}}}, 3 + (1 + 1 + 1)),
+    ],
+)
+def test_value_sizes_follow_dynamodbs_rules(value: dict[str, Any], size: int) -> None:
+    assert value_size(value) == size
+
+
+def test_units_round_up_per_kilobyte_written_and_per_4_kilobytes_read() -> None:
+    assert [write_units(n) for n in (0, 1, 1024, 1025)] == [1, 1, 1, 2]
+    assert read_units(4096, consistent=True) == 1.0
+    assert read_units(4097, consistent=True) == 2.0
+    assert read_units(4097, consistent=False) == 1.0
+
+
+def test_writes_reads_and_transactions_are_billed_as_dynamodb_bills_them(
+    moto_stack: MotoStack, aws_clients: AwsClients, call_id: str
+) -> None:
+    ddb = aws_clients.dynamodb
+    table = moto_stack.env["PACKETS_TABLE"]
+    big = {"call_id": {"S": call_id}, "sequence": {"N": "1"}, "data": {"S": "x" * 1500}}
+    usage(moto_stack, reset=True)
+
+    ddb.put_item(TableName=table, Item=big)  # 1,500+ bytes: 2 units
+    ddb.get_item(TableName=table, Key={"call_id": {"S": call_id}, "sequence": {"N": "1"}}, ConsistentRead=True)
+    ddb.transact_write_items(
+        TransactItems=[
+            {"Put": {"TableName": table, "Item": {**big, "sequence": {"N": "2"}}}},  # 2 units, doubled
+            {"ConditionCheck": {  # the existing 1,500-byte item: 2 units, doubled
+                "TableName": table,
+                "Key": {"call_id": {"S": call_id}, "sequence": {"N": "1"}},
+                "ConditionExpression": "attribute_exists(call_id)",
+            }},
+        ]
+    )  # fmt: skip
+    counted = usage(moto_stack)
+
+    size = item_size(big)
+    assert math.ceil(size / 1024) == 2
+    assert counted["requests"] == {"dynamodb.GetItem": 1, "dynamodb.PutItem": 1, "dynamodb.TransactWriteItems": 1}
+    assert counted["dynamodb"] == {"write_units": 2 + 2 * 2 + 2 * 2, "read_units": 1.0}
+
+
+def test_an_update_bills_the_whole_item_it_grows(moto_stack: MotoStack, aws_clients: AwsClients, call_id: str) -> None:
+    table = moto_stack.env["PACKETS_TABLE"]
+    key = {"call_id": {"S": call_id}, "sequence": {"N": "7"}}
+    aws_clients.dynamodb.put_item(TableName=table, Item={**key, "data": {"S": "y" * 2900}})
+    usage(moto_stack, reset=True)
+
+    aws_clients.dynamodb.update_item(
+        TableName=table, Key=key, UpdateExpression="SET n = :n", ExpressionAttributeValues={":n": {"N": "1"}}
+    )
+
+    assert 2048 < item_size({**key, "data": {"S": "y" * 2900}, "n": {"N": "1"}}) <= 3072
+    assert usage(moto_stack)["dynamodb"]["write_units"] == 3  # the whole 3 KB item, for a 3-byte change
+
+
+def test_s3_and_sqs_requests_are_counted_by_billing_class(
+    moto_stack: MotoStack, aws_clients: AwsClients, call_id: str
+) -> None:
+    bucket = moto_stack.env["RECORDINGS_BUCKET"]
+    queue = aws_clients.sqs.create_queue(QueueName=f"usage-{abs(hash(call_id))}")["QueueUrl"]
+    usage(moto_stack, reset=True)
+
+    aws_clients.s3.put_object(Bucket=bucket, Key=f"calls/{call_id}/x.wav", Body=b"\0" * 5000)
+    aws_clients.s3.head_object(Bucket=bucket, Key=f"calls/{call_id}/x.wav")
+    aws_clients.s3.get_object(Bucket=bucket, Key=f"calls/{call_id}/x.wav")["Body"].read()
+    aws_clients.sqs.send_message(QueueUrl=queue, MessageBody="z" * 70_000)  # two 64 KB chunks
+    counted = usage(moto_stack)
+    aws_clients.sqs.delete_queue(QueueUrl=queue)
+
+    assert counted["s3"] == {"put_class": 1, "get_class": 2, "bytes_put": 5000}
+    assert counted["sqs_billed_requests"] == 2
