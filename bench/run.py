@@ -526,6 +526,95 @@ def measure_speech(results: dict[str, float], info: dict[str, Any]) -> None:
     }
 
 
+# ---------------------------------------------------------------- what a call-minute costs
+
+COST_CALLS = 10  # speech calls of SPEECH_CALL_S each: 5 call-minutes of 20 ms packets
+# Figures with no budget yet, shown in the table. The batched-ingest keys of the cost
+# model (and infra_over_ai_batched <= 0.10) come with the batch route (issue 12, open).
+REPORTED = (
+    "infra_usd_per_1000_call_minutes",
+    "ai_usd_per_1000_call_minutes_aws",
+    "ai_usd_per_1000_call_minutes_local",
+    "infra_over_ai_single",
+)
+
+
+def measure_cost(results: dict[str, float], info: dict[str, Any]) -> None:
+    """Count what COST_CALLS speech calls really use on a local stack, one request per 20 ms
+    packet, and price it per call-minute (bench/cost.py, bench/prices.json)."""
+    from bench.cost import (
+        Usage,
+        ai_aws_usd_per_call_minute,
+        ai_local_usd_per_call_minute,
+        function_memory_mb,
+        infrastructure,
+        load_prices,
+    )
+    from devstack.template import load_template
+    from pbxsim.plan import Rates
+    from pbxsim.runner import Options, run
+    from pbxsim.speech import load_fixtures
+
+    call = speech_call()
+    # The mock with no simulated latency or failure: the worker's time is then the
+    # pipeline's own (decode, recording, DynamoDB), the AI's is priced apart.
+    log(f"cost model: {COST_CALLS} calls of {call.duration_s:.1f} s, one request per 20 ms packet, counted")
+    stack = LocalStack({"AI_MIN_LATENCY_S": "0", "AI_MAX_LATENCY_S": "0"}, name="cost")
+    try:
+        httpx.get(f"{stack.moto_endpoint}/_local_usage", params={"reset": "1"}).raise_for_status()
+        httpx.get(f"{stack.url}/_local_usage", params={"reset": "1"}).raise_for_status()
+        options = Options(
+            base_url=stack.url,
+            calls=COST_CALLS,
+            speech=(call,),
+            interval_s=0.0,
+            rates=Rates(duplicate=0.0, reorder=0.0, late=0.0, skip=0.0),
+            connections=CONNECTIONS,
+            wait=False,  # the simulator's GETs are no part of a call's cost
+            progress=False,
+        )
+        sent = asyncio.run(run(options)).to_dict()
+        deadline = time.monotonic() + 300
+        while True:  # every call's work item handled (no failures: one record a call)
+            functions = httpx.get(f"{stack.url}/_local_usage").json()["functions"]
+            if functions["AiWorkerFunction"]["records"] >= COST_CALLS:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cost run: work items still unhandled: {functions}")
+            time.sleep(0.2)
+        moto = httpx.get(f"{stack.moto_endpoint}/_local_usage").json()
+    finally:
+        stack.stop()
+    template = load_template()
+    prices = load_prices()
+    call_minutes = COST_CALLS * len(call.frames) * 0.02 / 60
+    infra = infrastructure(Usage(moto=moto, functions=functions, call_minutes=call_minutes), prices, template)
+    fixtures = load_fixtures()
+    characters_per_s = sum(len(f.text) for f in fixtures) / sum(f.duration_s for f in fixtures)
+    # The 10-minute call's real-time factor when this run measured it; else the fixtures'.
+    rtf = float(info.get("long_call", {}).get("rtf") or results.get("asr_rtf") or asr_figures(reps=1)["asr_rtf"])
+    aws = ai_aws_usd_per_call_minute(prices, characters_per_s)
+    local = ai_local_usd_per_call_minute(prices, rtf, function_memory_mb(template)["AiWorkerFunction"])
+    results["infra_usd_per_1000_call_minutes"] = 1000 * infra["usd_per_call_minute"]
+    results["ai_usd_per_1000_call_minutes_aws"] = 1000 * aws
+    results["ai_usd_per_1000_call_minutes_local"] = 1000 * local
+    results["infra_over_ai_single"] = infra["usd_per_call_minute"] / aws
+    info["cost"] = {
+        "call_minutes": round(call_minutes, 3),
+        "packets": sent["packets_sent"],
+        "responses": sent["responses"],
+        "requests": moto["requests"],
+        "functions": functions,
+        "by_item": infra["by_item"],
+        "prices_read_on": prices["read_on"],
+        "comprehend_characters_per_audio_s": round(characters_per_s, 2),
+        "local_rtf": rtf,
+        # API Gateway's default quota, 10,000 requests per second per account and region:
+        # one request per packet caps the service at 10,000 x 20 ms concurrent calls.
+        "calls_per_10k_rps": {"single_20ms_packets": round(10_000 * 0.02), "batches_of_200ms": round(10_000 * 0.2)},
+    }
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -541,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     only.add_argument(
         "--speech-only", action="store_true", help="only the offline AI's figures (writes no results.json)"
     )
+    only.add_argument("--cost-only", action="store_true", help="only the cost model (writes no results.json)")
     args = parser.parse_args(argv)
     results: dict[str, float] = {}
     info: dict[str, Any] = {}
@@ -548,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.chaos_only:
         measure_chaos(results, info)
         return report(results, info, time.perf_counter() - started, partial="the chaos run alone")
+    if args.cost_only:
+        measure_cost(results, info)
+        return report(results, info, time.perf_counter() - started, partial="the cost model alone")
     if args.speech_only:
         measure_speech(results, info)
         return report(results, info, time.perf_counter() - started, partial="the speech figures alone")
@@ -561,9 +654,10 @@ def main(argv: list[str] | None = None) -> int:
     measure_on_stack(results, info)
     measure_chaos(results, info)
     measure_speech(results, info)
+    measure_cost(results, info)
 
     # A figure that could not be measured is null here, and MISSED in the table.
-    RESULTS.write_text(json.dumps({k: results.get(k) for k in BUDGETS}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps({k: results.get(k) for k in (*BUDGETS, *REPORTED)}, indent=2) + "\n")
     return report(results, info, time.perf_counter() - started)
 
 
@@ -729,6 +823,9 @@ def report(results: dict[str, float], info: dict[str, Any], elapsed_s: float, pa
         table.add_row(
             key, f"{value:.3f}" if isinstance(value, float) else str(value), f"{op} {limit}", "ok" if ok else "MISSED"
         )
+    for key in REPORTED:
+        if key in results:
+            table.add_row(key, f"{results[key]:.4f}", "reported", "")
     console.print(table)
     console.print_json(json.dumps(info))
     if partial is None:

@@ -113,13 +113,18 @@ class SqsPoller:
         self.invocations = 0
         # Lambda bills an invocation's handler time: the local stack's cost model reads it.
         self._usage_invocations = 0
+        self._usage_records = 0
         self._handler_seconds = 0.0
 
     def usage(self, *, reset: bool = False) -> dict[str, Any]:
         """Invocations and handler seconds since the last reset (devstack.usage.FunctionClock)."""
-        usage = {"invocations": self._usage_invocations, "seconds": self._handler_seconds}
+        usage = {
+            "invocations": self._usage_invocations,
+            "records": self._usage_records,
+            "seconds": self._handler_seconds,
+        }
         if reset:
-            self._usage_invocations, self._handler_seconds = 0, 0.0
+            self._usage_invocations, self._usage_records, self._handler_seconds = 0, 0, 0.0
         return usage
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -181,6 +186,7 @@ class SqsPoller:
             context = LambdaContext(function_name=self.source.function, aws_request_id=str(uuid.uuid4()))
             self.invocations += 1
             self._usage_invocations += 1
+            self._usage_records += len(records)
             started = time.perf_counter()
             try:
                 response = await loop.run_in_executor(self._executor, self._handler, {"Records": records}, context)
