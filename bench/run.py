@@ -8,13 +8,17 @@ Every timing is a ratio against a baseline measured here, now, on this machine:
 And the offline AI (AI_PROVIDER=local) on the speech fixtures (tests/fixtures/speech): its
 transcription time per audio second in-process, the word error rate and sentiment agreement
 it gets there (reported, no budget), and end of call to COMPLETED for a ~30 s speech call
-through a local stack running it, per audio second.
+through a local stack running it, per audio second; and a 10-minute call through the
+worker's path against the worker's timeout.
+And the cost model (bench/cost.py): what ten speech calls really use, counted by the local
+stack (devstack/usage.py) and priced per 1,000 call-minutes from bench/prices.json, for the
+infrastructure and for each AI provider (reported, no budget yet).
 And one chaos run, on a second local stack whose moto server injects AWS's failures
 (LOCAL_FAULTS=chaos): the PBX simulator must lose nothing, leave no call stuck and see no
 server error but 503, while the faults really happened.
 Writes bench/results.json and prints a table. Exit status 1 when a budget is missed.
 `python -m bench.run --chaos-only` runs the chaos part alone, `--speech-only` the speech
-part alone (neither writes results).
+part alone, `--cost-only` the cost model alone (none writes results).
 """
 
 from __future__ import annotations
