@@ -168,21 +168,20 @@ class UsageMeter:
 
     @staticmethod
     def _items(backend: Any, operation: str, request: Mapping[str, Any]) -> list[int]:
-        """The current size of each item a write names (0 when absent), in the request's order."""
+        """The current size of each item a write names (0 when absent, or its table unknown:
+        moto then answers the request's error itself), in the request's order."""
         if backend is None:
             return []
-        targets: list[tuple[str, Item]] = []
+        ops: list[Mapping[str, Any]] = []
         if operation in ("PutItem", "UpdateItem", "DeleteItem"):
-            targets.append((request["TableName"], _key_of(backend, request)))
+            ops.append(request)
         elif operation == "TransactWriteItems":
-            for entry in request.get("TransactItems", []):
-                (_, op), = entry.items()
-                targets.append((op["TableName"], _key_of(backend, op)))
+            ops.extend(next(iter(entry.values())) for entry in request.get("TransactItems", []))
         sizes = []
-        for table, key in targets:
+        for op in ops:
             try:
-                item = backend.get_item(table, key)
-            except Exception:  # noqa: BLE001 - an unknown table bills as nothing here
+                item = backend.get_item(op["TableName"], _key_of(backend, op))
+            except Exception:  # noqa: BLE001 - the meter never changes moto's answer
                 item = None
             sizes.append(item_size(item.to_json()["Attributes"]) if item is not None else 0)
         return sizes

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 
 from callcore.bootstrap import AwsClients
 from devstack.usage import item_size, read_units, value_size, write_units
@@ -101,3 +102,14 @@ def test_s3_and_sqs_requests_are_counted_by_billing_class(
 
     assert counted["s3"] == {"put_class": 1, "get_class": 2, "bytes_put": 5000}
     assert counted["sqs_billed_requests"] == 2
+
+
+def test_a_request_to_a_table_that_does_not_exist_gets_moto_s_own_answer(
+    moto_stack: MotoStack, aws_clients: AwsClients, call_id: str
+) -> None:
+    item = {"call_id": {"S": call_id}, "sequence": {"N": "0"}}
+
+    with pytest.raises(ClientError) as excinfo:
+        aws_clients.dynamodb.transact_write_items(TransactItems=[{"Put": {"TableName": "NoSuchTable", "Item": item}}])
+
+    assert excinfo.value.response["Error"]["Code"] == "ResourceNotFoundException"
