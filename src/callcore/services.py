@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 class PacketOutcome(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
+    CONFLICT = "conflict"  # batches only: the single route answers 409
+    ENDED = "ended"  # batches only: the single route answers 409
 
 
 def record_packet(store: CallStore, call_id: str, packet: Packet) -> PacketOutcome:
@@ -64,6 +66,25 @@ def record_packet(store: CallStore, call_id: str, packet: Packet) -> PacketOutco
     if write.call_state is None:
         raise RuntimeError(f"store refused packet {packet.sequence} of {call_id!r} without a reason")
     raise CallNotAcceptingPacketsError(call_id, write.call_state)
+
+
+def record_packets(store: CallStore, call_id: str, packets: list[Packet]) -> list[PacketOutcome]:
+    """Store a batch of packets, each exactly as ``record_packet`` stores one, in order.
+
+    Each packet's outcome is its own: ``conflict`` where record_packet raises
+    SequenceConflictError, ``ended`` where it raises CallNotAcceptingPacketsError. A
+    dependency failure stops the batch (DependencyUnavailableError): the packets before it
+    are stored, and sending the whole batch again answers them ``duplicate``.
+    """
+    outcomes: list[PacketOutcome] = []
+    for packet in packets:
+        try:
+            outcomes.append(record_packet(store, call_id, packet))
+        except SequenceConflictError:
+            outcomes.append(PacketOutcome.CONFLICT)
+        except CallNotAcceptingPacketsError:
+            outcomes.append(PacketOutcome.ENDED)
+    return outcomes
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,8 @@ class Settings:
     local_max_audio_s: float = LOCAL_MAX_AUDIO_S
     # Under DynamoDB's 400 KB item limit, with room for the packet's other attributes.
     max_packet_bytes: int = 256 * 1024
+    # A batch's data: within Lambda's 6 MB request payload, with room for the JSON around it.
+    max_batch_bytes: int = 1024 * 1024
     # Packet data of one call the worker will load: two hours of 8 kHz mu-law is 77 MB of base64.
     max_call_bytes: int = 128 * 1024 * 1024
     # The sweeper sends a round's unsent work item only after this long, when no ingest
@@ -138,6 +140,7 @@ class Settings:
             recording_download=env.get("RECORDING_DOWNLOAD", "").strip() or cls.recording_download,
             local_max_audio_s=_float(env, "LOCAL_MAX_AUDIO_S", cls.local_max_audio_s, 1.0, LOCAL_MAX_AUDIO_S),
             max_packet_bytes=_int(env, "MAX_PACKET_BYTES", cls.max_packet_bytes, 1),
+            max_batch_bytes=_int(env, "MAX_BATCH_BYTES", cls.max_batch_bytes, 1),
             max_call_bytes=_int(env, "MAX_CALL_BYTES", cls.max_call_bytes, 1),
             work_resend_after_s=_float(env, "WORK_RESEND_AFTER_S", cls.work_resend_after_s, INGEST_TIMEOUT_S + 5.0),
             processing_timeout_s=_float(env, "PROCESSING_TIMEOUT_S", 0.0, 1.0),

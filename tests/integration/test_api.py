@@ -352,6 +352,7 @@ def test_openapi_documents_every_status_and_no_other(api: httpx.Client) -> None:
     paths = api.get("/openapi.json").json()["paths"]
     documented = {
         ("post", "/v1/call/stream/{call_id}"): {"200", "202", "401", "409", "413", "422", "500", "503"},
+        ("post", "/v1/call/stream/{call_id}/batch"): {"200", "401", "413", "422", "500", "503"},
         ("post", "/v1/call/{call_id}/end"): {"200", "202", "401", "404", "422", "500", "503"},
         ("get", "/v1/call/{call_id}"): {"200", "401", "404", "422", "500", "503"},
         ("get", "/v1/calls"): {"200", "401", "422", "500", "503"},

@@ -16,7 +16,19 @@ from callcore import services
 from callcore.domain.model import CallState, Packet
 from ingest.deps import CallId, PortsDep, require_api_key
 from ingest.errors import INTERNAL, INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, error_responses
-from ingest.schemas import CallListOut, CallOut, CallSummaryOut, EndIn, EndOut, PacketAck, PacketIn
+from ingest.schemas import (
+    MAX_BATCH_PACKETS,
+    BatchAck,
+    BatchIn,
+    BatchResult,
+    CallListOut,
+    CallOut,
+    CallSummaryOut,
+    EndIn,
+    EndOut,
+    PacketAck,
+    PacketIn,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +115,53 @@ def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep) -> JSONRes
             audio_format=packet.audio_format,
         ),
     )
-    ack = PacketAck(call_id=call_id, sequence=packet.sequence, status=outcome.value)
-    return JSONResponse(
-        status_code=202 if outcome is services.PacketOutcome.ACCEPTED else 200, content=ack.model_dump()
+    # record_packet raises for a conflict or an ended call (409): only these two come back.
+    accepted = outcome is services.PacketOutcome.ACCEPTED
+    ack = PacketAck(call_id=call_id, sequence=packet.sequence, status="accepted" if accepted else "duplicate")
+    return JSONResponse(status_code=202 if accepted else 200, content=ack.model_dump())
+
+
+@router.post(
+    "/call/stream/{call_id}/batch",
+    status_code=200,
+    response_model=BatchAck,
+    summary="Store a batch of audio packets of a call",
+    responses={
+        200: {"description": "Each packet's outcome, in request order. Sending the same batch again is safe."},
+        **error_responses(
+            (
+                413,
+                f"More than {MAX_BATCH_PACKETS} packets, a packet's `data` over MAX_PACKET_BYTES, or all of them "
+                "over MAX_BATCH_BYTES. Nothing stored.",
+            ),
+        ),
+    },
+)
+def stream_batch(call_id: CallId, batch: BatchIn, ports: PortsDep) -> BatchAck:
+    sizes = [len(p.data.encode("utf-8")) for p in batch.packets]
+    limits = ports.settings
+    if len(batch.packets) > MAX_BATCH_PACKETS:
+        raise HTTPException(
+            status_code=413, detail=f"{len(batch.packets)} packets; a batch holds at most {MAX_BATCH_PACKETS}"
+        )
+    if max(sizes) > limits.max_packet_bytes:
+        at = sizes.index(max(sizes))
+        raise HTTPException(
+            status_code=413,
+            detail=f"packets[{at}].data is {sizes[at]} bytes; the limit is {limits.max_packet_bytes} bytes",
+        )
+    if sum(sizes) > limits.max_batch_bytes:
+        raise HTTPException(
+            status_code=413, detail=f"the batch's data is {sum(sizes)} bytes; the limit is {limits.max_batch_bytes}"
+        )
+    packets = [
+        Packet(sequence=p.sequence, data=p.data, timestamp=p.timestamp, audio_format=p.audio_format)
+        for p in batch.packets
+    ]
+    outcomes = services.record_packets(ports.store, call_id, packets)
+    return BatchAck(
+        call_id=call_id,
+        results=[BatchResult(sequence=p.sequence, status=o.value) for p, o in zip(packets, outcomes, strict=True)],
     )
 
 

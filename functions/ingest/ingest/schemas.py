@@ -119,6 +119,37 @@ class PacketAck(BaseModel):
     status: Literal["accepted", "duplicate"]
 
 
+# A batch: 200 ms of 20 ms packets is 10; 50 is a second of them. Its data is bounded by
+# MAX_BATCH_BYTES as a single packet's is by MAX_PACKET_BYTES.
+MAX_BATCH_PACKETS = 50
+
+
+class BatchIn(BaseModel):
+    packets: list[PacketIn] = Field(
+        min_length=1,
+        description=(
+            f"1 to {MAX_BATCH_PACKETS} packets of the call, in any order (more is a 413). Each is stored as "
+            "`POST /v1/call/stream/{call_id}` would store it."
+        ),
+    )
+
+
+class BatchResult(BaseModel):
+    sequence: int
+    status: Literal["accepted", "duplicate", "conflict", "ended"] = Field(
+        description=(
+            "accepted: stored now, and part of the call's AI work. duplicate: this sequence was already stored "
+            "with the same data. conflict: it is stored with other data; nothing stored. ended: the call is no "
+            "longer IN_PROGRESS; nothing stored."
+        )
+    )
+
+
+class BatchAck(BaseModel):
+    call_id: str
+    results: list[BatchResult] = Field(description="One per packet, in the order of the request.")
+
+
 class EndIn(BaseModel):
     last_sequence: Sequence | None = Field(
         default=None, description="The call's last packet; a missing tail is then reported in `missing`."
