@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from devstack.template import function_environment, resources_of_type
+from devstack.template import function_environment, parameter_defaults, resources_of_type
 
 # Table properties that moto's CreateTable takes as they are in the template.
 _TABLE_KEYS = ("KeySchema", "AttributeDefinitions", "BillingMode", "GlobalSecondaryIndexes", "LocalSecondaryIndexes")
@@ -64,7 +64,7 @@ class Stack:
 def parameters(template: dict[str, Any], env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Parameter values: an environment variable that the template maps to a parameter wins over its Default."""
     env = os.environ if env is None else env
-    values = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
+    values = parameter_defaults(template)
     for var, value in function_environment(template).items():
         if isinstance(value, dict) and value.get("Ref") in values and env.get(var, "") != "":
             values[value["Ref"]] = env[var]

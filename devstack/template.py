@@ -58,6 +58,11 @@ def resources_of_type(template: dict[str, Any], type_name: str) -> dict[str, dic
     return {name: res for name, res in template["Resources"].items() if res["Type"] == type_name}
 
 
+def parameter_defaults(template: dict[str, Any]) -> dict[str, str]:
+    """Each parameter's Default, as a string (what CloudFormation passes when none is given)."""
+    return {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
+
+
 def condition_holds(template: dict[str, Any], name: str, parameters: Mapping[str, str]) -> bool:
     """A template condition, for the one form it uses: ``!Equals [!Ref Parameter, value]``."""
     spec = template.get("Conditions", {})[name]
@@ -78,7 +83,7 @@ def resolve_if(template: dict[str, Any], value: Any, parameters: Mapping[str, st
 def sqs_event_sources(template: dict[str, Any], parameters: Mapping[str, str] | None = None) -> list[SqsEventSource]:
     """The SQS event sources, with ``!If`` settings resolved (``parameters``: the template's Defaults if None)."""
     if parameters is None:
-        parameters = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
+        parameters = parameter_defaults(template)
     sources = []
     for name, fn in resources_of_type(template, "AWS::Serverless::Function").items():
         props = fn["Properties"]

@@ -31,7 +31,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
 
-from devstack.faults import _dynamodb_backend, _read_body, identify
+from devstack.faults import _credential, _dynamodb_backend, _read_body, identify
 
 USAGE_PATH = "/_local_usage"
 WRITE_UNIT_BYTES = 1024
@@ -159,12 +159,8 @@ class UsageMeter:
 
     @staticmethod
     def _backend(environ: dict[str, Any]) -> Any:
-        auth = environ.get("HTTP_AUTHORIZATION", "")
-        try:
-            credential = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
-            return _dynamodb_backend(environ, credential[2], credential[0])
-        except IndexError:
-            return None
+        credential = _credential(environ)
+        return _dynamodb_backend(environ, credential[1], credential[0]) if credential else None
 
     @staticmethod
     def _items(backend: Any, operation: str, request: Mapping[str, Any]) -> list[int]:

@@ -219,11 +219,12 @@ async def process_call(
     PROCESSING_AI in the item's round, so a redelivered message changes nothing once the
     round is over.
     """
+    audio: CallAudio | None = None  # resumed by a check, or built by the attempt below
     if item.check:
-        checked = await _checked_audio(store, item)
-        if checked is None:
+        audio = await _checked_audio(store, item)
+        if audio is None:
             return ProcessOutcome.SKIPPED
-        attempt, audio = checked.attempt, checked
+        attempt = audio.attempt
     else:
         started = await asyncio.to_thread(
             functools.partial(store.start_attempt, item.call_id, item.round, now=now_iso(), token=new_token())
@@ -232,7 +233,7 @@ async def process_call(
             return ProcessOutcome.SKIPPED
         attempt = started
     try:
-        if not item.check:
+        if audio is None:
             audio = await asyncio.to_thread(_prepare_audio, store, recordings, item, attempt, limits)
         transcript = await ai.transcribe(audio)
         sentiment = await ai.score_sentiment(transcript)

@@ -12,6 +12,7 @@ from devstack.template import (
     ScheduleSource,
     SqsEventSource,
     load_template,
+    parameter_defaults,
     schedule_sources,
     sqs_event_sources,
 )
@@ -177,8 +178,8 @@ def test_template_has_an_sqs_event_source_for_the_work_queue_and_the_dead_letter
 def test_work_queue_feeds_the_ai_worker_with_partial_failures_in_batches_sized_for_the_provider(
     template: dict[str, Any], provider: str, batch_size: int, concurrency: int
 ) -> None:
-    params = {name: str(spec.get("Default", "")) for name, spec in template["Parameters"].items()}
-    [source] = [s for s in sqs_event_sources(template, params | {"AiProvider": provider}) if s.queue == "WorkQueue"]
+    params = parameter_defaults(template) | {"AiProvider": provider}
+    [source] = [s for s in sqs_event_sources(template, params) if s.queue == "WorkQueue"]
 
     assert source == SqsEventSource(
         function="AiWorkerFunction",
