@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import base64
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+# The audio in one packet, and the spacing of the timestamps a plan gives its packets.
+PACKET_S = 0.02
+# The most packets one batch request may carry (the API's MAX_BATCH_PACKETS; a unit test holds them equal).
+MAX_BATCH_PACKETS = 50
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ def plan_call(
     if data is not None:
         packets = len(data)
     originals = [
-        Send(seq, packet_data(rng, seq) if data is None else data[seq], start_ts + seq * 0.02) for seq in range(packets)
+        Send(seq, packet_data(rng, seq) if data is None else data[seq], start_ts + seq * PACKET_S) for seq in range(packets)
     ]
     skipped = frozenset(s.sequence for s in originals if rng.random() < rates.skip)
     order = [s for s in originals if s.sequence not in skipped]
@@ -72,3 +78,22 @@ def plan_call(
         if rng.random() < rates.duplicate:
             sends.append(s)
     return CallPlan(call_id=call_id, sends=sends, last_sequence=packets - 1, skipped=skipped)
+
+
+def batch_packets(batch_ms: float, packet_ms: float) -> int:
+    """Packets per batch request that cover ``batch_ms`` of audio in ``packet_ms`` packets.
+
+    Rounded half up (50 ms of 20 ms packets is 3), then kept within 1..MAX_BATCH_PACKETS:
+    200 ms of 20 ms packets is 10, a second or more is 50.
+    """
+    if not (batch_ms > 0 and packet_ms > 0 and math.isfinite(batch_ms)):
+        raise ValueError(f"a batch needs positive, finite durations, not {batch_ms} ms of {packet_ms} ms packets")
+    return max(1, min(MAX_BATCH_PACKETS, math.floor(batch_ms / packet_ms + 0.5)))
+
+
+def batches(sends: Sequence[Send], size: int) -> list[list[Send]]:
+    """The sends, in their planned order (duplicates and reordering included), cut into requests of ``size``;
+    the last may be shorter."""
+    if size < 1:
+        raise ValueError(f"a batch holds at least one packet, not {size}")
+    return [list(sends[i : i + size]) for i in range(0, len(sends), size)]

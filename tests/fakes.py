@@ -35,7 +35,7 @@ from callcore.domain.model import (
     TransitionRule,
     WorkItem,
 )
-from callcore.ports import CallPage, PacketWrite
+from callcore.ports import MAX_BATCHED_PACKET_BYTES, CallPage, PacketWrite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,8 @@ class InMemoryCallStore:
         self._lock = threading.Lock()
         self._calls: dict[str, Call] = {}
         self._packets: dict[str, dict[int, _StoredPacket]] = {}
+        # Calls created by a batch: the adapter keeps their packets in slots.
+        self._slotted: set[str] = set()
         # The token of each call's last transition and last attempt, as the adapter keeps them.
         self._tokens: dict[tuple[str, str], str] = {}
         self._attempt_numbers: dict[tuple[str, str], int] = {}
@@ -65,32 +67,45 @@ class InMemoryCallStore:
         exists and is not IN_PROGRESS).
         """
         with self._lock:
-            stored = self._packets.get(call_id, {}).get(packet.sequence)
-            call = self._calls.get(call_id)
-            closed = call is not None and call.state is not CallState.IN_PROGRESS
-            if stored is not None or closed:
-                return PacketWrite(
-                    stored=False,
-                    existing=stored.packet if stored is not None else None,
-                    call_state=call.state if closed and call is not None else None,
-                )
-            if call is None:
-                # The adapter sets only if_not_exists attributes, so a packet never
-                # changes updated_at of an existing call.
-                self._calls[call_id] = Call(
-                    call_id=call_id, state=CallState.IN_PROGRESS, created_at=now, updated_at=now
-                )
-            self._packets.setdefault(call_id, {})[packet.sequence] = _StoredPacket(packet, received_at_ns)
-            return PacketWrite(stored=True)
+            if call_id in self._slotted and len(packet.data.encode()) > MAX_BATCHED_PACKET_BYTES:
+                raise CallTooLargeError(f"call {call_id!r} streams in batches")
+            return self._add(call_id, packet, now=now, received_at_ns=received_at_ns)
 
-    def count_duplicate(self, call_id: str, *, token: str) -> None:
+    def add_packets(self, call_id: str, packets: list[Packet], *, now: str, received_at_ns: int) -> list[PacketWrite]:
+        """Each packet as add_packet stores it, in one step; a batch that creates its call marks it slotted,
+        as the adapter's layout on the call item."""
+        if len({p.sequence for p in packets}) != len(packets):
+            raise ValueError("a batch's sequences must be distinct")
+        with self._lock:
+            if call_id not in self._calls:
+                self._slotted.add(call_id)
+            return [self._add(call_id, p, now=now, received_at_ns=received_at_ns + i) for i, p in enumerate(packets)]
+
+    def _add(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
+        stored = self._packets.get(call_id, {}).get(packet.sequence)
+        call = self._calls.get(call_id)
+        closed = call is not None and call.state is not CallState.IN_PROGRESS
+        if stored is not None or closed:
+            return PacketWrite(
+                stored=False,
+                existing=stored.packet if stored is not None else None,
+                call_state=call.state if closed and call is not None else None,
+            )
+        if call is None:
+            # The adapter sets only if_not_exists attributes, so a packet never
+            # changes updated_at of an existing call.
+            self._calls[call_id] = Call(call_id=call_id, state=CallState.IN_PROGRESS, created_at=now, updated_at=now)
+        self._packets.setdefault(call_id, {})[packet.sequence] = _StoredPacket(packet, received_at_ns)
+        return PacketWrite(stored=True)
+
+    def count_duplicate(self, call_id: str, *, token: str, count: int = 1) -> None:
         with self._lock:
             call = self._calls.get(call_id)
             if call is None:
                 raise CallNotFoundError(call_id)
             if self._tokens.get((call_id, "duplicate")) == token:
                 return
-            self._calls[call_id] = dataclasses.replace(call, duplicates=call.duplicates + 1)
+            self._calls[call_id] = dataclasses.replace(call, duplicates=call.duplicates + count)
             self._tokens[(call_id, "duplicate")] = token
 
     def transition(

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     )
 
 
+# The data of one packet of a batch (and of any packet of a call streamed in batches): ten
+# of them fit one DynamoDB item (400 KB) with room to spare. A 20 ms packet is 160 to 640 bytes.
+MAX_BATCHED_PACKET_BYTES = 32 * 1024
+
+
 @dataclass(frozen=True)
 class PacketWrite:
     """What happened to one attempt to store a packet.
@@ -48,11 +53,22 @@ class CallStore(Protocol):
     """
 
     def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
-        """Store a packet atomically with its call (created by its first packet), only while IN_PROGRESS."""
+        """Store a packet atomically with its call (created by its first packet), only while IN_PROGRESS.
+
+        CallTooLargeError if the call streams in batches and the data is over MAX_BATCHED_PACKET_BYTES.
+        """
         ...
 
-    def count_duplicate(self, call_id: str, *, token: str) -> None:
-        """Count one duplicate packet; the same ``token`` again counts nothing. CallNotFoundError if no call."""
+    def add_packets(self, call_id: str, packets: list[Packet], *, now: str, received_at_ns: int) -> list[PacketWrite]:
+        """Store a batch of packets of distinct sequences, each as ``add_packet`` stores one; a result per packet.
+
+        The packets arrive in list order: the i-th is received at ``received_at_ns + i``.
+        Raises ValueError for a repeated sequence.
+        """
+        ...
+
+    def count_duplicate(self, call_id: str, *, token: str, count: int = 1) -> None:
+        """Count ``count`` duplicate packets; the same ``token`` again counts nothing. CallNotFoundError if no call."""
         ...
 
     def transition(

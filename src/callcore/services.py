@@ -35,7 +35,7 @@ from callcore.domain.model import (
     error_text,
     transition_rule,
 )
-from callcore.ports import AIProvider, CallPage, CallStore, RecordingStore, WorkQueue
+from callcore.ports import AIProvider, CallPage, CallStore, PacketWrite, RecordingStore, WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -54,37 +54,58 @@ def record_packet(store: CallStore, call_id: str, packet: Packet) -> PacketOutco
     CallNotAcceptingPacketsError once the call has ended.
     """
     write = store.add_packet(call_id, packet, now=now_iso(), received_at_ns=now_ns())
+    outcome = _outcome(call_id, packet, write)
+    if outcome is PacketOutcome.DUPLICATE:
+        store.count_duplicate(call_id, token=new_token())
+    elif outcome is PacketOutcome.CONFLICT:
+        raise SequenceConflictError(call_id, packet.sequence)
+    elif outcome is PacketOutcome.ENDED:
+        assert write.call_state is not None
+        raise CallNotAcceptingPacketsError(call_id, write.call_state)
+    return outcome
+
+
+def record_packets(store: CallStore, call_id: str, packets: list[Packet]) -> list[PacketOutcome]:
+    """Store a batch of packets, one outcome each, in request order, by the single route's rules.
+
+    ``conflict`` is where record_packet raises SequenceConflictError, ``ended`` where it
+    raises CallNotAcceptingPacketsError. A sequence repeated within the batch is judged
+    against the batch's first packet of that sequence, as if it came just after it. A
+    dependency failure raises DependencyUnavailableError: what was stored stays stored,
+    and sending the whole batch again answers it ``duplicate``.
+    """
+    first: dict[int, Packet] = {}
+    for packet in packets:
+        first.setdefault(packet.sequence, packet)
+    writes = dict(
+        zip(
+            first, store.add_packets(call_id, list(first.values()), now=now_iso(), received_at_ns=now_ns()), strict=True
+        )
+    )
+    outcomes: list[PacketOutcome] = []
+    for packet in packets:
+        write = writes[packet.sequence]
+        if packet is not first[packet.sequence]:
+            # What its sequence holds now: the first copy if it was stored, else what stopped it.
+            stored = first[packet.sequence] if write.stored else write.existing
+            write = PacketWrite(stored=False, existing=stored, call_state=write.call_state)
+        outcomes.append(_outcome(call_id, packet, write))
+    duplicates = outcomes.count(PacketOutcome.DUPLICATE)
+    if duplicates:
+        store.count_duplicate(call_id, token=new_token(), count=duplicates)
+    return outcomes
+
+
+def _outcome(call_id: str, packet: Packet, write: PacketWrite) -> PacketOutcome:
     if write.stored:
         return PacketOutcome.ACCEPTED
     if write.existing is not None:
         # A retransmission of a stored packet is a duplicate even after the call ended:
         # the packet is stored and part of the call's work, so 409 would be a lie.
-        if not write.existing.same_content(packet):
-            raise SequenceConflictError(call_id, packet.sequence)
-        store.count_duplicate(call_id, token=new_token())
-        return PacketOutcome.DUPLICATE
+        return PacketOutcome.DUPLICATE if write.existing.same_content(packet) else PacketOutcome.CONFLICT
     if write.call_state is None:
         raise RuntimeError(f"store refused packet {packet.sequence} of {call_id!r} without a reason")
-    raise CallNotAcceptingPacketsError(call_id, write.call_state)
-
-
-def record_packets(store: CallStore, call_id: str, packets: list[Packet]) -> list[PacketOutcome]:
-    """Store a batch of packets, each exactly as ``record_packet`` stores one, in order.
-
-    Each packet's outcome is its own: ``conflict`` where record_packet raises
-    SequenceConflictError, ``ended`` where it raises CallNotAcceptingPacketsError. A
-    dependency failure stops the batch (DependencyUnavailableError): the packets before it
-    are stored, and sending the whole batch again answers them ``duplicate``.
-    """
-    outcomes: list[PacketOutcome] = []
-    for packet in packets:
-        try:
-            outcomes.append(record_packet(store, call_id, packet))
-        except SequenceConflictError:
-            outcomes.append(PacketOutcome.CONFLICT)
-        except CallNotAcceptingPacketsError:
-            outcomes.append(PacketOutcome.ENDED)
-    return outcomes
+    return PacketOutcome.ENDED
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
 class Settings:
     calls_table: str = "CallsTable"
     packets_table: str = "PacketsTable"
+    slots_table: str = "PacketSlotsTable"
     work_queue_url: str = ""
     recordings_bucket: str = ""
     ai_provider: str = "local"
@@ -125,6 +126,7 @@ class Settings:
         settings = cls(
             calls_table=env.get("CALLS_TABLE") or cls.calls_table,
             packets_table=env.get("PACKETS_TABLE") or cls.packets_table,
+            slots_table=env.get("PACKET_SLOTS_TABLE") or cls.slots_table,
             work_queue_url=env.get("WORK_QUEUE_URL", ""),
             recordings_bucket=env.get("RECORDINGS_BUCKET", ""),
             ai_provider=env.get("AI_PROVIDER") or cls.ai_provider,

@@ -451,7 +451,9 @@ def _app_whose_dynamodb_fails(ports: Ports, code: str) -> Iterator[httpx.Client]
         }
 
     client.meta.events.register("before-call.dynamodb.*", fail)
-    store = DynamoDBCallStore(client, ports.settings.calls_table, ports.settings.packets_table)
+    store = DynamoDBCallStore(
+        client, ports.settings.calls_table, ports.settings.packets_table, ports.settings.slots_table
+    )
     from ingest.app import create_app
 
     with LiveServer(create_app(replace(ports, store=store))) as server, httpx.Client(base_url=server.url) as api:

@@ -132,7 +132,12 @@ def stubbed_store(ports: Ports) -> Iterator[tuple[DynamoDBCallStore, Stubber]]:
     )
     stubber = Stubber(real)
     with stubber:
-        yield DynamoDBCallStore(real, ports.settings.calls_table, ports.settings.packets_table), stubber
+        yield (
+            DynamoDBCallStore(
+                real, ports.settings.calls_table, ports.settings.packets_table, ports.settings.slots_table
+            ),
+            stubber,
+        )
 
 
 def _cancelled(reasons: list[dict[str, Any]]) -> dict[str, Any]:

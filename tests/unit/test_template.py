@@ -69,6 +69,9 @@ NEEDED: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetItem", "PacketsTable"),
         ("dynamodb:Query", "PacketsTable"),
         ("dynamodb:Query", "PacketsTable/index/by-arrival"),
+        ("dynamodb:UpdateItem", "PacketSlotsTable"),
+        ("dynamodb:GetItem", "PacketSlotsTable"),
+        ("dynamodb:Query", "PacketSlotsTable"),
         ("sqs:SendMessage", "WorkQueue"),
         ("s3:GetObject", "RecordingsBucket/calls/*"),
     },
@@ -76,6 +79,7 @@ NEEDED: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetItem", "CallsTable"),
         ("dynamodb:UpdateItem", "CallsTable"),
         ("dynamodb:Query", "PacketsTable"),
+        ("dynamodb:Query", "PacketSlotsTable"),
         ("s3:GetObject", "RecordingsBucket/calls/*"),
         ("s3:PutObject", "RecordingsBucket/calls/*"),
         ("sqs:SendMessage", "WorkQueue"),
@@ -222,14 +226,17 @@ def test_ai_worker_cannot_write_packets(template: Template) -> None:
     writes = [
         g
         for g in grants(template, "AiWorkerFunction")
-        if g.touches("PacketsTable") and any(g.allows_action(w) for w in DYNAMODB_WRITES)
+        if (g.touches("PacketsTable") or g.touches("PacketSlotsTable"))
+        and any(g.allows_action(w) for w in DYNAMODB_WRITES)
     ]
 
     assert not writes
 
 
 def test_dlq_handler_has_no_access_to_packets(template: Template) -> None:
-    touching = [g for g in grants(template, "DlqHandlerFunction") if g.touches("PacketsTable")]
+    touching = [
+        g for g in grants(template, "DlqHandlerFunction") if g.touches("PacketsTable") or g.touches("PacketSlotsTable")
+    ]
 
     assert not touching
 

@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from callcore import services
 from callcore.domain.model import CallState, Packet
+from callcore.ports import MAX_BATCHED_PACKET_BYTES
 from ingest.deps import CallId, PortsDep, require_api_key
 from ingest.errors import INTERNAL, INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, error_responses
 from ingest.schemas import (
@@ -131,8 +132,8 @@ def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep) -> JSONRes
         **error_responses(
             (
                 413,
-                f"More than {MAX_BATCH_PACKETS} packets, a packet's `data` over MAX_PACKET_BYTES, or all of them "
-                "over MAX_BATCH_BYTES. Nothing stored.",
+                f"More than {MAX_BATCH_PACKETS} packets, a packet's `data` over {MAX_BATCHED_PACKET_BYTES} bytes "
+                "(or MAX_PACKET_BYTES if lower), or all of them over MAX_BATCH_BYTES. Nothing stored.",
             ),
         ),
     },
@@ -144,11 +145,12 @@ def stream_batch(call_id: CallId, batch: BatchIn, ports: PortsDep) -> BatchAck:
         raise HTTPException(
             status_code=413, detail=f"{len(batch.packets)} packets; a batch holds at most {MAX_BATCH_PACKETS}"
         )
-    if max(sizes) > limits.max_packet_bytes:
+    packet_limit = min(limits.max_packet_bytes, MAX_BATCHED_PACKET_BYTES)
+    if max(sizes) > packet_limit:
         at = sizes.index(max(sizes))
         raise HTTPException(
             status_code=413,
-            detail=f"packets[{at}].data is {sizes[at]} bytes; the limit is {limits.max_packet_bytes} bytes",
+            detail=f"packets[{at}].data is {sizes[at]} bytes; a batched packet's limit is {packet_limit} bytes",
         )
     if sum(sizes) > limits.max_batch_bytes:
         raise HTTPException(

@@ -1,9 +1,17 @@
-"""CallStore on DynamoDB: a calls table (one item a call) and a packets table (one item a packet)."""
+"""CallStore on DynamoDB: a calls table (one item a call), and a call's packets in one of two layouts.
+
+A call's first packet fixes its layout, noted on the call item: one item per packet in the
+packets table (the single route), or one item per slot of ten sequences in the slots
+table (the batch route, ``callcore.adapters.packet_slots``). Every later packet is stored
+in its call's layout, whichever route it came by, so that a sequence is stored at most
+once; both are read back as one call's packets.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import random
 import time
@@ -13,6 +21,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
+from callcore.adapters import packet_slots
 from callcore.adapters.aws_errors import RETRYABLE_CODES, dependency, error_code
 from callcore.domain.errors import (
     CallNotFoundError,
@@ -32,7 +41,7 @@ from callcore.domain.model import (
     TransitionRule,
     is_valid_call_id,
 )
-from callcore.ports import CallPage, PacketWrite
+from callcore.ports import MAX_BATCHED_PACKET_BYTES, CallPage, PacketWrite
 
 # botocore clients are generated at run time; the stubs package is not worth a dependency.
 DynamoDBClient = Any
@@ -52,6 +61,15 @@ _CONFLICT_RETRIES = 5
 _CONFLICT_CODES = frozenset({"TransactionConflictException", "TransactionConflict", "TransactionInProgressException"})
 
 _T = TypeVar("_T")
+
+# On the call item of a call whose packets live in slots; absent: one item per packet.
+_LAYOUT = "layout"
+_SLOTS = "slots"
+_CCF = "ConditionalCheckFailed"
+
+
+def _is_slotted(call_item: Item | None) -> bool:
+    return call_item is not None and _str(call_item, _LAYOUT) == _SLOTS
 
 
 def _conflict_pause(attempt: int) -> None:
@@ -140,6 +158,13 @@ def packet_from_item(item: Item) -> Packet:
     )
 
 
+def _slot_packets(item: Item) -> Iterator[packet_slots.SlotPacket]:
+    for name, value in item.items():
+        sequence = packet_slots.sequence_of(name)
+        if sequence is not None:
+            yield packet_slots.decode(sequence, bytes(value["B"]))
+
+
 def encode_cursor(key: Item) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode().rstrip("=")
 
@@ -161,10 +186,11 @@ def decode_cursor(cursor: str, state: CallState) -> Item:
 
 
 class DynamoDBCallStore:
-    def __init__(self, client: DynamoDBClient, calls_table: str, packets_table: str) -> None:
+    def __init__(self, client: DynamoDBClient, calls_table: str, packets_table: str, slots_table: str) -> None:
         self._ddb = client
         self._calls = calls_table
         self._packets = packets_table
+        self._slots = slots_table
 
     def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
         """Store the packet if its sequence is new and its call IN_PROGRESS, atomically.
@@ -197,9 +223,11 @@ class DynamoDBCallStore:
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
-        in_progress = "#state = :in_progress"
+        # A call whose packets live in slots (its first packet came in a batch) refuses
+        # this write: the packet then goes to its slot, below.
+        in_progress = "(#state = :in_progress AND attribute_not_exists(#layout))"
         key = {"call_id": _s(call_id)}
-        names = {"#state": "state"}
+        names = {"#state": "state", "#layout": _LAYOUT}
         call_is_open = {
             "ConditionCheck": {
                 "TableName": self._calls,
@@ -215,7 +243,9 @@ class DynamoDBCallStore:
             if reasons is None:
                 return PacketWrite(stored=True)
             call_reason = reasons[1]
-            if call_reason.get("Code") != "ConditionalCheckFailed" or "Item" in call_reason:
+            if _is_slotted(call_reason.get("Item")):
+                return self._add_one_to_slots(call_id, packet, now=now, received_at_ns=received_at_ns)
+            if call_reason.get("Code") != _CCF or "Item" in call_reason:
                 return self._refusal(call_id, packet.sequence, write_id, reasons)
         # No call yet: create it with this packet. Racing first packets all get here; the
         # condition lets each of them through once the first has created the call.
@@ -237,7 +267,133 @@ class DynamoDBCallStore:
         reasons = self._transact([put_packet, open_call])
         if reasons is None:
             return PacketWrite(stored=True)
+        if _is_slotted(reasons[1].get("Item")):
+            return self._add_one_to_slots(call_id, packet, now=now, received_at_ns=received_at_ns)
         return self._refusal(call_id, packet.sequence, write_id, reasons)
+
+    def _add_one_to_slots(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
+        if len(packet.data.encode()) > MAX_BATCHED_PACKET_BYTES:
+            raise CallTooLargeError(
+                f"call {call_id!r} streams in batches, whose packets hold at most {MAX_BATCHED_PACKET_BYTES} "
+                "bytes of data"
+            )
+        return self.add_packets(call_id, [packet], now=now, received_at_ns=received_at_ns)[0]
+
+    def add_packets(self, call_id: str, packets: list[Packet], *, now: str, received_at_ns: int) -> list[PacketWrite]:
+        """Store a batch: each packet if its sequence is new and its call IN_PROGRESS, one result a packet.
+
+        One TransactWriteItems per try: an update of each slot the batch touches, adding
+        its packets on the condition that none of their sequences is there yet, and an
+        update of the call that creates it (noting the slot layout) or checks that it is
+        IN_PROGRESS in that layout. A cancellation returns the old slots and call: the
+        packets found there are settled (duplicates, or ours when a lost answer made us
+        try again), a closed call settles the rest, and the others are tried again. Every
+        try settles at least one packet, so a batch takes at most as many tries as it
+        has packets, and one when nothing is in the way (the usual case).
+        """
+        if len({p.sequence for p in packets}) != len(packets):
+            raise ValueError("a batch's sequences must be distinct")
+        write_id = uuid.uuid4().bytes[:8]
+        # Packets of one request arrive in its order: what GET's out-of-order count reads.
+        values = {
+            p.sequence: packet_slots.encode(p, received_at_ns=received_at_ns + i, write_id=write_id)
+            for i, p in enumerate(packets)
+        }
+        by_sequence = {p.sequence: p for p in packets}
+        results: dict[int, PacketWrite] = {}
+        pending = [p.sequence for p in packets]
+        while pending:
+            slots: dict[int, list[int]] = {}
+            for sequence in pending:
+                slots.setdefault(packet_slots.slot_of(sequence), []).append(sequence)
+            writes = [self._slot_update(call_id, slot, [(s, values[s]) for s in seqs]) for slot, seqs in slots.items()]
+            reasons = self._transact([*writes, self._open_slotted_call(call_id, now)])
+            if reasons is None:
+                results |= {sequence: PacketWrite(stored=True) for sequence in pending}
+                break
+            call_item = reasons[-1].get("Item") if reasons[-1].get("Code") == _CCF else None
+            state = CallState(call_item["state"]["S"]) if call_item else None
+            if call_item is not None and not _is_slotted(call_item):
+                # Its first packet came to the single route: the call's packets are items.
+                offsets = {p.sequence: i for i, p in enumerate(packets)}
+                for sequence in pending:
+                    results[sequence] = self.add_packet(
+                        call_id, by_sequence[sequence], now=now, received_at_ns=received_at_ns + offsets[sequence]
+                    )
+                break
+            closed = state if state is not None and state is not CallState.IN_PROGRESS else None
+            for (slot, sequences), reason in zip(slots.items(), reasons, strict=False):
+                if reason.get("Code") != _CCF:
+                    continue
+                old = reason.get("Item") or self._get_slot_item(call_id, slot) or {}
+                for sequence in sequences:
+                    value = old.get(packet_slots.attribute_name(sequence))
+                    if value is None:
+                        continue
+                    stored = packet_slots.decode(sequence, bytes(value["B"]))
+                    mine = stored.write_id == write_id  # an earlier try of ours, its answer lost
+                    results[sequence] = (
+                        PacketWrite(stored=True)
+                        if mine
+                        else PacketWrite(stored=False, existing=stored.packet, call_state=closed)
+                    )
+            left = [sequence for sequence in pending if sequence not in results]
+            if closed is not None:
+                results |= {sequence: PacketWrite(stored=False, call_state=closed) for sequence in left}
+                break
+            if len(left) == len(pending):
+                raise RuntimeError(f"a batch of {call_id!r} was refused without a reason: {reasons}")
+            pending = left
+        return [results[p.sequence] for p in packets]
+
+    def _slot_update(self, call_id: str, slot: int, packets: list[tuple[int, bytes]]) -> dict[str, Any]:
+        names = {f"#p{i}": packet_slots.attribute_name(sequence) for i, (sequence, _) in enumerate(packets)}
+        return {
+            "Update": {
+                "TableName": self._slots,
+                "Key": {"call_id": _s(call_id), "slot": _n(slot)},
+                "UpdateExpression": "SET " + ", ".join(f"#p{i} = :p{i}" for i in range(len(packets))),
+                "ConditionExpression": " AND ".join(f"attribute_not_exists(#p{i})" for i in range(len(packets))),
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": {f":p{i}": {"B": value} for i, (_, value) in enumerate(packets)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    def _open_slotted_call(self, call_id: str, now: str) -> dict[str, Any]:
+        """Create the call in the slot layout, or check that it is IN_PROGRESS in it (a write that changes nothing)."""
+        return {
+            "Update": {
+                "TableName": self._calls,
+                "Key": {"call_id": _s(call_id)},
+                "UpdateExpression": (
+                    "SET #state = if_not_exists(#state, :in_progress), "
+                    "created_at = if_not_exists(created_at, :now), "
+                    "updated_at = if_not_exists(updated_at, :now), "
+                    "#layout = if_not_exists(#layout, :slots)"
+                ),
+                "ConditionExpression": (
+                    "attribute_not_exists(call_id) OR (#state = :in_progress AND #layout = :slots)"
+                ),
+                "ExpressionAttributeNames": {"#state": "state", "#layout": _LAYOUT},
+                "ExpressionAttributeValues": {
+                    ":in_progress": _s(CallState.IN_PROGRESS.value),
+                    ":now": _s(now),
+                    ":slots": _s(_SLOTS),
+                },
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    def _get_slot_item(self, call_id: str, slot: int) -> Item | None:
+        with dependency("DynamoDB"):
+            response = self._ddb.get_item(
+                TableName=self._slots,
+                Key={"call_id": _s(call_id), "slot": _n(slot)},
+                ConsistentRead=True,
+            )
+        item: Item | None = response.get("Item")
+        return item
 
     def _transact(self, items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """Run a transaction; None when it committed, else the cancellation reasons of failed conditions.
@@ -257,9 +413,9 @@ class DynamoDBCallStore:
                     raise
                 reasons: list[dict[str, Any]] = exc.response.get("CancellationReasons", [])
                 codes = {r.get("Code") for r in reasons} - {"None", None}
-                if codes and codes <= {"ConditionalCheckFailed"}:
+                if codes and codes <= {_CCF}:
                     return reasons
-                if codes <= RETRYABLE_CODES | {"ConditionalCheckFailed"}:
+                if codes <= RETRYABLE_CODES | {_CCF}:
                     # A conflict or a throttle on one item says nothing of its condition: a
                     # ConditionalCheckFailed beside it is not the whole answer. Try again.
                     _conflict_pause(attempt)
@@ -295,7 +451,7 @@ class DynamoDBCallStore:
     def _refusal(self, call_id: str, sequence: int, write_id: str, reasons: list[dict[str, Any]]) -> PacketWrite:
         packet_reason, call_reason = reasons[0], reasons[1]
         existing = None
-        if packet_reason.get("Code") == "ConditionalCheckFailed":
+        if packet_reason.get("Code") == _CCF:
             # Servers that do not return the old item: read it, off the happy path.
             item = packet_reason.get("Item") or self._get_packet_item(call_id, sequence)
             if item and _str(item, "write_id") == write_id:
@@ -304,7 +460,7 @@ class DynamoDBCallStore:
                 return PacketWrite(stored=True)
             existing = packet_from_item(item) if item else None
         state = None
-        if call_reason.get("Code") == "ConditionalCheckFailed":
+        if call_reason.get("Code") == _CCF:
             state = CallState(call_reason["Item"]["state"]["S"])
         return PacketWrite(stored=False, existing=existing, call_state=state)
 
@@ -318,19 +474,19 @@ class DynamoDBCallStore:
         item: Item | None = response.get("Item")
         return item
 
-    def count_duplicate(self, call_id: str, *, token: str) -> None:
+    def count_duplicate(self, call_id: str, *, token: str, count: int = 1) -> None:
         try:
             self._write(
                 lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
-                    UpdateExpression="ADD duplicates :one SET duplicate_token = :token",
+                    UpdateExpression="ADD duplicates :count SET duplicate_token = :token",
                     # The token makes a resent write (lost answer) count the duplicate once.
                     ConditionExpression=(
                         "attribute_exists(call_id) "
                         "AND (attribute_not_exists(duplicate_token) OR duplicate_token <> :token)"
                     ),
-                    ExpressionAttributeValues={":one": _n(1), ":token": _s(token)},
+                    ExpressionAttributeValues={":count": _n(count), ":token": _s(token)},
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             )
@@ -562,34 +718,48 @@ class DynamoDBCallStore:
         return call_from_item(item) if item else None
 
     def arrivals(self, call_id: str) -> list[Arrival]:
-        """From the keys-only arrival index, read consistently: GET's cost is the same whatever the audio's size."""
-        return [
+        """Per-packet items from the keys-only arrival index (GET's cost does not grow with their audio),
+        and the packets of the call's slots (whole items: a slot is read for its arrival times)."""
+        arrivals = [
             Arrival(sequence=int(item["sequence"]["N"]), received_at_ns=_int(item, "received_at"))
-            for page in self._query_packets(call_id, index=ARRIVAL_INDEX, projection="#seq, received_at")
+            for page in self._query(self._packets, call_id, index=ARRIVAL_INDEX, projection="#seq, received_at")
             for item in page
         ]
+        arrivals += [
+            Arrival(sequence=stored.packet.sequence, received_at_ns=stored.received_at_ns)
+            for page in self._query(self._slots, call_id)
+            for item in page
+            for stored in _slot_packets(item)
+        ]
+        return sorted(arrivals, key=lambda a: (a.received_at_ns, a.sequence))
 
     def packets(self, call_id: str, *, max_bytes: int | None = None) -> list[Packet]:
         """Every stored packet of the call, in sequence order; CallTooLargeError past ``max_bytes`` of data."""
         packets: list[Packet] = []
         total = 0
-        for page in self._query_packets(call_id):
-            for item in page:
-                packet = packet_from_item(item)
+        pages = itertools.chain(
+            ([packet_from_item(item) for item in page] for page in self._query(self._packets, call_id)),
+            (
+                [stored.packet for item in page for stored in _slot_packets(item)]
+                for page in self._query(self._slots, call_id)
+            ),
+        )
+        for page_packets in pages:
+            for packet in page_packets:
                 total += len(packet.data)
                 if max_bytes is not None and total > max_bytes:
                     raise CallTooLargeError(
                         f"call {call_id!r} has more than {max_bytes} bytes of packet data (at packet {packet.sequence})"
                     )
                 packets.append(packet)
-        return packets
+        return sorted(packets, key=lambda p: p.sequence)
 
-    def _query_packets(
-        self, call_id: str, *, index: str | None = None, projection: str | None = None
+    def _query(
+        self, table: str, call_id: str, *, index: str | None = None, projection: str | None = None
     ) -> Iterator[list[Item]]:
-        """The call's packet items, a page at a time, so that a reader can stop early."""
+        """The call's items of ``table``, a page at a time, so that a reader can stop early."""
         kwargs: dict[str, Any] = {
-            "TableName": self._packets,
+            "TableName": table,
             "KeyConditionExpression": "call_id = :id",
             "ExpressionAttributeValues": {":id": _s(call_id)},
             "ConsistentRead": True,
