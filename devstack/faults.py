@@ -668,6 +668,7 @@ def _real_reason(backend: Any, op_type: str, op: dict[str, Any]) -> dict[str, An
     ALL_OLD on a failed condition.
     """
     from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.models.utilities import dynamo_json_dump
 
     table = backend.get_table(op["TableName"])
     if op_type == "Put":
@@ -683,7 +684,8 @@ def _real_reason(backend: Any, op_type: str, op: dict[str, Any]) -> dict[str, An
         return {"Code": "None"}
     reason: dict[str, Any] = {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"}
     if current is not None and op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD":
-        reason["Item"] = current.to_json()["Attributes"]
+        # Through moto's own encoder: binary values (packet slots) go on the wire as base64.
+        reason["Item"] = json.loads(dynamo_json_dump(current.to_json()["Attributes"]))
     return reason
 
 

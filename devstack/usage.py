@@ -22,6 +22,7 @@ counters (``?reset=1`` also zeroes them), next to the fault injector's ``/_local
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import threading
@@ -55,7 +56,7 @@ def value_size(value: Mapping[str, Any]) -> int:
         digits = Decimal(str(raw)).normalize().as_tuple().digits
         return math.ceil(len(digits) / 2) + 1
     if kind == "B":
-        return len(raw) * 3 // 4 if isinstance(raw, str) else len(raw)
+        return len(base64.b64decode(raw)) if isinstance(raw, str) else len(raw)
     if kind in ("BOOL", "NULL"):
         return 1
     if kind == "M":

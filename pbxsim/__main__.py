@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pbxsim.plan import Rates
+from pbxsim.plan import PACKET_S, Rates, batch_packets
 from pbxsim.retry import RetryPolicy
 from pbxsim.runner import Options, run
 from pbxsim.speech import FRAME_S, SpeechError, SpeechRequest, fixture_rows
@@ -35,6 +36,18 @@ state, result and AI history disagree (see README). A request that gave up after
 retries is reported but is not by itself a failure: the stack said "not now, retry",
 and nothing it acknowledged was dropped. It fails the run only where it hides a loss:
 a GET of the final check that gives up leaves its call unverified.
+
+Batches (--batch-ms N): each call's packets, in the order planned (duplicates, reordering
+and late packets included), go in consecutive POST /v1/call/stream/{call_id}/batch
+requests of N ms of audio each: round(N / --interval-ms) packets (N / 20 ms with --speech,
+or when --interval-ms is 0), at least 1 and at most 50; a call's last batch may be
+shorter. A batch is sent once its packets' intervals have passed, as a PBX sends one once
+it holds that much audio. A batch answered 503 is sent again whole, like a packet. Each
+packet counts its own result, as the single route's answer: accepted as 202, duplicate as
+200 (both acknowledged), conflict and ended as 409; a batch that gets no result counts its
+final answer for each of its packets. "requests" counts the requests, "packets_per_request"
+the packets each carried. A 200 whose results are not the batch's packets, in order, is a
+server error.
 
 Speech (--speech): each call streams real speech as a PBX does, 20 ms G.711 mu-law
 frames at 8 kHz (160 bytes, base64, one per packet): the committed fixtures
@@ -78,6 +91,15 @@ def parse_cli(argv: list[str] | None = None) -> Cli:
     p.add_argument("--reorder-rate", type=float, default=0.05)
     p.add_argument("--late-rate", type=float, default=0.02, help="packets held back and sent last")
     p.add_argument("--skip-rate", type=float, default=0.0, help="packets never sent (reported missing, not lost)")
+    p.add_argument(
+        "--batch-ms",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="send each call's packets in batches of N ms of audio, one POST .../batch each: "
+        "round(N / --interval-ms) packets, 1 to 50 (speech, or --interval-ms 0: N / 20 ms); "
+        "0: one request per packet (0)",
+    )
     p.add_argument("--connections", type=int, default=200, help="most requests in flight at once")
     p.add_argument("--no-wait", action="store_true", help="do not wait for COMPLETED or FAILED")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the calls to finish")
@@ -128,6 +150,14 @@ def parse_cli(argv: list[str] | None = None) -> Cli:
         p.error("--calls, --packets and --connections must be at least 1")
     if a.max_retries < 0 or a.max_retry_wait < 0 or a.retry_backoff < 0:
         p.error("--max-retries, --max-retry-wait and --retry-backoff must not be negative")
+    if not (a.batch_ms >= 0 and math.isfinite(a.batch_ms)):
+        p.error("--batch-ms must be 0 or a positive number")
+    # A batch holds an amount of audio: a speech frame, else a packet per --interval-ms, and
+    # without pacing the 20 ms that the plan's timestamps give each packet.
+    if request is not None:
+        packet_ms = FRAME_S * 1000
+    else:
+        packet_ms = a.interval_ms if a.interval_ms is not None and a.interval_ms > 0 else PACKET_S * 1000
     options = Options(
         base_url=a.base_url,
         api_key=a.api_key,
@@ -141,6 +171,7 @@ def parse_cli(argv: list[str] | None = None) -> Cli:
         seed=a.seed,
         progress=not a.quiet,
         retry=RetryPolicy(max_retries=a.max_retries, max_wait_s=a.max_retry_wait, fallback_s=a.retry_backoff),
+        batch=batch_packets(a.batch_ms, packet_ms) if a.batch_ms else 0,
     )
     if request is not None:
         # Real time: frame i of a call at its start + i * 20 ms, however long each request takes.

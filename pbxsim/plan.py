@@ -59,7 +59,8 @@ def plan_call(
     if data is not None:
         packets = len(data)
     originals = [
-        Send(seq, packet_data(rng, seq) if data is None else data[seq], start_ts + seq * PACKET_S) for seq in range(packets)
+        Send(seq, packet_data(rng, seq) if data is None else data[seq], start_ts + seq * PACKET_S)
+        for seq in range(packets)
     ]
     skipped = frozenset(s.sequence for s in originals if rng.random() < rates.skip)
     order = [s for s in originals if s.sequence not in skipped]

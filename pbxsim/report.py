@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,31 @@ def response_key(status: int | None) -> str:
     if 400 <= status < 500:
         return "4xx"
     return "other"
+
+
+# A packet's result in a batch's 200, as the answer it would have had alone: conflict and
+# ended are the single route's 409s.
+BATCH_RESULT_KEYS = {"accepted": "202", "duplicate": "200", "conflict": "409", "ended": "409"}
+
+
+def batch_keys(exchange: Exchange, sequences: Sequence[int]) -> list[str] | None:
+    """Each packet's RESPONSE_KEYS bucket from a batch request's final answer, in request order.
+
+    A 200 gives each packet its own result. Any other final answer (a 503 that gave up, a
+    413 or 422, no answer) is every packet's. None when a 200 does not answer exactly the
+    packets sent, in their order: then no packet of it can count as acknowledged.
+    """
+    if exchange.status != 200:
+        return [response_key(exchange.status)] * len(sequences)
+    assert exchange.last is not None
+    try:
+        results = exchange.last.json()["results"]
+        answered = [(r["sequence"], BATCH_RESULT_KEYS[r["status"]]) for r in results]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if [seq for seq, _ in answered] != list(sequences):
+        return None
+    return [key for _, key in answered]
 
 
 def is_other(status: int | None) -> bool:
@@ -162,17 +188,30 @@ class CallOutcome:
     def ended(self) -> bool:
         return self.end_status in (200, 202)
 
+    def answered(self, sequence: int, key: str) -> None:
+        """A send of ``sequence`` got its final answer, a RESPONSE_KEYS bucket (a batch's result as its
+        single-route status). 202 stored now, 200 stored before: by this send's own earlier attempt
+        whose answer was a 503 (or lost), or by an earlier send of the same packet."""
+        if key in ("200", "202"):
+            self.acknowledged.add(sequence)
+        if key == "202":
+            self.accepted.add(sequence)
+
 
 @dataclass
 class Report:
-    responses: Counter[str] = field(default_factory=Counter)  # final answers to packets
+    # Final answers to packets, one per packet sent: a batch's packets each count their own result.
+    responses: Counter[str] = field(default_factory=Counter)
     end_responses: Counter[str] = field(default_factory=Counter)  # final answers to ends
     latencies_ms: list[float] = field(default_factory=list)  # every answer, retried 503s included
     retries: int = 0  # 503 answers retried, every kind of request
-    gave_up: Counter[str] = field(default_factory=Counter)  # by kind: packets, ends, reads
-    other_answers: int = 0  # answers not 2xx, 4xx or 503, every kind of request
+    gave_up: Counter[str] = field(default_factory=Counter)  # requests, by kind: packets (a batch is one), ends, reads
+    # Answers not 2xx, 4xx or 503, every kind of request; and a batch's 200 that does not
+    # answer the packets sent, which leaves them neither acknowledged nor refused.
+    other_answers: int = 0
     connection_errors: int = 0  # requests without an answer, every kind
     packets_sent: int = 0
+    requests: int = 0  # the requests that carried them: one per packet, or one per batch with --batch-ms
     streaming_s: float = 0.0  # sending every call's packets and ends
     waiting_s: float = 0.0  # then waiting for the ended calls to finish
     checking_s: float = 0.0  # then reading every call back
@@ -182,6 +221,26 @@ class Report:
 
     def record(self, kind: str, exchange: Exchange) -> None:
         """Count one request (``kind`` of REQUEST_KINDS) with all its attempts."""
+        self._attempts(kind, exchange)
+        if kind == "packets":
+            self.requests += 1
+            self.responses[response_key(exchange.status)] += 1
+        elif kind == "ends":
+            self.end_responses[response_key(exchange.status)] += 1
+
+    def record_batch(self, exchange: Exchange, sequences: Sequence[int]) -> list[str]:
+        """Count one batch request with all its attempts (as a packets request: a batch that gave up
+        is one in ``gave_up``), and each of its packets in ``responses``; their keys, in request order."""
+        self._attempts("packets", exchange)
+        self.requests += 1
+        keys = batch_keys(exchange, sequences)
+        if keys is None:
+            self.other_answers += 1
+            keys = ["other"] * len(sequences)
+        self.responses.update(keys)
+        return keys
+
+    def _attempts(self, kind: str, exchange: Exchange) -> None:
         self.latencies_ms.extend(a.latency_ms for a in exchange.answers)
         self.retries += exchange.retries
         self.gave_up[kind] += exchange.gave_up
@@ -189,14 +248,11 @@ class Report:
             self.connection_errors += 1
         elif is_other(exchange.status):
             self.other_answers += 1
-        if kind == "packets":
-            self.responses[response_key(exchange.status)] += 1
-        elif kind == "ends":
-            self.end_responses[response_key(exchange.status)] += 1
 
     @property
     def server_errors(self) -> int:
-        """Answers other than 2xx, 4xx and 503, and requests without an answer."""
+        """Answers other than 2xx, 4xx and 503, batch answers that do not answer their packets,
+        and requests without an answer."""
         return self.other_answers + self.connection_errors
 
     @property
@@ -237,7 +293,9 @@ class Report:
         """Why the run failed, one phrase per reason; empty when it passed."""
         counts = {
             "lost packets": self.lost_packets,
-            "server errors (answers not 2xx/4xx/503, or no answer)": self.server_errors,
+            "server errors (answers not 2xx/4xx/503, batch answers not matching the batch, or no answer)": (
+                self.server_errors
+            ),
             "calls not verified": self.unverified_calls,
             "stuck calls": self.stuck_calls or 0,
             "calls IN_PROGRESS after their end": self.in_progress_after_end,
@@ -268,6 +326,8 @@ class Report:
         return {
             "calls": len(self.calls),
             "packets_sent": self.packets_sent,
+            "requests": self.requests,
+            "packets_per_request": round(self.packets_sent / self.requests, 2) if self.requests else None,
             "responses": {k: self.responses[k] for k in RESPONSE_KEYS},
             "end_responses": {k: self.end_responses[k] for k in RESPONSE_KEYS},
             "retries": self.retries,

@@ -14,8 +14,8 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from pbxsim.http import Client, Transport
-from pbxsim.plan import CallPlan, Rates, plan_call
-from pbxsim.report import FINAL_STATES, CallOutcome, Report, lost_sequences, result_problems
+from pbxsim.plan import CallPlan, Rates, Send, batches, plan_call
+from pbxsim.report import FINAL_STATES, CallOutcome, Report, lost_sequences, response_key, result_problems
 from pbxsim.retry import Exchange, RetryPolicy, Sleep, exchange
 from pbxsim.speech import Speech
 
@@ -42,6 +42,13 @@ class Options:
     # Pace on a clock: a call's send i goes at its start + i * interval_s, so the time each
     # request takes does not add up (audio in real time). False: interval_s before each send.
     on_clock: bool = False
+    # --batch-ms: packets per request on POST .../batch, a call's sends cut in their planned
+    # order; a batch goes once its packets' intervals have passed. 0: one request per packet.
+    batch: int = 0
+
+
+def _batch_body(batch: list[Send]) -> dict[str, Any]:
+    return {"packets": [{"sequence": s.sequence, "data": s.data, "timestamp": s.timestamp} for s in batch]}
 
 
 def _iso_to_epoch(iso: str) -> float:
@@ -142,33 +149,31 @@ class _Simulation:
         self.clock = clock
 
     async def post(self, kind: str, path: str, body: dict[str, Any]) -> Exchange:
-        result = await exchange(lambda: self.transport.post(path, body), self.options.retry, self.sleep)
+        result = await self.post_unrecorded(path, body)
         self.report.record(kind, result)
         return result
+
+    async def post_unrecorded(self, path: str, body: dict[str, Any]) -> Exchange:
+        """POST, and again after each 503 as the retry policy says; the caller records it."""
+        return await exchange(lambda: self.transport.post(path, body), self.options.retry, self.sleep)
 
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Exchange:
         result = await exchange(lambda: self.transport.get(path, params), self.options.retry, self.sleep)
         self.report.record("reads", result)
         return result
 
+    async def pace(self, started: float, due: int, packets: int) -> None:
+        """Wait before a request of ``packets`` sends: their intervals, or on the clock until the call's
+        ``started`` + ``due`` intervals."""
+        interval = self.options.interval_s
+        if interval and not self.options.on_clock:
+            await self.sleep(packets * interval)
+        elif interval and (delay := started + due * interval - self.clock()) > 0:
+            await self.sleep(delay)
+
     async def stream_call(self, plan: CallPlan) -> None:
         outcome = self.report.calls[plan.call_id]
-        interval, started = self.options.interval_s, self.clock()
-        for i, send in enumerate(plan.sends):
-            if interval and not self.options.on_clock:
-                await self.sleep(interval)
-            elif interval and (delay := started + i * interval - self.clock()) > 0:
-                await self.sleep(delay)
-            body = {"sequence": send.sequence, "data": send.data, "timestamp": send.timestamp}
-            result = await self.post("packets", f"/v1/call/stream/{plan.call_id}", body)
-            self.report.packets_sent += 1
-            self.bars.advance(self.bars.sent)
-            # 202 stored now, 200 stored before: by this send's own earlier attempt whose
-            # answer was a 503 (or lost), or by an earlier send of the same packet.
-            if result.status in (200, 202):
-                outcome.acknowledged.add(send.sequence)
-            if result.status == 202:
-                outcome.accepted.add(send.sequence)
+        await (self.stream_batches(plan) if self.options.batch else self.stream_packets(plan))
         if not self.options.end:
             return
         result = await self.post("ends", f"/v1/call/{plan.call_id}/end", {"last_sequence": plan.last_sequence})
@@ -176,6 +181,33 @@ class _Simulation:
         if outcome.ended:
             outcome.ended_at = time.time()
         self.bars.advance(self.bars.ended)
+
+    async def stream_packets(self, plan: CallPlan) -> None:
+        """The call's sends, one request each."""
+        outcome = self.report.calls[plan.call_id]
+        started = self.clock()
+        for i, send in enumerate(plan.sends):
+            await self.pace(started, i, 1)
+            body = {"sequence": send.sequence, "data": send.data, "timestamp": send.timestamp}
+            result = await self.post("packets", f"/v1/call/stream/{plan.call_id}", body)
+            self.report.packets_sent += 1
+            self.bars.advance(self.bars.sent)
+            outcome.answered(send.sequence, response_key(result.status))
+
+    async def stream_batches(self, plan: CallPlan) -> None:
+        """The call's sends in batch requests, each sent whole again after a 503 (the API makes that safe)."""
+        outcome = self.report.calls[plan.call_id]
+        started, due = self.clock(), 0
+        for batch in batches(plan.sends, self.options.batch):
+            # A PBX sends a batch once it holds the batch's audio: after its last packet's interval.
+            due += len(batch)
+            await self.pace(started, due, len(batch))
+            result = await self.post_unrecorded(f"/v1/call/stream/{plan.call_id}/batch", _batch_body(batch))
+            keys = self.report.record_batch(result, [s.sequence for s in batch])
+            self.report.packets_sent += len(batch)
+            self.bars.advance(self.bars.sent, len(batch))
+            for send, key in zip(batch, keys, strict=True):
+                outcome.answered(send.sequence, key)
 
     async def wait_for_final(self) -> None:
         """Watch the state listings (most recently changed first) rather than poll every call.

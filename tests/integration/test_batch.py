@@ -76,6 +76,7 @@ def test_sending_the_same_batch_again_is_safe(api: httpx.Client, ports: Ports, c
     [
         (batch(*(packet(s) for s in range(51))), 413, "51 packets; a batch holds at most 50"),
         (batch(packet(0), packet(1, "A" * (256 * 1024 + 4))), 413, "packets[1].data is 262148 bytes"),
+        (batch(packet(0), packet(1, "A" * (32 * 1024 + 4))), 413, "packets[1].data is 32772 bytes"),
         (batch(), 422, "packets"),
         ({"packets": [{"sequence": 1}]}, 422, "data"),
         ({"packet": [packet(0)]}, 422, "packets"),
@@ -89,6 +90,60 @@ def test_limits_and_malformed_batches_store_nothing(
     assert response.status_code == status, response.text
     assert names in response.json()["message"]
     assert stored_packets(ports, call_id) == {}
+
+
+def test_a_call_streamed_in_batches_takes_single_packets_by_the_same_rules(
+    api: httpx.Client, ports: Ports, call_id: str
+) -> None:
+    assert api.post(f"/v1/call/stream/{call_id}/batch", json=batch(*(packet(s) for s in (0, 2, 1)))).status_code == 200
+
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).json()["status"] == "duplicate"
+    conflict = api.post(f"/v1/call/stream/{call_id}", json=packet(1, b64("other")))
+    assert conflict.status_code == 409, conflict.text
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(3)).status_code == 202
+    too_big = api.post(f"/v1/call/stream/{call_id}", json=packet(4, "A" * (32 * 1024 + 4)))
+    assert too_big.status_code == 413, too_big.text
+    assert "streams in batches" in too_big.json()["message"]
+    assert statuses(api.post(f"/v1/call/stream/{call_id}/batch", json=batch(packet(3), packet(4)))) == [
+        (3, "duplicate"),
+        (4, "accepted"),
+    ]
+
+    assert set(stored_packets(ports, call_id)) == {0, 1, 2, 3, 4}
+    stats = api.get(f"/v1/call/{call_id}").json()["packets"]
+    # Arrival order is request order: 2 came before 1.
+    assert (stats["received"], stats["duplicates"], stats["out_of_order"]) == (5, 2, 1)
+    assert api.post(f"/v1/call/{call_id}/end").status_code == 202
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(4)).json()["status"] == "duplicate"
+    ended = api.post(f"/v1/call/stream/{call_id}", json=packet(5))
+    assert ended.status_code == 409, ended.text
+
+
+@pytest.mark.chaos
+def test_single_packets_and_batches_racing_on_a_new_call_accept_each_sequence_once(
+    live_api: str, ports: Ports, call_id: str
+) -> None:
+    # Both routes race to create the call, so either may fix where its packets live; every
+    # sequence is sent by both, twice.
+    whole = batch(*(packet(s) for s in range(10)))
+    singles = [(f"/v1/call/stream/{call_id}", packet(s)) for s in range(10)]
+    requests = [(f"/v1/call/stream/{call_id}/batch", whole), *singles, (f"/v1/call/stream/{call_id}/batch", whole)]
+
+    answers = post_concurrently_retrying(live_api, [*requests, *singles])
+
+    assert answers.unexpected == []
+    accepted: Counter[int] = Counter()
+    for response in answers.final:
+        if response.request.url.path.endswith("/batch"):
+            assert response.status_code == 200, response.text
+            accepted.update(s for s, st in statuses(response) if st == "accepted")
+        else:
+            assert response.status_code in (200, 202), response.text
+            accepted.update([response.json()["sequence"]] if response.status_code == 202 else [])
+    assert max(accepted.values()) == 1  # a sequence is accepted at most once, by either route
+    assert read_store(lambda: stored_packets(ports, call_id)) == {s: packet(s)["data"] for s in range(10)}
+    if not FAULTS_ON:  # a 503 that hid a committed write turns its "accepted" into "duplicate"
+        assert set(accepted) == set(range(10))
 
 
 @pytest.mark.chaos

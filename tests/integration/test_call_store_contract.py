@@ -33,7 +33,7 @@ from callcore.domain.model import (
     Sentiment,
     transition_rule,
 )
-from callcore.ports import CallStore, PacketWrite
+from callcore.ports import MAX_BATCHED_PACKET_BYTES, CallStore, PacketWrite
 from callcore.services import new_token
 from tests.fakes import InMemoryCallStore
 
@@ -226,6 +226,136 @@ def test_a_repeated_packet_after_the_call_left_in_progress_reports_the_stored_pa
     assert store.get_call(call_id) == before
 
 
+# --- add_packets (the batch route) ---------------------------------------------------------
+
+
+def add_batch(
+    store: CallStore, call_id: str, packets: list[Packet], clock: Clock, received_at_ns: int = 5_000_000
+) -> list[PacketWrite]:
+    return store.add_packets(call_id, packets, now=clock.tick(), received_at_ns=received_at_ns)
+
+
+def test_a_first_batch_creates_the_call_and_stores_each_packet(store: CallStore, call_id: str, clock: Clock) -> None:
+    now = clock.tick()
+    sent = [packet(s) for s in (3, 1, 12, 2)]  # across two slots, out of order
+    assert store.add_packets(call_id, sent, now=now, received_at_ns=100) == [PacketWrite(stored=True)] * 4
+    assert store.get_call(call_id) == Call(call_id=call_id, state=IN_PROGRESS, created_at=now, updated_at=now)
+    assert store.packets(call_id) == sorted(sent, key=lambda p: p.sequence)
+
+
+def test_a_batchs_packets_arrive_in_its_order_one_nanosecond_apart(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    add_batch(store, call_id, [packet(s) for s in (2, 0, 1)], clock, received_at_ns=100)
+    assert store.arrivals(call_id) == [Arrival(2, 100), Arrival(0, 101), Arrival(1, 102)]
+
+
+def test_a_batch_with_a_sequence_twice_is_refused_and_stores_nothing(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        add_batch(store, call_id, [packet(1), packet(1)], clock)
+    assert store.get_call(call_id) is None
+    assert store.packets(call_id) == []
+
+
+def test_a_batch_over_stored_sequences_returns_them_and_stores_the_rest(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    add_batch(store, call_id, [packet(0), packet(1, data="first")], clock)
+    before = stored_call(store, call_id)
+    writes = add_batch(store, call_id, [packet(1, data="second"), packet(2), packet(11), packet(0)], clock)
+    assert writes == [
+        PacketWrite(stored=False, existing=packet(1, data="first")),
+        PacketWrite(stored=True),
+        PacketWrite(stored=True),
+        PacketWrite(stored=False, existing=packet(0)),
+    ]
+    assert store.packets(call_id) == [packet(0), packet(1, data="first"), packet(2), packet(11)]
+    assert store.get_call(call_id) == before
+
+
+def test_a_batch_after_the_call_left_in_progress_reports_stored_packets_and_the_state(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    add_batch(store, call_id, [packet(0), packet(1)], clock)
+    move(store, call_id, IN_PROGRESS, PROCESSING_AI, clock)
+    writes = add_batch(store, call_id, [packet(1), packet(2), packet(30)], clock)
+    assert writes == [
+        PacketWrite(stored=False, existing=packet(1), call_state=PROCESSING_AI),
+        PacketWrite(stored=False, call_state=PROCESSING_AI),
+        PacketWrite(stored=False, call_state=PROCESSING_AI),
+    ]
+    assert store.packets(call_id) == [packet(0), packet(1)]
+
+
+@pytest.mark.parametrize("first", ["single", "batch"])
+def test_a_sequence_is_stored_once_whichever_route_stored_it_first(
+    store: CallStore, call_id: str, clock: Clock, first: str
+) -> None:
+    # A call's first packet fixes where its packets live; every later packet, by either
+    # route, meets what is stored there.
+    if first == "single":
+        add(store, call_id, packet(4, data="first"), clock)
+    else:
+        add_batch(store, call_id, [packet(4, data="first")], clock)
+    assert add(store, call_id, packet(4, data="again"), clock) == PacketWrite(
+        stored=False, existing=packet(4, data="first")
+    )
+    assert add_batch(store, call_id, [packet(4, data="again"), packet(5)], clock) == [
+        PacketWrite(stored=False, existing=packet(4, data="first")),
+        PacketWrite(stored=True),
+    ]
+    assert add(store, call_id, packet(6), clock) == PacketWrite(stored=True)
+    move(store, call_id, IN_PROGRESS, PROCESSING_AI, clock)
+    assert add(store, call_id, packet(6), clock) == PacketWrite(
+        stored=False, existing=packet(6), call_state=PROCESSING_AI
+    )
+    assert add(store, call_id, packet(7), clock) == PacketWrite(stored=False, call_state=PROCESSING_AI)
+    assert store.packets(call_id) == [packet(4, data="first"), packet(5), packet(6)]
+    assert sorted(a.sequence for a in store.arrivals(call_id)) == [4, 5, 6]
+
+
+def test_a_packet_too_large_for_a_slot_is_refused_on_a_batched_call_and_stored_on_a_single_one(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    big = packet(9, data="x" * (MAX_BATCHED_PACKET_BYTES + 1))
+    add_batch(store, call_id, [packet(0)], clock)
+    with pytest.raises(CallTooLargeError):
+        add(store, call_id, big, clock)
+    assert store.packets(call_id) == [packet(0)]
+    other = f"{call_id}-single"
+    add(store, other, packet(0), clock)
+    assert add(store, other, big, clock) == PacketWrite(stored=True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        base64.b64encode(bytes(range(256)) * 2).decode(),  # canonical base64: kept as its bytes
+        base64.urlsafe_b64encode(bytes(range(256))).decode(),  # another alphabet: kept as text
+        "QQ",  # unpadded
+        "not base64 at all, é",
+        "",
+    ],
+    ids=["base64", "urlsafe", "unpadded", "text", "empty"],
+)
+def test_a_batched_packets_data_timestamp_and_format_come_back_exactly(
+    store: CallStore, call_id: str, clock: Clock, data: str
+) -> None:
+    sent = Packet(sequence=3, data=data, timestamp=1_700_000_000.1234567, audio_format="pcm16/16000")
+    plain = Packet(sequence=4, data=data, timestamp=0.5)
+    add_batch(store, call_id, [sent, plain], clock)
+    assert store.packets(call_id) == [sent, plain]
+
+
+def test_packets_max_bytes_counts_a_batched_calls_packets_too(store: CallStore, call_id: str, clock: Clock) -> None:
+    add_batch(store, call_id, [packet(s, data="x" * 10) for s in range(3)], clock)
+    assert len(store.packets(call_id, max_bytes=30)) == 3
+    with pytest.raises(CallTooLargeError):
+        store.packets(call_id, max_bytes=29)
+
+
 # --- count_duplicate -----------------------------------------------------------------------
 
 
@@ -238,6 +368,13 @@ def test_count_duplicate_adds_one_to_the_calls_duplicates_and_nothing_else(
     assert store.get_call(call_id) == Call(
         call_id=call_id, state=IN_PROGRESS, created_at=before.created_at, updated_at=before.updated_at, duplicates=2
     )
+
+
+def test_count_duplicate_adds_count_when_given(store: CallStore, call_id: str, clock: Clock) -> None:
+    open_call(store, call_id, clock)
+    store.count_duplicate(call_id, token=new_token(), count=3)
+    store.count_duplicate(call_id, token=new_token())
+    assert stored_call(store, call_id).duplicates == 4
 
 
 def test_count_duplicate_resent_with_the_same_token_counts_once(store: CallStore, call_id: str, clock: Clock) -> None:

@@ -323,10 +323,13 @@ def test_get_reads_arrivals_from_the_keys_only_index_never_the_audio(
     finally:
         aws_clients.dynamodb.meta.events.unregister("provide-client-params.dynamodb", record)
     # THEN its statistics are right, and no request read a packet item: the packets
-    # were read from the keys-only index, whose items hold no audio
+    # were read from the keys-only index, whose items hold no audio (the slots table,
+    # where batched calls keep theirs, is asked too and holds none of this call's)
     assert body["packets"]["received"] == 5
     queries = [r for r in requests if r["operation"] == "Query"]
-    assert queries and all(q.get("IndexName") == ARRIVAL_INDEX for q in queries)
+    packet_queries = [q for q in queries if q["TableName"] == ports.settings.packets_table]
+    assert packet_queries and all(q.get("IndexName") == ARRIVAL_INDEX for q in packet_queries)
+    assert {q["TableName"] for q in queries} == {ports.settings.packets_table, ports.settings.slots_table}
     assert {r["operation"] for r in requests} <= {"GetItem", "Query"}
     assert all(r["TableName"] == ports.settings.calls_table for r in requests if r["operation"] == "GetItem")
 
@@ -414,6 +417,25 @@ def test_a_packet_transaction_whose_answer_was_lost_is_resent_and_answered_accep
         assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
 
 
+def test_a_batch_transaction_whose_answer_was_lost_is_resent_and_answered_accepted_not_duplicate(
+    monkeypatch: pytest.MonkeyPatch, call_id: str
+) -> None:
+    # GIVEN the batch's one transaction commits, its answer is lost, and botocore's resend
+    # (same ClientRequestToken) is answered
+    with (
+        faulty_stack(monkeypatch, "dynamodb.TransactWriteItems=0.5:LostResponse", _seed_for([True, False])) as ms,
+        app_on(ms) as (_, api),
+    ):
+        # WHEN the batch is posted
+        response = api.post(f"/v1/call/stream/{call_id}/batch", json={"packets": [packet(s) for s in range(10)]})
+        # THEN every packet is accepted, stored once, counted nowhere twice
+        assert _faults(ms)["by_outcome"] == {"LostResponse": 1}
+        assert response.status_code == 200, response.text
+        assert {r["status"] for r in response.json()["results"]} == {"accepted"}
+        body = api.get(f"/v1/call/{call_id}").json()
+        assert (body["packets"]["received"], body["packets"]["duplicates"]) == (10, 0)
+
+
 def test_a_packet_whose_answer_was_lost_and_whose_resend_met_a_conflict_is_still_accepted(
     monkeypatch: pytest.MonkeyPatch, call_id: str
 ) -> None:
@@ -436,6 +458,30 @@ def test_a_packet_whose_answer_was_lost_and_whose_resend_met_a_conflict_is_still
         assert response.status_code == 202, response.text
         body = api.get(f"/v1/call/{call_id}").json()
         assert (body["packets"]["received"], body["packets"]["duplicates"]) == (1, 0)
+
+
+def test_a_batch_whose_answer_was_lost_and_whose_resend_met_a_conflict_is_still_accepted(
+    monkeypatch: pytest.MonkeyPatch, call_id: str
+) -> None:
+    # GIVEN as above, for a batch: the store's new try finds the slot holding the batch's
+    # sequences, written by its own first try (the write id stored with each packet)
+    def lost_then_conflict_then_clear(rng: random.Random) -> bool:
+        first, second = rng.random(), rng.random()
+        if not (first < 0.3 and 0.3 <= second < 0.6):
+            return False
+        rng.randrange(2)  # the injector picks the conflicting item (the slot or the call)
+        return rng.random() >= 0.6
+
+    rules = "dynamodb.TransactWriteItems=0.3:LostResponse,dynamodb.TransactWriteItems=0.3:TransactionConflict"
+    with faulty_stack(monkeypatch, rules, _seed_where(lost_then_conflict_then_clear)) as ms, app_on(ms) as (_, api):
+        # WHEN the batch is posted
+        response = api.post(f"/v1/call/stream/{call_id}/batch", json={"packets": [packet(s) for s in range(10)]})
+        # THEN every packet is accepted, none a "duplicate" of itself
+        assert _faults(ms)["by_outcome"] == {"LostResponse": 1, "TransactionConflict": 1}
+        assert response.status_code == 200, response.text
+        assert {r["status"] for r in response.json()["results"]} == {"accepted"}
+        body = api.get(f"/v1/call/{call_id}").json()
+        assert (body["packets"]["received"], body["packets"]["duplicates"]) == (10, 0)
 
 
 def test_a_duplicate_whose_count_answer_was_lost_is_counted_once(monkeypatch: pytest.MonkeyPatch, call_id: str) -> None:

@@ -27,11 +27,11 @@ from pbxsim.plan import Rates
 from pbxsim.retry import RetryPolicy
 from pbxsim.runner import Options, run
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
-from tests.integration.helpers import RunningStack
+from tests.integration.helpers import RunningStack, get_retrying
 
 
 class DroppingStore:
-    """The real store, except that it answers 'stored' for sequence 3 and stores nothing."""
+    """The real store, except that it answers 'stored' for sequence 3 and stores nothing, alone or in a batch."""
 
     def __init__(self, store: object) -> None:
         self._store = store
@@ -41,11 +41,23 @@ class DroppingStore:
             return PacketWrite(stored=True)
         return self._store.add_packet(call_id, packet, now=now, received_at_ns=received_at_ns)  # type: ignore[attr-defined]
 
+    def add_packets(self, call_id: str, packets: list[Packet], *, now: str, received_at_ns: int) -> list[PacketWrite]:
+        kept = [p for p in packets if p.sequence != 3]
+        writes = iter(self._store.add_packets(call_id, kept, now=now, received_at_ns=received_at_ns) if kept else [])  # type: ignore[attr-defined]
+        return [PacketWrite(stored=True) if p.sequence == 3 else next(writes) for p in packets]
+
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
 
 
-def test_the_simulator_reports_a_packet_the_stack_dropped_and_exits_non_zero(ports: Ports, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("batch_ms", "requests"),
+    [("0", 4 * 6), ("200", 4)],  # a request per packet; a batch per call (10 packets a batch, 6 to send)
+    ids=["one-request-per-packet", "batches"],
+)
+def test_the_simulator_reports_a_packet_the_stack_dropped_and_exits_non_zero(
+    ports: Ports, tmp_path: Path, batch_ms: str, requests: int
+) -> None:
     from ingest.app import create_app
 
     dropping = replace(ports, store=DroppingStore(ports.store))  # type: ignore[arg-type]
@@ -61,6 +73,12 @@ def test_the_simulator_reports_a_packet_the_stack_dropped_and_exits_non_zero(por
                 "6",
                 "--interval-ms",
                 "0",
+                "--duplicate-rate",
+                "0",
+                "--skip-rate",
+                "0",
+                "--batch-ms",
+                batch_ms,
                 "--no-wait",
                 "--quiet",
                 "--json",
@@ -74,6 +92,7 @@ def test_the_simulator_reports_a_packet_the_stack_dropped_and_exits_non_zero(por
     assert report["lost_packets"] == 4
     assert all(lost == [3] for lost in report["lost_by_call"].values())
     assert report["server_errors"] == 0
+    assert (report["requests"], report["packets_sent"]) == (requests, 4 * 6)
 
 
 def test_the_simulator_passes_an_honest_stack_despite_duplicates_and_reordering(live_api: str, tmp_path: Path) -> None:
@@ -141,9 +160,10 @@ class FullStack:
 
 
 @pytest.fixture
-def full_stack() -> Iterator[FullStack]:
+def full_stack(request: pytest.FixtureRequest) -> Iterator[FullStack]:
     """The whole pipeline on a moto server of its own: the app on HTTP, the AI worker and DLQ
-    handler fed by the template's event sources, and the sweeper.
+    handler fed by the template's event sources, and the sweeper. CHAOS_SETTINGS, with what
+    an indirect parameter (a dict) overrides.
 
     Not the session's moto server: its tables hold every other test's packets, and moto
     answers GET's query of the arrival index by sorting the whole table; and this test
@@ -156,7 +176,7 @@ def full_stack() -> Iterator[FullStack]:
 
     moto_stack = start_moto_stack()
     try:
-        settings = moto_stack.settings(**CHAOS_SETTINGS)
+        settings = moto_stack.settings(**{**CHAOS_SETTINGS, **getattr(request, "param", {})})
         clients = build_clients(endpoint_url=moto_stack.moto.endpoint)
         ports = build_ports(settings, clients)
         deps = WorkerDeps(
@@ -214,6 +234,42 @@ def test_200_calls_with_duplicates_reordering_and_a_failing_ai_lose_nothing_and_
         faults = httpx.get(f"{full_stack.moto.moto.endpoint}/_local_faults", timeout=10).json()
         assert faults["enabled"], faults
         assert faults["faulted"] > 0, faults
+
+
+BATCHED_CALLS, BATCHED_PACKETS = 10, 60
+
+
+@pytest.mark.parametrize("full_stack", [{"AI_FAILURE_RATE": "0"}], indirect=True)
+def test_batches_of_200_ms_lose_nothing_and_every_call_completes_in_a_tenth_of_the_requests(
+    full_stack: FullStack, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.json"
+    # Paced at 20 ms a packet, as a PBX streams: a batch of 10 packets every 200 ms per call.
+    argv = ["--base-url", full_stack.url, "--calls", str(BATCHED_CALLS), "--packets", str(BATCHED_PACKETS)]
+    argv += ["--batch-ms", "200", "--duplicate-rate", "0.1", "--reorder-rate", "0.1", "--late-rate", "0.05"]
+    argv += ["--skip-rate", "0", "--timeout", "60", "--seed", "7", "--quiet", "--json", str(out)]
+
+    code = main(argv)
+
+    report = json.loads(out.read_text())
+    summary = {k: v for k, v in report.items() if k not in ("lost_by_call", "latency_ms")}
+    assert code == 0, summary
+    assert report["lost_packets"] == report["unverified_calls"] == report["server_errors"] == 0, summary
+    assert report["final_states"] == {"COMPLETED": BATCHED_CALLS}, summary
+    sent = report["packets_sent"]
+    assert sent > BATCHED_CALLS * BATCHED_PACKETS  # the planned duplicates went too
+    assert report["responses"]["202"] == BATCHED_CALLS * BATCHED_PACKETS, summary  # each packet accepted once
+    assert report["responses"]["200"] == sent - BATCHED_CALLS * BATCHED_PACKETS, summary  # ... then duplicate
+    # Full batches of 10, and each call's last one shorter.
+    assert sent / 10 <= report["requests"] < sent / 10 + BATCHED_CALLS, summary
+    # The stack's own view: every call COMPLETED, holding every packet, none missing.
+    with httpx.Client(base_url=full_stack.url, timeout=30) as api:
+        listed = get_retrying(api, "/v1/calls", {"state": "COMPLETED", "limit": 100}).json()["calls"]
+        assert len(listed) == BATCHED_CALLS
+        for item in listed:
+            call = get_retrying(api, f"/v1/call/{item['call_id']}").json()
+            assert call["packets"]["received"] == BATCHED_PACKETS, call["packets"]
+            assert call["packets"]["missing"] == [], call["packets"]
 
 
 class RecordingClient(Client):

@@ -3,14 +3,17 @@ the moto server itself (devstack/usage.py) and read back over HTTP."""
 
 from __future__ import annotations
 
+import base64
 import math
+import time
 from typing import Any
 
 import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from callcore.bootstrap import AwsClients
+from callcore.bootstrap import AwsClients, build_ports
+from callcore.domain.model import Packet
 from devstack.usage import item_size, read_units, value_size, write_units
 from tests.conftest import MotoStack
 
@@ -28,6 +31,7 @@ def usage(ms: MotoStack, *, reset: bool = False) -> dict[str, Any]:
         ({"S": "héllo"}, 6),  # UTF-8 bytes
         ({"N": "12345"}, 4),  # 5 significant digits: ceil(5 / 2) + 1
         ({"N": "1.500"}, 2),  # trailing zeros are not significant
+        ({"B": "AAEC"}, 3),  # bytes, as the wire's base64 decodes
         ({"BOOL": True}, 1),
         ({"L": [{"S": "ab"}, {"N": "1"}]}, 3 + (2 + 1) + (2 + 1)),
         ({"M": {"k": {"S": "v"}}}, 3 + (1 + 1 + 1)),
@@ -84,6 +88,27 @@ def test_an_update_bills_the_whole_item_it_grows(moto_stack: MotoStack, aws_clie
 
     assert 2048 < item_size({**key, "data": {"S": "y" * 2900}, "n": {"N": "1"}}) <= 3072
     assert usage(moto_stack)["dynamodb"]["write_units"] == 3  # the whole 3 KB item, for a 3-byte change
+
+
+def test_an_aligned_batch_of_ten_mulaw_packets_bills_six_write_units(
+    moto_stack: MotoStack, aws_clients: AwsClients, call_id: str
+) -> None:
+    # The batch layout's promise (docs/batched-ingest.md): one slot item under 2 KB and the
+    # call's check, both transactional: 2 x 2 + 2 x 1. The second batch finds the call.
+    store = build_ports(moto_stack.settings(), aws_clients).store
+    mulaw = [
+        Packet(sequence=s, data=base64.b64encode(bytes([s]) * 160).decode(), timestamp=s * 0.02) for s in range(20)
+    ]
+    usage(moto_stack, reset=True)
+
+    store.add_packets(call_id, mulaw[:10], now="2026-12-01T00:00:00.000000Z", received_at_ns=time.time_ns())
+    first = usage(moto_stack, reset=True)
+    store.add_packets(call_id, mulaw[10:], now="2026-12-01T00:00:00.000000Z", received_at_ns=time.time_ns())
+    second = usage(moto_stack)
+
+    for counted in (first, second):
+        assert counted["requests"] == {"dynamodb.TransactWriteItems": 1}
+        assert counted["dynamodb"]["write_units"] == 6
 
 
 def test_s3_and_sqs_requests_are_counted_by_billing_class(

@@ -18,7 +18,7 @@ import pytest
 
 from pbxsim.__main__ import parse_args
 from pbxsim.http import Answer, TransportError
-from pbxsim.plan import Rates, plan_call
+from pbxsim.plan import MAX_BATCH_PACKETS, Rates, batch_packets, batches, plan_call
 from pbxsim.report import (
     CallOutcome,
     Report,
@@ -247,7 +247,7 @@ class FakeApi:
 
     "503" (nothing stored), "503-after-store" (the write happens, the answer says 503),
     "ack-and-drop" (202, nothing stored), "200-no-store" (200 duplicate, nothing stored),
-    None (behave).
+    None (behave). A batch's fault applies to each of its packets.
     """
 
     def __init__(self, fault: Fault | None = None, end_to: str = "COMPLETED", reason: str | None = None) -> None:
@@ -255,20 +255,32 @@ class FakeApi:
         self.end_to, self.reason = end_to, reason
         self.packets: dict[str, set[int]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
+        self.batches: list[list[int]] = []  # the sequences of each batch request, attempts included
+
+    def store(self, call_id: str, seq: int, action: str | None) -> int:
+        """One packet's status, as the single route answers it."""
+        if action in ("ack-and-drop", "200-no-store"):
+            return 202 if action == "ack-and-drop" else 200
+        stored = self.packets.setdefault(call_id, set())
+        status = 200 if seq in stored else 202
+        stored.add(seq)
+        self.calls.setdefault(call_id, {"state": "IN_PROGRESS", "last_sequence": None})
+        return status
 
     async def post(self, path: str, body: Any = None) -> Answer:
         action = self.fault("POST", path, body)
+        parts = path.strip("/").split("/")
+        if parts[-1] == "batch":
+            self.batches.append([p["sequence"] for p in body["packets"]])
         if action == "503":
             return _503()
-        parts = path.strip("/").split("/")
+        if parts[2] == "stream" and parts[-1] == "batch":
+            statuses = [(p["sequence"], self.store(parts[3], p["sequence"], action)) for p in body["packets"]]
+            results = [{"sequence": q, "status": "accepted" if s == 202 else "duplicate"} for q, s in statuses]
+            ack = json.dumps({"call_id": parts[3], "results": results}).encode()
+            return _503() if action == "503-after-store" else Answer(200, ack, 1.0)
         if parts[2] == "stream":
-            call_id, seq = parts[3], body["sequence"]
-            if action in ("ack-and-drop", "200-no-store"):
-                return Answer(202 if action == "ack-and-drop" else 200, b"{}", 1.0)
-            stored = self.packets.setdefault(call_id, set())
-            status = 200 if seq in stored else 202
-            stored.add(seq)
-            self.calls.setdefault(call_id, {"state": "IN_PROGRESS", "last_sequence": None})
+            status = self.store(parts[3], body["sequence"], action)
             return _503() if action == "503-after-store" else Answer(status, b"{}", 1.0)
         call = self.calls[parts[2]]
         call["last_sequence"] = body["last_sequence"]
@@ -317,7 +329,15 @@ class FakeApi:
         }
 
 
-def _simulate(api: FakeApi, packets: int = 3, *, policy: RetryPolicy | None = None) -> tuple[Report, list[float]]:
+def _simulate(
+    api: FakeApi,
+    packets: int = 3,
+    *,
+    policy: RetryPolicy | None = None,
+    batch: int = 0,
+    rates: Rates = NO_NOISE,
+    interval_s: float = 0,
+) -> tuple[Report, list[float]]:
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -326,12 +346,13 @@ def _simulate(api: FakeApi, packets: int = 3, *, policy: RetryPolicy | None = No
     options = Options(
         calls=1,
         packets=packets,
-        interval_s=0,
-        rates=NO_NOISE,
+        interval_s=interval_s,
+        rates=rates,
         prefix="t",
         progress=False,
         timeout_s=0 if api.end_to == "IN_PROGRESS" else 60,  # the fake never finishes such a call
         retry=policy or RetryPolicy(),
+        batch=batch,
     )
     return asyncio.run(run(options, transport=api, sleep=sleep)), slept
 
@@ -446,6 +467,209 @@ def test_a_failed_call_needs_a_reason() -> None:
     assert not report.ok
     report, _ = _simulate(FakeApi(end_to="FAILED", reason="AI processing gave up after 1 attempt"))
     assert report.ok, report.failures()
+
+
+# ---------------------------------------------------------------- batches (--batch-ms)
+
+
+@pytest.mark.parametrize(
+    ("batch_ms", "packet_ms", "packets"),
+    [
+        (200, 20, 10),
+        (1000, 20, 50),
+        (5000, 20, 50),  # the API's most a batch may hold
+        (20, 20, 1),
+        (5, 20, 1),  # less than a packet is still one
+        (50, 20, 3),  # 2.5, rounded half up
+        (30, 20, 2),
+        (200, 10, 20),
+        (200, 7, 29),
+    ],
+)
+def test_a_batch_holds_the_packets_of_its_audio_within_1_to_50(batch_ms: float, packet_ms: float, packets: int) -> None:
+    assert batch_packets(batch_ms, packet_ms) == packets
+
+
+@pytest.mark.parametrize(
+    ("batch_ms", "packet_ms"), [(0, 20), (-200, 20), (200, 0), (float("nan"), 20), (float("inf"), 20)]
+)
+def test_a_batch_size_needs_positive_finite_durations(batch_ms: float, packet_ms: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        batch_packets(batch_ms, packet_ms)
+
+
+def test_the_batch_limit_is_the_apis() -> None:
+    from ingest.schemas import MAX_BATCH_PACKETS as API_MAX_BATCH_PACKETS
+
+    assert MAX_BATCH_PACKETS == API_MAX_BATCH_PACKETS
+
+
+def test_batches_cut_the_planned_order_into_consecutive_requests_the_last_shorter() -> None:
+    plan = plan_call("c", 25, Rates(duplicate=0.3, reorder=0.3, late=0.2, skip=0), random.Random(5))
+    cut = batches(plan.sends, 10)
+    assert [len(b) for b in cut[:-1]] == [10] * (len(cut) - 1)
+    assert 1 <= len(cut[-1]) <= 10
+    assert len(cut) == -(-len(plan.sends) // 10)
+    assert [s for b in cut for s in b] == plan.sends  # duplicates and reordering as planned
+    assert batches(plan.sends, 1000) == [plan.sends]
+    assert batches([], 10) == []
+    with pytest.raises(ValueError, match="at least one"):
+        batches(plan.sends, 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "batch"),
+    [
+        ([], 0),
+        (["--batch-ms", "0"], 0),
+        (["--batch-ms", "200"], 10),
+        (["--batch-ms", "1000"], 50),
+        (["--batch-ms", "60000"], 50),
+        (["--batch-ms", "5"], 1),
+        (["--batch-ms", "200", "--interval-ms", "10"], 20),
+        (["--batch-ms", "200", "--interval-ms", "0"], 10),  # unpaced packets hold 20 ms, as their timestamps say
+    ],
+)
+def test_cli_batch_ms_sets_the_packets_per_request(argv: list[str], batch: int) -> None:
+    assert parse_args(argv)[0].batch == batch
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "ten"])
+def test_cli_refuses_a_batch_ms_that_is_not_a_duration(value: str) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        parse_args(["--batch-ms", value])
+    assert excinfo.value.code == 2
+
+
+def _batch_answer(*results: tuple[int, str]) -> Answer:
+    body = {"call_id": "c", "results": [{"sequence": q, "status": s} for q, s in results]}
+    return Answer(200, json.dumps(body).encode(), 1.0)
+
+
+def test_each_packet_of_a_batch_counts_its_result_as_the_single_routes_answer() -> None:
+    report = Report()
+    outcome = report.calls["c"] = CallOutcome(call_id="c")
+    answer = _batch_answer((0, "accepted"), (1, "duplicate"), (2, "conflict"), (3, "ended"), (0, "duplicate"))
+    keys = report.record_batch(Exchange(answers=[_503(), answer], waits_s=[1.0]), [0, 1, 2, 3, 0])
+    for sequence, key in zip([0, 1, 2, 3, 0], keys, strict=True):
+        outcome.answered(sequence, key)
+
+    assert keys == ["202", "200", "409", "409", "200"]
+    assert outcome.acknowledged == {0, 1}  # accepted and duplicate; conflict and ended are not stored
+    assert outcome.accepted == {0}
+    report.packets_sent = 5
+    d = report.to_dict()
+    assert d["responses"] == {"202": 1, "200": 2, "2xx": 0, "409": 2, "4xx": 0, "503": 0, "other": 0}
+    assert (d["requests"], d["packets_sent"], d["packets_per_request"]) == (1, 5, 5.0)
+    assert d["retries"] == 1
+    assert d["server_errors"] == 0
+    assert report.ok
+
+
+@pytest.mark.parametrize(
+    ("statuses", "key", "gave_up", "server_errors"),
+    [
+        ((503, 503), "503", 1, 0),  # the retries were used up
+        ((413,), "4xx", 0, 0),
+        ((422,), "4xx", 0, 0),
+        ((500,), "other", 0, 1),
+        ((503, None), "other", 0, 1),  # the retry got no answer
+    ],
+)
+def test_a_batch_without_results_counts_its_final_answer_for_each_packet(
+    statuses: tuple[int | None, ...], key: str, gave_up: int, server_errors: int
+) -> None:
+    report = Report()
+    keys = report.record_batch(_exchange(*statuses), [4, 5, 6])
+    assert keys == [key] * 3
+    d = report.to_dict()
+    assert d["responses"][key] == 3
+    assert d["requests"] == 1
+    assert d["gave_up"] == {"packets": gave_up, "ends": 0, "reads": 0}  # a request, however many packets
+    assert d["server_errors"] == server_errors
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _batch_answer((0, "accepted"), (2, "accepted"), (1, "accepted")),  # not in request order
+        _batch_answer((0, "accepted"), (1, "accepted")),  # one result short
+        _batch_answer((0, "accepted"), (1, "accepted"), (2, "stored")),  # not a status of the API
+        Answer(200, b"{}", 1.0),
+        Answer(200, b"not json", 1.0),
+    ],
+)
+def test_a_batch_200_that_does_not_answer_its_packets_acknowledges_none_and_is_a_server_error(answer: Answer) -> None:
+    report = Report()
+    assert report.record_batch(Exchange(answers=[answer]), [0, 1, 2]) == ["other"] * 3
+    assert report.server_errors == 1
+    assert not report.ok
+
+
+def test_a_batched_run_sends_the_planned_order_in_requests_of_the_batch_size() -> None:
+    api = FakeApi()
+    report, _ = _simulate(api, packets=25, batch=10)
+    assert api.batches == [list(range(10)), list(range(10, 20)), list(range(20, 25))]
+    assert report.calls["t-0"].acknowledged == report.calls["t-0"].accepted == set(range(25))
+    d = report.to_dict()
+    assert (d["requests"], d["packets_sent"], d["packets_per_request"]) == (3, 25, 8.33)
+    assert d["responses"]["202"] == 25
+    assert report.ok, report.failures()
+
+
+def test_batches_carry_the_planned_duplicates() -> None:
+    api = FakeApi()
+    report, _ = _simulate(api, packets=10, batch=4, rates=Rates(duplicate=1, reorder=0, late=0, skip=0))
+    assert api.batches == [[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 5, 5], [6, 6, 7, 7], [8, 8, 9, 9]]
+    d = report.to_dict()
+    assert (d["responses"]["202"], d["responses"]["200"], d["requests"]) == (10, 10, 5)
+    assert report.ok, report.failures()
+
+
+def test_a_batch_answered_503_is_sent_again_whole() -> None:
+    api = FakeApi(_once("POST", "/v1/call/stream/t-0/batch", "503"))
+    report, slept = _simulate(api, packets=5, batch=3)
+    assert api.batches == [[0, 1, 2], [0, 1, 2], [3, 4]]
+    assert slept == [1.0]  # Retry-After: 1
+    d = report.to_dict()
+    assert (d["retries"], d["requests"], d["responses"]["202"]) == (1, 2, 5)
+    assert report.ok, report.failures()
+
+
+def test_a_batch_whose_503_hid_its_writes_is_acknowledged_by_the_duplicates_of_its_resend() -> None:
+    api = FakeApi(_once("POST", "/v1/call/stream/t-0/batch", "503-after-store"))
+    report, _ = _simulate(api, packets=5, batch=3)
+    assert report.calls["t-0"].acknowledged == {0, 1, 2, 3, 4}
+    assert report.stored_without_202 == 3
+    assert report.to_dict()["responses"]["200"] == 3
+    assert report.ok, report.failures()
+
+
+def test_a_batch_that_gave_up_acknowledged_nothing_and_does_not_fail_the_run() -> None:
+    def first_batch_unavailable(method: str, path: str, body: dict[str, Any] | None) -> str | None:
+        return "503" if path.endswith("/batch") and (body or {})["packets"][0]["sequence"] == 0 else None
+
+    report, slept = _simulate(FakeApi(first_batch_unavailable), packets=5, batch=3, policy=RetryPolicy(max_retries=2))
+    assert report.calls["t-0"].acknowledged == {3, 4}
+    d = report.to_dict()
+    assert d["gave_up"] == {"packets": 1, "ends": 0, "reads": 0}
+    assert d["responses"]["503"] == 3
+    assert slept == [1.0, 1.0]
+    assert report.lost_packets == 0
+    assert report.ok, report.failures()
+
+
+@pytest.mark.parametrize("action", ["ack-and-drop", "200-no-store"])
+def test_a_batch_result_for_a_packet_the_stack_did_not_store_is_a_loss(action: str) -> None:
+    report, _ = _simulate(FakeApi(_once("POST", "/v1/call/stream/t-0/batch", action)), packets=5, batch=3)
+    assert report.calls["t-0"].lost == {0, 1, 2}
+    assert report.lost_packets == 3
+    assert not report.ok
+
+
+def test_a_batch_waits_for_its_packets_intervals() -> None:
+    _, slept = _simulate(FakeApi(), packets=25, batch=10, interval_s=0.02)
+    assert slept == pytest.approx([0.2, 0.2, 0.1])
 
 
 # ---------------------------------------------------------------- one result per round

@@ -204,6 +204,14 @@ def test_fast_and_speed_set_the_pace() -> None:
     assert parse_cli(["--speech", "--calls", "50", "--connections", "10"]).options.calls == 50
 
 
+def test_speech_batches_hold_20_ms_frames_whatever_the_pace() -> None:
+    assert parse_cli(["--speech", "--batch-ms", "200"]).options.batch == 10
+    fast = parse_cli(["--speech", "--fast", "--batch-ms", "1000"]).options
+    assert (fast.batch, fast.interval_s) == (50, 0)
+    quick = parse_cli(["--speech", "--speed", "4", "--batch-ms", "200"]).options
+    assert (quick.batch, quick.interval_s, quick.on_clock) == (10, 0.005, True)
+
+
 def test_text_implies_speech_one_call_per_text(tmp_path: Path) -> None:
     cli = parse_cli(["--text", "hello there", "--text=-goodbye", "--voice", "en-us"])
     assert cli.speech == SpeechRequest(texts=("hello there", "-goodbye"), voice="en-us")
@@ -264,13 +272,19 @@ class TranscribingApi:
         if self.clock is not None:
             self.clock[0] += self.latency_s
         parts = path.strip("/").split("/")
+        if parts[2] == "stream" and parts[-1] == "batch":
+            results = [{"sequence": p["sequence"], "status": self.store(parts[3], p)} for p in body["packets"]]
+            return Answer(200, json.dumps({"call_id": parts[3], "results": results}).encode(), 1.0)
         if parts[2] == "stream":
-            packets = self.data.setdefault(parts[3], {})
-            status = 200 if body["sequence"] in packets else 202
-            packets[body["sequence"]] = body["data"]
-            return Answer(status, b"{}", 1.0)
+            return Answer(202 if self.store(parts[3], body) == "accepted" else 200, b"{}", 1.0)
         self.ended[parts[2]] = body["last_sequence"]
         return Answer(202, b"{}", 1.0)
+
+    def store(self, call_id: str, packet: dict[str, Any]) -> str:
+        packets = self.data.setdefault(call_id, {})
+        status = "duplicate" if packet["sequence"] in packets else "accepted"
+        packets[packet["sequence"]] = packet["data"]
+        return status
 
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Answer:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -344,6 +358,42 @@ def test_real_time_pacing_does_not_add_up_the_requests_latency() -> None:
     asyncio.run(run(options, transport=api, sleep=sleep, clock=lambda: clock[0]))
     # Frame i goes at i * 20 ms: after each 5 ms request, 15 ms is left to wait.
     assert slept[:4] == pytest.approx([0.015] * 4)
+
+
+def test_a_speech_run_in_batches_streams_every_frame_in_requests_of_the_batch() -> None:
+    speech = _speech("a", "call me back", "NEUTRAL", seconds=0.5)  # 25 frames
+    api = TranscribingApi({"t-0": ("call me back", "NEUTRAL"), "t-1": ("call me", "NEUTRAL")})
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    options = Options(calls=2, interval_s=0, rates=NO_NOISE, prefix="t", progress=False, speech=(speech,), batch=10)
+    report = asyncio.run(run(options, transport=api, sleep=no_sleep))
+    assert report.ok, report.failures()
+    for call_id in ("t-0", "t-1"):
+        assert [api.data[call_id][s] for s in sorted(api.data[call_id])] == list(speech.frames)
+        assert report.calls[call_id].acknowledged == set(range(25))
+    d = report.to_dict()
+    assert (d["requests"], d["packets_sent"], d["responses"]["202"]) == (6, 50, 50)  # 10 + 10 + 5 a call
+    assert [c["wer"] for c in d["speech"]["by_call"]] == [0.0, pytest.approx(1 / 3)]
+
+
+def test_real_time_pacing_sends_a_batch_once_its_audio_has_passed() -> None:
+    clock = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    speech = _speech("a", "hello", None, seconds=0.5)  # 25 frames
+    api = TranscribingApi({"t-0": ("hello", "NEUTRAL")}, latency_s=0.005, clock=clock)
+    options = Options(
+        calls=1, interval_s=0.02, on_clock=True, rates=NO_NOISE, prefix="t", progress=False, speech=(speech,), batch=10
+    )
+    asyncio.run(run(options, transport=api, sleep=sleep, clock=lambda: clock[0]))
+    # Batches end at frames 10, 20 and 25: sent at 200, 400 and 500 ms, each 5 ms request not adding up.
+    assert slept[:3] == pytest.approx([0.2, 0.195, 0.095])
 
 
 def test_text_without_espeak_ng_says_what_to_install() -> None:
