@@ -83,6 +83,9 @@ BUDGETS: dict[str, tuple[str, float]] = {
     # transcription), over the worker's 900 s timeout: at most half, so a Lambda vCPU
     # slower than this machine still finishes (README, AI providers: long calls).
     "long_call_over_worker_timeout": ("<=", 0.5),
+    # The cost model (bench/cost.py): the infrastructure's price of a call-minute streamed
+    # in 200 ms batches, over what Amazon Transcribe and Comprehend charge for it.
+    "infra_over_ai_batched": ("<=", 0.10),
 }
 # Reported with the budgets' table but without a budget (in the info block, as the other
 # reported-only figures): asr_wer, the mean over the fixtures of each transcript's word
@@ -191,6 +194,7 @@ def run_simulator(
     duplicate: float = 0.1,
     late: float = 0.05,
     timeout_s: float = 600,
+    batch: int = 0,
 ) -> dict[str, Any]:
     from pbxsim.plan import Rates
     from pbxsim.runner import Options, run
@@ -206,6 +210,7 @@ def run_simulator(
         wait=end,
         timeout_s=timeout_s,
         progress=False,
+        batch=batch,
     )
     return asyncio.run(run(options)).to_dict()
 
@@ -533,19 +538,60 @@ def measure_speech(results: dict[str, float], info: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- what a call-minute costs
 
 COST_CALLS = 10  # speech calls of SPEECH_CALL_S each: 5 call-minutes of 20 ms packets
-# Figures with no budget yet, shown in the table. The batched-ingest keys of the cost
-# model (and infra_over_ai_batched <= 0.10) come with the batch route (issue 12, open).
+PACKET_S = 0.02  # the simulator's speech frames
+BATCH_MS = 200  # the batched run: 10 packets per request (pbxsim --batch-ms 200)
+# API Gateway's default quota per account and region: what caps concurrent calls.
+API_QUOTA_RPS = 10_000
+# Figures with no budget, shown in the table.
 REPORTED = (
     "infra_usd_per_1000_call_minutes",
+    "infra_usd_per_1000_call_minutes_batched",
     "ai_usd_per_1000_call_minutes_aws",
     "ai_usd_per_1000_call_minutes_local",
     "infra_over_ai_single",
+    "calls_per_10k_rps",
+    "calls_per_10k_rps_batched",
+    "batched_over_single_packets_per_s",
 )
 
 
+def counted_run(stack: LocalStack, call: Speech, batch: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """COST_CALLS speech calls, ``batch`` packets a request (0: one a request, the single route),
+    to the end of their AI work: what the simulator sent, the moto meter's and the function
+    clock's counts, from zero."""
+    from pbxsim.plan import Rates
+    from pbxsim.runner import Options, run
+
+    httpx.get(f"{stack.moto_endpoint}/_local_usage", params={"reset": "1"}).raise_for_status()
+    httpx.get(f"{stack.url}/_local_usage", params={"reset": "1"}).raise_for_status()
+    options = Options(
+        base_url=stack.url,
+        calls=COST_CALLS,
+        speech=(call,),
+        interval_s=0.0,
+        rates=Rates(duplicate=0.0, reorder=0.0, late=0.0, skip=0.0),
+        connections=CONNECTIONS,
+        wait=False,  # the simulator's GETs are no part of a call's cost
+        progress=False,
+        batch=batch,
+    )
+    sent = asyncio.run(run(options)).to_dict()
+    deadline = time.monotonic() + 300
+    while True:  # every call's work item handled (no failures: one record a call)
+        functions = httpx.get(f"{stack.url}/_local_usage").json()["functions"]
+        if functions["AiWorkerFunction"]["records"] >= COST_CALLS:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cost run: work items still unhandled: {functions}")
+        time.sleep(0.2)
+    moto = httpx.get(f"{stack.moto_endpoint}/_local_usage").json()
+    return sent, moto, functions
+
+
 def measure_cost(results: dict[str, float], info: dict[str, Any]) -> None:
-    """Count what COST_CALLS speech calls really use on a local stack, one request per 20 ms
-    packet, and price it per call-minute (bench/cost.py, bench/prices.json)."""
+    """Count what COST_CALLS speech calls really use on a local stack, once with one request per
+    20 ms packet and once in 200 ms batches, and price it per call-minute (bench/cost.py,
+    bench/prices.json)."""
     from bench.cost import (
         Usage,
         ai_aws_usd_per_call_minute,
@@ -555,67 +601,60 @@ def measure_cost(results: dict[str, float], info: dict[str, Any]) -> None:
         load_prices,
     )
     from devstack.template import load_template
-    from pbxsim.plan import Rates
-    from pbxsim.runner import Options, run
     from pbxsim.speech import load_fixtures
 
     call = speech_call()
-    # The mock with no simulated latency or failure: the worker's time is then the
-    # pipeline's own (decode, recording, DynamoDB), the AI's is priced apart.
-    log(f"cost model: {COST_CALLS} calls of {call.duration_s:.1f} s, one request per 20 ms packet, counted")
-    stack = LocalStack({"AI_MIN_LATENCY_S": "0", "AI_MAX_LATENCY_S": "0"}, name="cost")
-    try:
-        httpx.get(f"{stack.moto_endpoint}/_local_usage", params={"reset": "1"}).raise_for_status()
-        httpx.get(f"{stack.url}/_local_usage", params={"reset": "1"}).raise_for_status()
-        options = Options(
-            base_url=stack.url,
-            calls=COST_CALLS,
-            speech=(call,),
-            interval_s=0.0,
-            rates=Rates(duplicate=0.0, reorder=0.0, late=0.0, skip=0.0),
-            connections=CONNECTIONS,
-            wait=False,  # the simulator's GETs are no part of a call's cost
-            progress=False,
-        )
-        sent = asyncio.run(run(options)).to_dict()
-        deadline = time.monotonic() + 300
-        while True:  # every call's work item handled (no failures: one record a call)
-            functions = httpx.get(f"{stack.url}/_local_usage").json()["functions"]
-            if functions["AiWorkerFunction"]["records"] >= COST_CALLS:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"cost run: work items still unhandled: {functions}")
-            time.sleep(0.2)
-        moto = httpx.get(f"{stack.moto_endpoint}/_local_usage").json()
-    finally:
-        stack.stop()
     template = load_template()
     prices = load_prices()
-    call_minutes = COST_CALLS * len(call.frames) * 0.02 / 60
-    infra = infrastructure(Usage(moto=moto, functions=functions, call_minutes=call_minutes), prices, template)
+    call_minutes = COST_CALLS * len(call.frames) * PACKET_S / 60
+    batch = round(BATCH_MS / 1000 / PACKET_S)
+    # The mock with no simulated latency or failure: the worker's time is then the
+    # pipeline's own (decode, recording, DynamoDB), the AI's is priced apart.
+    stack = LocalStack({"AI_MIN_LATENCY_S": "0", "AI_MAX_LATENCY_S": "0"}, name="cost")
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        for name, per_request in (("single", 0), ("batched", batch)):
+            log(
+                f"cost model, {name}: {COST_CALLS} calls of {call.duration_s:.1f} s, "
+                f"{per_request or 1} packets a request"
+            )
+            sent, moto, functions = counted_run(stack, call, per_request)
+            infra = infrastructure(Usage(moto=moto, functions=functions, call_minutes=call_minutes), prices, template)
+            api_requests_per_s = infra["by_item"]["api_gateway"]["units_per_call_minute"]["requests"] / 60
+            runs[name] = {
+                "usd_per_call_minute": infra["usd_per_call_minute"],
+                # Concurrent calls API Gateway's quota allows, at the requests each call made.
+                "calls_per_10k_rps": API_QUOTA_RPS / api_requests_per_s,
+                "packets": sent["packets_sent"],
+                "responses": sent["responses"],
+                "requests": moto["requests"],
+                "functions": functions,
+                "by_item": infra["by_item"],
+            }
+    finally:
+        stack.stop()
     fixtures = load_fixtures()
     characters_per_s = sum(len(f.text) for f in fixtures) / sum(f.duration_s for f in fixtures)
     # The 10-minute call's real-time factor when this run measured it; else the fixtures'.
     rtf = float(info.get("long_call", {}).get("rtf") or results.get("asr_rtf") or asr_figures(reps=1)["asr_rtf"])
     aws = ai_aws_usd_per_call_minute(prices, characters_per_s)
     local = ai_local_usd_per_call_minute(prices, rtf, function_memory_mb(template)["AiWorkerFunction"])
-    results["infra_usd_per_1000_call_minutes"] = 1000 * infra["usd_per_call_minute"]
+    single, batched = runs["single"], runs["batched"]
+    results["infra_usd_per_1000_call_minutes"] = 1000 * single["usd_per_call_minute"]
+    results["infra_usd_per_1000_call_minutes_batched"] = 1000 * batched["usd_per_call_minute"]
     results["ai_usd_per_1000_call_minutes_aws"] = 1000 * aws
     results["ai_usd_per_1000_call_minutes_local"] = 1000 * local
-    results["infra_over_ai_single"] = infra["usd_per_call_minute"] / aws
+    results["infra_over_ai_single"] = single["usd_per_call_minute"] / aws
+    results["infra_over_ai_batched"] = batched["usd_per_call_minute"] / aws
+    results["calls_per_10k_rps"] = single["calls_per_10k_rps"]
+    results["calls_per_10k_rps_batched"] = batched["calls_per_10k_rps"]
     info["cost"] = {
         "call_minutes": round(call_minutes, 3),
-        "packets": sent["packets_sent"],
-        "responses": sent["responses"],
-        "requests": moto["requests"],
-        "functions": functions,
-        "by_item": infra["by_item"],
+        "batch_ms": BATCH_MS,
         "prices_read_on": prices["read_on"],
         "comprehend_characters_per_audio_s": round(characters_per_s, 2),
         "local_rtf": rtf,
-        # API Gateway's default quota, 10,000 requests per second per account and region:
-        # one request per packet caps the service at 10,000 x 20 ms concurrent calls.
-        "calls_per_10k_rps": {"single_20ms_packets": round(10_000 * 0.02), "batches_of_200ms": round(10_000 * 0.2)},
+        **runs,
     }
 
 
@@ -721,6 +760,24 @@ def measure_on_stack(results: dict[str, float], info: dict[str, Any]) -> None:
         info["ingest_vs_storage_ratio_of_medians"] = round(
             statistics.median(ingest_rates) / (statistics.median(storage_rates) / writes), 3
         )
+
+        # The same calls in 200 ms batches (10 packets a request), each run paired with a
+        # single-packet run just before it, as above.
+        log(f"batched vs single: {REPS} pairs of {CONNECTIONS} calls x 50 new packets, 10 packets a request")
+        single_rates: list[float] = []
+        batched_rates: list[float] = []
+        for _ in range(REPS):
+            for rates, per_request in ((single_rates, 0), (batched_rates, 10)):
+                run = run_simulator(stack, calls=CONNECTIONS, packets=50, end=False, duplicate=0.0, batch=per_request)
+                rates.append(run["packets_per_s"])
+                results["server_errors"] += run["server_errors"]
+                results["lost_packets"] += run["lost_packets"]
+        pair_ratios = [b / s for b, s in zip(batched_rates, single_rates, strict=True)]
+        results["batched_over_single_packets_per_s"] = statistics.median(pair_ratios)
+        info["packets_per_s"] = {
+            "single": [round(r) for r in single_rates],
+            "batched_10": [round(r) for r in batched_rates],
+        }
 
         log(f"worker: batch of 10 records, mock AI latency {AI_LATENCY_S} s, {REPS} batches")
         batch, batches = median_of(REPS, lambda: worker_batch_seconds(ports))
