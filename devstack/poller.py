@@ -185,8 +185,6 @@ class SqsPoller:
             records = [to_lambda_record(m, self._arn, self._region) for m in messages]
             context = LambdaContext(function_name=self.source.function, aws_request_id=str(uuid.uuid4()))
             self.invocations += 1
-            self._usage_invocations += 1
-            self._usage_records += len(records)
             started = time.perf_counter()
             try:
                 response = await loop.run_in_executor(self._executor, self._handler, {"Records": records}, context)
@@ -194,7 +192,11 @@ class SqsPoller:
                 logger.exception("%s failed on a batch of %d; all of it goes back", self.source.function, len(records))
                 return
             finally:
+                # Counted once the handler returned: a reader that sees its records counted
+                # also sees every request the handler made.
                 self._handler_seconds += time.perf_counter() - started
+                self._usage_invocations += 1
+                self._usage_records += len(records)
             failed = failed_message_ids(response, records, self.source.report_batch_item_failures)
             done = [r for r in records if r["messageId"] not in failed]
             if done:

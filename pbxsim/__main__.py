@@ -46,8 +46,8 @@ it holds that much audio. A batch answered 503 is sent again whole, like a packe
 packet counts its own result, as the single route's answer: accepted as 202, duplicate as
 200 (both acknowledged), conflict and ended as 409; a batch that gets no result counts its
 final answer for each of its packets. "requests" counts the requests, "packets_per_request"
-the packets each carried. A 200 whose results are not the batch's packets, in order, is a
-server error.
+is packets_sent over requests; gave_up, retries and latency_ms count a batch as one request.
+A 200 whose results are not the batch's packets, in order, is a server error.
 
 Speech (--speech): each call streams real speech as a PBX does, 20 ms G.711 mu-law
 frames at 8 kHz (160 bytes, base64, one per packet): the committed fixtures
