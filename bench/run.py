@@ -832,35 +832,23 @@ def measure_chaos(results: dict[str, float], info: dict[str, Any]) -> None:
         shorten_visibility_timeouts(stack, CHAOS_VISIBILITY_TIMEOUT_S)
         log("PBX simulator under chaos: 200 calls x 20 packets, 10% duplicated, 10% reordered, AI failing 25%")
         sim = run_simulator(stack, calls=200, packets=20, end=True, duplicate=0.1, late=0.0, timeout_s=CHAOS_TIMEOUT_S)
+        log("PBX simulator under chaos, batched: 100 calls x 50 packets, 10 a request, the same faults")
+        batched = run_simulator(
+            stack, calls=100, packets=50, end=True, duplicate=0.1, late=0.0, timeout_s=CHAOS_TIMEOUT_S, batch=10
+        )
         faults = local_faults(stack)
     finally:
         stack.stop()
     requests = int(faults.get("requests", 0))
-    results["chaos_lost_packets"] = sim["lost_packets"]
-    results["chaos_stuck_calls"] = sim["stuck_calls"]
+    results["chaos_lost_packets"] = sim["lost_packets"] + batched["lost_packets"]
+    results["chaos_stuck_calls"] = sim["stuck_calls"] + batched["stuck_calls"]
     # Answers not 2xx, 4xx or 503 (every one of them a 5xx here), plus requests without an answer.
-    results["chaos_non503_server_errors"] = sim["server_errors"]
+    results["chaos_non503_server_errors"] = sim["server_errors"] + batched["server_errors"]
     results["chaos_rate_applied"] = int(faults.get("faulted", 0)) / requests if requests else 0.0
-    info["chaos_run"] = {
-        k: sim[k]
-        for k in (
-            "packets_sent",
-            "responses",
-            "end_responses",
-            "retries",
-            "gave_up",
-            "stored_without_202",
-            "connection_errors",
-            "final_states",
-            "in_progress_after_end",
-            "failed_without_reason",
-            "inconsistent_calls",
-            "unverified_calls",
-            "phases_s",
-            "ok",
-        )
-    }
-    info["chaos_problems_by_call"] = dict(list(sim["problems_by_call"].items())[:10])
+    info["chaos_run"], info["chaos_run_batched"] = (
+        {k: run[k] for k in CHAOS_INFO if k in run} for run in (sim, batched)
+    )
+    info["chaos_problems_by_call"] = dict(list({**sim["problems_by_call"], **batched["problems_by_call"]}.items())[:10])
     info["chaos_faults"] = {
         "moto_requests": requests,
         "faulted": faults.get("faulted"),
@@ -868,6 +856,27 @@ def measure_chaos(results: dict[str, float], info: dict[str, Any]) -> None:
         "seed": faults.get("seed"),
         "visibility_timeouts_s": CHAOS_VISIBILITY_TIMEOUT_S,
     }
+
+
+# What the bench keeps of each chaos run's report.
+CHAOS_INFO = (
+    "packets_sent",
+    "responses",
+    "end_responses",
+    "retries",
+    "gave_up",
+    "stored_without_202",
+    "connection_errors",
+    "final_states",
+    "in_progress_after_end",
+    "failed_without_reason",
+    "inconsistent_calls",
+    "unverified_calls",
+    "phases_s",
+    "ok",
+    "requests",
+    "packets_per_request",
+)
 
 
 def report(results: dict[str, float], info: dict[str, Any], elapsed_s: float, partial: str | None = None) -> int:

@@ -77,7 +77,7 @@ class InMemoryCallStore:
         if len({p.sequence for p in packets}) != len(packets):
             raise ValueError("a batch's sequences must be distinct")
         with self._lock:
-            if call_id not in self._calls:
+            if packets and call_id not in self._calls:
                 self._slotted.add(call_id)
             return [self._add(call_id, p, now=now, received_at_ns=received_at_ns + i) for i, p in enumerate(packets)]
 

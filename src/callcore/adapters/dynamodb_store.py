@@ -311,7 +311,10 @@ class DynamoDBCallStore:
             if reasons is None:
                 results |= {sequence: PacketWrite(stored=True) for sequence in pending}
                 break
-            call_item = reasons[-1].get("Item") if reasons[-1].get("Code") == _CCF else None
+            call_item = None
+            if reasons[-1].get("Code") == _CCF:
+                # Servers that do not return the old item: read it, off the happy path.
+                call_item = reasons[-1].get("Item") or self._get_call_item(call_id)
             state = CallState(call_item["state"]["S"]) if call_item else None
             if call_item is not None and not _is_slotted(call_item):
                 # Its first packet came to the single route: the call's packets are items.
@@ -322,21 +325,7 @@ class DynamoDBCallStore:
                     )
                 break
             closed = state if state is not None and state is not CallState.IN_PROGRESS else None
-            for (slot, sequences), reason in zip(slots.items(), reasons, strict=False):
-                if reason.get("Code") != _CCF:
-                    continue
-                old = reason.get("Item") or self._get_slot_item(call_id, slot) or {}
-                for sequence in sequences:
-                    value = old.get(packet_slots.attribute_name(sequence))
-                    if value is None:
-                        continue
-                    stored = packet_slots.decode(sequence, bytes(value["B"]))
-                    mine = stored.write_id == write_id  # an earlier try of ours, its answer lost
-                    results[sequence] = (
-                        PacketWrite(stored=True)
-                        if mine
-                        else PacketWrite(stored=False, existing=stored.packet, call_state=closed)
-                    )
+            results |= self._found_in_slots(call_id, slots, reasons, write_id, closed)
             left = [sequence for sequence in pending if sequence not in results]
             if closed is not None:
                 results |= {sequence: PacketWrite(stored=False, call_state=closed) for sequence in left}
@@ -345,6 +334,31 @@ class DynamoDBCallStore:
                 raise RuntimeError(f"a batch of {call_id!r} was refused without a reason: {reasons}")
             pending = left
         return [results[p.sequence] for p in packets]
+
+    def _found_in_slots(
+        self,
+        call_id: str,
+        slots: dict[int, list[int]],
+        reasons: list[dict[str, Any]],
+        write_id: bytes,
+        closed: CallState | None,
+    ) -> dict[int, PacketWrite]:
+        """The batch's sequences that the refused slots already hold, each settled."""
+        found: dict[int, PacketWrite] = {}
+        for (slot, sequences), reason in zip(slots.items(), reasons, strict=False):
+            if reason.get("Code") != _CCF:
+                continue
+            old = reason.get("Item") or self._get_slot_item(call_id, slot) or {}
+            for sequence in sequences:
+                value = old.get(packet_slots.attribute_name(sequence))
+                if value is None:
+                    continue
+                stored = packet_slots.decode(sequence, bytes(value["B"]))
+                if stored.write_id == write_id:  # an earlier try of ours, its answer lost
+                    found[sequence] = PacketWrite(stored=True)
+                else:
+                    found[sequence] = PacketWrite(stored=False, existing=stored.packet, call_state=closed)
+        return found
 
     def _slot_update(self, call_id: str, slot: int, packets: list[tuple[int, bytes]]) -> dict[str, Any]:
         names = {f"#p{i}": packet_slots.attribute_name(sequence) for i, (sequence, _) in enumerate(packets)}
@@ -712,10 +726,14 @@ class DynamoDBCallStore:
                 raise
 
     def get_call(self, call_id: str) -> Call | None:
+        item = self._get_call_item(call_id)
+        return call_from_item(item) if item else None
+
+    def _get_call_item(self, call_id: str) -> Item | None:
         with dependency("DynamoDB"):
             response = self._ddb.get_item(TableName=self._calls, Key={"call_id": _s(call_id)}, ConsistentRead=True)
-        item = response.get("Item")
-        return call_from_item(item) if item else None
+        item: Item | None = response.get("Item")
+        return item
 
     def arrivals(self, call_id: str) -> list[Arrival]:
         """Per-packet items from the keys-only arrival index (GET's cost does not grow with their audio),
