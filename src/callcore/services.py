@@ -8,9 +8,9 @@ import logging
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from callcore.clock import iso_seconds_ago, now_iso, now_ns, seconds_since
-from callcore.domain.audio import AudioFormat, CallAudio, call_format, decode_call, to_wav
 from callcore.domain.errors import (
     CallCoreError,
     CallNotAcceptingPacketsError,
@@ -36,6 +36,10 @@ from callcore.domain.model import (
     transition_rule,
 )
 from callcore.ports import AIProvider, CallPage, CallStore, PacketWrite, RecordingStore, WorkQueue
+
+if TYPE_CHECKING:
+    from callcore.domain.audio import CallAudio
+    from callcore.domain.audio_format import AudioFormat
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +290,9 @@ def _prepare_audio(
     store: CallStore, recordings: RecordingStore, item: WorkItem, attempt: int, limits: AudioLimits
 ) -> CallAudio:
     """The call's packets decoded, and its recording stored (once: a redelivery finds it stored)."""
+    # Here, not at the top: the ingest function imports this module and never decodes audio.
+    from callcore.domain.audio import CallAudio, call_format, decode_call, to_wav
+
     packets = store.packets(item.call_id, max_bytes=limits.max_call_bytes)
     fmt = call_format(packets, limits.default_format)
     decoded = decode_call(packets, fmt, max_pcm_bytes=limits.max_pcm_bytes)
@@ -308,6 +315,8 @@ async def _checked_audio(store: CallStore, item: WorkItem) -> CallAudio | None:
         # A check follows an attempt that stored the recording; without one there is no
         # job to check, and a new attempt (this item's redelivery) starts over.
         raise RetryableAIError(f"call {item.call_id!r} has no recording to check a transcription of")
+    from callcore.domain.audio import CallAudio
+
     return CallAudio(
         call_id=item.call_id, round=item.round, attempt=item.attempt, recording=call.recording, check=item.check
     )

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from callcore.domain.audio import DEFAULT_FORMAT, AudioFormat
+from callcore.domain.audio_format import DEFAULT_FORMAT, AudioFormat
 
 # template.yaml's WorkQueue VisibilityTimeout and AiWorkerFunction Timeout (a unit test
 # holds them equal).

@@ -51,3 +51,11 @@ def test_v1_models_are_still_recognised_once_pydantic_v1_is_loaded() -> None:
     assert not fastapi_compat.is_pydantic_v1_model_class(NewModel)
     assert not fastapi_compat.is_pydantic_v1_model_instance(NewModel(x=1))
     assert not fastapi_compat.is_pydantic_v1_model_class(int)
+
+
+def test_the_ingest_app_never_imports_the_audio_decoders() -> None:
+    # Ingest stores packets as sent; only the worker decodes them. Importing the decoders
+    # would add to every ingest cold start (the bench's ingest_cold_ratio).
+    code = "import sys\nimport ingest.app\nprint('callcore.domain.audio' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

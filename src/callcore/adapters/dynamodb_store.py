@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
 import json
 import random
 import time
@@ -736,33 +735,27 @@ class DynamoDBCallStore:
         return item
 
     def arrivals(self, call_id: str) -> list[Arrival]:
-        """Per-packet items from the keys-only arrival index (GET's cost does not grow with their audio),
-        and the packets of the call's slots (whole items: a slot is read for its arrival times)."""
+        """From the keys-only arrival index (GET's cost does not grow with the audio), or, for a call
+        streamed in batches, from its slot items (read whole: a slot is read for its arrival times)."""
         arrivals = [
             Arrival(sequence=int(item["sequence"]["N"]), received_at_ns=_int(item, "received_at"))
             for page in self._query(self._packets, call_id, index=ARRIVAL_INDEX, projection="#seq, received_at")
             for item in page
         ]
-        arrivals += [
-            Arrival(sequence=stored.packet.sequence, received_at_ns=stored.received_at_ns)
-            for page in self._query(self._slots, call_id)
-            for item in page
-            for stored in _slot_packets(item)
-        ]
+        if not arrivals:  # a call's packets are all in one layout
+            arrivals = [
+                Arrival(sequence=stored.packet.sequence, received_at_ns=stored.received_at_ns)
+                for page in self._query(self._slots, call_id)
+                for item in page
+                for stored in _slot_packets(item)
+            ]
         return sorted(arrivals, key=lambda a: (a.received_at_ns, a.sequence))
 
     def packets(self, call_id: str, *, max_bytes: int | None = None) -> list[Packet]:
         """Every stored packet of the call, in sequence order; CallTooLargeError past ``max_bytes`` of data."""
         packets: list[Packet] = []
         total = 0
-        pages = itertools.chain(
-            ([packet_from_item(item) for item in page] for page in self._query(self._packets, call_id)),
-            (
-                [stored.packet for item in page for stored in _slot_packets(item)]
-                for page in self._query(self._slots, call_id)
-            ),
-        )
-        for page_packets in pages:
+        for page_packets in self._packet_pages(call_id):
             for packet in page_packets:
                 total += len(packet.data)
                 if max_bytes is not None and total > max_bytes:
@@ -771,6 +764,16 @@ class DynamoDBCallStore:
                     )
                 packets.append(packet)
         return sorted(packets, key=lambda p: p.sequence)
+
+    def _packet_pages(self, call_id: str) -> Iterator[list[Packet]]:
+        """The call's packets a page at a time: its items, or else its slots (a call has one layout)."""
+        found = False
+        for page in self._query(self._packets, call_id):
+            found = found or bool(page)
+            yield [packet_from_item(item) for item in page]
+        if not found:
+            for page in self._query(self._slots, call_id):
+                yield [stored.packet for item in page for stored in _slot_packets(item)]
 
     def _query(
         self, table: str, call_id: str, *, index: str | None = None, projection: str | None = None
