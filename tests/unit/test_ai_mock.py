@@ -207,3 +207,10 @@ def test_provider_scores_sentiment_of_its_transcript() -> None:
 
     # Scoring never fails: the simulated outage is on transcription.
     assert run(provider.score_sentiment("awful, the worst")) == Sentiment("NEGATIVE", -1.0)
+
+
+def test_a_run_of_audio_packets_is_noted_once_by_its_size() -> None:
+    audio = base64.b64encode(bytes([0xFF, 0x7F, 0x80])).decode()
+    packets = [packet(s, audio) for s in (1, 2, 3)] + [packet(4, base64.b64encode(b"hello").decode()), packet(5, audio)]
+
+    assert transcribe_packets(packets) == "[9 bytes of audio] hello [3 bytes of audio]"

@@ -25,8 +25,8 @@ _NEGATIVE = frozenset(
 _WORD = re.compile(r"[a-z']+")
 
 
-def _chunk_text(packet: Packet) -> str:
-    """Text a packet says: base64 that decodes to UTF-8 text, the text itself, or a note of its size."""
+def _chunk_text(packet: Packet) -> str | int:
+    """Text a packet says (base64 that decodes to UTF-8 text, or the text itself), else its audio's size."""
     try:
         raw = base64.b64decode(packet.data, validate=True)
     except (binascii.Error, ValueError):
@@ -34,12 +34,27 @@ def _chunk_text(packet: Packet) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return f"[{len(raw)} bytes of audio]"
-    return text if text.isprintable() else f"[{len(raw)} bytes of audio]"
+        return len(raw)
+    return text if text.isprintable() else len(raw)
 
 
 def transcribe_packets(packets: list[Packet]) -> str:
-    return " ".join(_chunk_text(p) for p in sorted(packets, key=lambda p: p.sequence)).strip()
+    """The packets' text in sequence order; each run of audio packets noted once, by its size, so
+    that a speech call's transcript is a line, not a note per 20 ms packet."""
+    words: list[str] = []
+    audio = 0
+    for packet in sorted(packets, key=lambda p: p.sequence):
+        chunk = _chunk_text(packet)
+        if isinstance(chunk, int):
+            audio += chunk
+            continue
+        if audio:
+            words.append(f"[{audio} bytes of audio]")
+            audio = 0
+        words.append(chunk)
+    if audio:
+        words.append(f"[{audio} bytes of audio]")
+    return " ".join(words).strip()
 
 
 def score_text(text: str) -> Sentiment:
