@@ -13,6 +13,7 @@ import binascii
 import dataclasses
 import json
 import threading
+from typing import Any
 
 from callcore.adapters.s3_recordings import recording_key
 from callcore.domain.audio import CallAudio
@@ -368,6 +369,20 @@ class FakeAIProvider:
         with self._lock:
             self.scored.append(transcript)
         return self.sentiment
+
+
+class InMemoryCallArchive:
+    """A ``CallArchive`` in a dict, records kept as the JSON the S3 adapter writes."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, str] = {}
+
+    def save(self, call_id: str, record: dict[str, Any]) -> None:
+        self._records[call_id] = json.dumps(record)
+
+    def find(self, call_id: str) -> dict[str, Any] | None:
+        text = self._records.get(call_id)
+        return json.loads(text) if text is not None else None
 
 
 class InMemoryRecordingStore:

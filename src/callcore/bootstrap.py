@@ -14,9 +14,10 @@ from botocore.config import Config
 from botocore.loaders import Loader
 
 from callcore.adapters.dynamodb_store import DynamoDBCallStore
+from callcore.adapters.s3_archive import S3CallArchive
 from callcore.adapters.s3_recordings import S3RecordingStore
 from callcore.adapters.sqs_queue import SQSWorkQueue
-from callcore.ports import AIProvider, CallStore, RecordingStore, WorkQueue
+from callcore.ports import AIProvider, CallArchive, CallStore, RecordingStore, WorkQueue
 from callcore.settings import Settings
 
 # Fail fast: a PBX retries a 503 sooner than it would wait for a hung request. One SDK
@@ -106,6 +107,7 @@ class Ports:
     store: CallStore
     queue: WorkQueue
     recordings: RecordingStore
+    archive: CallArchive
 
 
 def build_clients(session: boto3.session.Session | None = None, endpoint_url: str | None = None) -> AwsClients:
@@ -157,6 +159,7 @@ def build_ports(settings: Settings, clients: AwsClients | None = None, *, endpoi
         store=DynamoDBCallStore(clients.dynamodb, settings.calls_table, settings.packets_table, settings.slots_table),
         queue=SQSWorkQueue(clients.sqs, settings.work_queue_url),
         recordings=S3RecordingStore(clients.s3, settings.recordings_bucket),
+        archive=S3CallArchive(clients.s3, settings.recordings_bucket),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from callcore.domain.audio import CallAudio
@@ -170,6 +170,18 @@ class RecordingStore(Protocol):
 
     def download_url(self, recording: Recording, *, expires_s: int) -> str:
         """A URL that fetches the WAV without credentials until it expires."""
+        ...
+
+
+class CallArchive(Protocol):
+    """Where an archived call's record lives (callcore.domain.archive), beside its recording."""
+
+    def save(self, call_id: str, record: dict[str, Any]) -> None:
+        """Store the record; saving again replaces it."""
+        ...
+
+    def find(self, call_id: str) -> dict[str, Any] | None:
+        """The call's record, or None when none was saved."""
         ...
 
 

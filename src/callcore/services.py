@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from callcore.clock import iso_seconds_ago, now_iso, now_ns, seconds_since
+from callcore.domain.archive import archive_record, stats_from_record
 from callcore.domain.errors import (
     CallCoreError,
     CallNotAcceptingPacketsError,
@@ -35,7 +36,7 @@ from callcore.domain.model import (
     error_text,
     transition_rule,
 )
-from callcore.ports import AIProvider, CallPage, CallStore, PacketWrite, RecordingStore, WorkQueue
+from callcore.ports import AIProvider, CallArchive, CallPage, CallStore, PacketWrite, RecordingStore, WorkQueue
 
 if TYPE_CHECKING:
     from callcore.domain.audio import CallAudio
@@ -171,14 +172,68 @@ class CallDetails:
     packets: PacketStats
 
 
-def get_call(store: CallStore, call_id: str) -> CallDetails:
+def get_call(store: CallStore, archive: CallArchive, call_id: str) -> CallDetails:
     call = store.get_call(call_id)
     if call is None:
         raise CallNotFoundError(call_id)
-    stats = PacketStats.from_arrivals(
-        store.arrivals(call_id), duplicates=call.duplicates, last_sequence=call.last_sequence
-    )
+    record = archive.find(call_id) if call.state is CallState.ARCHIVED else None
+    # An archived call's packets leave with their TTL: its statistics are in its record.
+    stats = stats_from_record(record) if record else _packet_stats(store, call)
     return CallDetails(call=call, packets=stats)
+
+
+def _packet_stats(store: CallStore, call: Call) -> PacketStats:
+    return PacketStats.from_arrivals(
+        store.arrivals(call.call_id), duplicates=call.duplicates, last_sequence=call.last_sequence
+    )
+
+
+ARCHIVABLE = (CallState.COMPLETED, CallState.FAILED)
+
+
+def archive_call(store: CallStore, archive: CallArchive, call_id: str) -> Call:
+    """COMPLETED or FAILED -> ARCHIVED, its record saved first; an ARCHIVED call is returned as it is.
+
+    The record goes before the state: an ARCHIVED call always has one. When a retry (or
+    another archive) moves the call in between, the transition is refused and the record
+    saved here is replaced by the one of the call's real archiving. Raises
+    CallNotFoundError, or InvalidTransitionError from IN_PROGRESS or PROCESSING_AI.
+    """
+    call = store.get_call(call_id)
+    if call is None:
+        raise CallNotFoundError(call_id)
+    if call.state is CallState.ARCHIVED:
+        return call
+    if call.state not in ARCHIVABLE:
+        raise InvalidTransitionError(call_id, call.state, CallState.ARCHIVED, call)
+    now = now_iso()
+    archive.save(call_id, archive_record(call, _packet_stats(store, call), archived_at=now))
+    rule = transition_rule(call_id, call.state, CallState.ARCHIVED)
+    try:
+        return store.transition(call_id, rule, now=now, token=new_token())
+    except InvalidTransitionError as exc:
+        if exc.current is CallState.ARCHIVED and exc.call is not None:
+            return exc.call  # a concurrent archive did it
+        raise
+
+
+def archive_due(store: CallStore, archive: CallArchive, *, older_than_s: float, limit: int = 100) -> int:
+    """Archive the COMPLETED and FAILED calls unchanged for ``older_than_s``; how many were archived.
+
+    At most ``limit`` a state per run (a scheduled run's time is bounded; the next one goes on).
+    A call that moved meanwhile (an operator's retry) is left to its new state.
+    """
+    cutoff = iso_seconds_ago(older_than_s)
+    archived = 0
+    for state in ARCHIVABLE:
+        page = store.list_calls(state, limit=limit, cursor=None, updated_before=cutoff)
+        for listed in page.calls:
+            try:
+                archive_call(store, archive, listed.call_id)
+            except InvalidTransitionError:
+                continue
+            archived += 1
+    return archived
 
 
 def get_recording(store: CallStore, call_id: str) -> Recording:

@@ -18,9 +18,9 @@ from callcore.domain.errors import (
     InvalidTransitionError,
     SequenceConflictError,
 )
-from callcore.domain.model import Call, CallState, Packet, WorkItem, transition_rule
+from callcore.domain.model import AIResult, Call, CallState, Packet, Sentiment, WorkItem, transition_rule
 from callcore.services import PacketOutcome
-from tests.fakes import FakeQueue, InMemoryCallStore
+from tests.fakes import FakeQueue, InMemoryCallArchive, InMemoryCallStore
 
 T0 = "2024-01-01T00:00:00.000000Z"
 # Earlier than every reading of the ticking clock below.
@@ -417,7 +417,7 @@ def test_get_call_reports_received_and_missing_packets(store: InMemoryCallStore)
     record_all(store, "c1", 1, 2, 5, 4)
     services.record_packet(store, "c1", packet(2))
 
-    details = services.get_call(store, "c1")
+    details = services.get_call(store, InMemoryCallArchive(), "c1")
 
     assert details.call.call_id == "c1"
     assert details.call.state is CallState.IN_PROGRESS
@@ -433,16 +433,147 @@ def test_get_call_reports_the_tail_up_to_last_sequence_as_missing(store: InMemor
     record_all(store, "c1", 1, 2)
     services.end_call(store, queue, "c1", last_sequence=4)
 
-    details = services.get_call(store, "c1")
+    details = services.get_call(store, InMemoryCallArchive(), "c1")
 
     assert details.packets.missing == [3, 4]
 
 
 def test_get_call_of_an_unknown_call_raises_call_not_found(store: InMemoryCallStore) -> None:
     with pytest.raises(CallNotFoundError) as excinfo:
-        services.get_call(store, "nope")
+        services.get_call(store, InMemoryCallArchive(), "nope")
 
     assert excinfo.value.call_id == "nope"
+
+
+# --- archive_call ----------------------------------------------------------------------
+
+
+def finished(store: InMemoryCallStore, queue: FakeQueue, call_id: str, state: CallState) -> Call:
+    """A call with packets 0 to 2 (1 twice), ended, and COMPLETED with a result or FAILED with a reason."""
+    record_all(store, call_id, 0, 2, 1)
+    services.record_packet(store, call_id, packet(1))
+    services.end_call(store, queue, call_id, last_sequence=3)
+    if state is CallState.COMPLETED:
+        rule = transition_rule(call_id, CallState.PROCESSING_AI, CallState.COMPLETED)
+        result = AIResult("hello there", Sentiment("POSITIVE", 0.9))
+        return store.transition(call_id, rule, now=T0, token=services.new_token(), result=result)
+    return move(store, call_id, CallState.PROCESSING_AI, CallState.FAILED, failure_reason="AI gave up")
+
+
+@pytest.mark.parametrize("state", [CallState.COMPLETED, CallState.FAILED])
+def test_archiving_a_finished_call_keeps_its_record_and_get_shows_it_without_its_packets(
+    store: InMemoryCallStore, queue: FakeQueue, state: CallState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = InMemoryCallArchive()
+    before = finished(store, queue, "c1", state)
+    shown_before = services.get_call(store, archive, "c1")
+
+    call = services.archive_call(store, archive, "c1")
+
+    assert call.state is CallState.ARCHIVED
+    record = archive.find("c1")
+    assert record is not None
+    assert record["timeline"]["finished_as"] == state.value
+    assert record["timeline"]["archived_at"] == call.updated_at
+    assert record["ai"]["transcript"] == before.transcript
+    assert record["failure_reason"] == before.failure_reason
+    # The packets leave with their TTL: GET must not need them any more.
+    monkeypatch.setattr(store, "arrivals", lambda call_id: pytest.fail("GET read the packets of an archived call"))
+    shown = services.get_call(store, archive, "c1")
+    assert shown.call.state is CallState.ARCHIVED
+    assert shown.packets == shown_before.packets
+    assert (shown.packets.received, shown.packets.duplicates, shown.packets.missing) == (3, 1, [3])
+    assert shown.call.transcript == before.transcript
+
+
+def test_archiving_again_changes_nothing(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    archive = InMemoryCallArchive()
+    finished(store, queue, "c1", CallState.COMPLETED)
+    first = services.archive_call(store, archive, "c1")
+
+    assert services.archive_call(store, archive, "c1") == first
+
+
+@pytest.mark.parametrize("state", [CallState.IN_PROGRESS, CallState.PROCESSING_AI])
+def test_a_call_not_finished_is_not_archived(store: InMemoryCallStore, queue: FakeQueue, state: CallState) -> None:
+    archive = InMemoryCallArchive()
+    record_all(store, "c1", 0)
+    if state is CallState.PROCESSING_AI:
+        services.end_call(store, queue, "c1")
+
+    with pytest.raises(InvalidTransitionError) as excinfo:
+        services.archive_call(store, archive, "c1")
+
+    assert excinfo.value.current is state
+    assert archive.find("c1") is None
+    assert store.get_call("c1").state is state  # type: ignore[union-attr]
+
+
+def test_archiving_an_unknown_call_raises_call_not_found(store: InMemoryCallStore) -> None:
+    with pytest.raises(CallNotFoundError):
+        services.archive_call(store, InMemoryCallArchive(), "nope")
+
+
+def test_an_archived_call_cannot_be_retried(store: InMemoryCallStore, queue: FakeQueue) -> None:
+    finished(store, queue, "c1", CallState.FAILED)
+    services.archive_call(store, InMemoryCallArchive(), "c1")
+
+    with pytest.raises(InvalidTransitionError):
+        services.retry_call(store, queue, "c1")
+
+
+def archive_and_retry_at_once(
+    store: InMemoryCallStore, queue: FakeQueue, archive: InMemoryCallArchive, call_id: str
+) -> list[str]:
+    """Archive and retry ``call_id`` in two threads released together; the names of those that went through."""
+    barrier = threading.Barrier(2)
+
+    def go(name: str) -> str | None:
+        barrier.wait()
+        try:
+            if name == "archive":
+                services.archive_call(store, archive, call_id)
+            else:
+                services.retry_call(store, queue, call_id)
+        except InvalidTransitionError:
+            return None
+        return name
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return [name for name in pool.map(go, ["archive", "retry"]) if name]
+
+
+def test_archive_and_retry_racing_on_a_failed_call_end_in_exactly_one_of_them(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    archive = InMemoryCallArchive()
+    for n in range(50):
+        call_id = f"race-{n}"
+        finished(store, queue, call_id, CallState.FAILED)
+        sent_before = len(queue.sent)
+
+        won = archive_and_retry_at_once(store, queue, archive, call_id)
+
+        assert len(won) == 1, won
+        state = store.get_call(call_id).state  # type: ignore[union-attr]
+        assert state is (CallState.ARCHIVED if won == ["archive"] else CallState.PROCESSING_AI)
+        assert len(queue.sent) - sent_before == (1 if won == ["retry"] else 0)
+
+
+def test_archive_due_archives_only_finished_calls_unchanged_for_long_enough(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    archive = InMemoryCallArchive()
+    finished(store, queue, "done", CallState.COMPLETED)
+    finished(store, queue, "gave-up", CallState.FAILED)
+    record_all(store, "live", 0)
+
+    # No time passes in these tests: "older than 0 s" is every call, "older than a day" none.
+    assert services.archive_due(store, archive, older_than_s=86_400) == 0
+    assert services.archive_due(store, archive, older_than_s=0) == 2
+
+    states = {c: store.get_call(c).state for c in ("done", "gave-up", "live")}  # type: ignore[union-attr]
+    assert states == {"done": CallState.ARCHIVED, "gave-up": CallState.ARCHIVED, "live": CallState.IN_PROGRESS}
 
 
 # --- list_calls ------------------------------------------------------------------------

@@ -206,7 +206,28 @@ def retry_call(call_id: CallId, ports: PortsDep) -> EndOut:
     "/call/{call_id}", response_model=CallOut, summary="A call's state, packets and AI results", responses=NOT_FOUND
 )
 def get_call(call_id: CallId, ports: PortsDep) -> CallOut:
-    return CallOut.from_details(services.get_call(ports.store, call_id))
+    return CallOut.from_details(services.get_call(ports.store, ports.archive, call_id))
+
+
+@router.post(
+    "/call/{call_id}/archive",
+    status_code=200,
+    response_model=EndOut,
+    summary="Archive a finished call now",
+    responses={
+        200: {
+            "description": (
+                "COMPLETED or FAILED -> ARCHIVED (or already ARCHIVED): the call's record is kept beside its "
+                "recording, its packets leave with their TTL, and GET still shows it."
+            )
+        },
+        **NOT_FOUND,
+        **error_responses((409, "The call is IN_PROGRESS or PROCESSING_AI.")),
+    },
+)
+def archive_call(call_id: CallId, ports: PortsDep) -> EndOut:
+    call = services.archive_call(ports.store, ports.archive, call_id)
+    return EndOut(call_id=call_id, state=call.state)
 
 
 # What a presigned recording URL is good for: long enough to start a download or a
