@@ -156,7 +156,13 @@ def build_ports(settings: Settings, clients: AwsClients | None = None, *, endpoi
     clients = clients or build_clients(endpoint_url=endpoint_url)
     return Ports(
         settings=settings,
-        store=DynamoDBCallStore(clients.dynamodb, settings.calls_table, settings.packets_table, settings.slots_table),
+        store=DynamoDBCallStore(
+            clients.dynamodb,
+            settings.calls_table,
+            settings.packets_table,
+            settings.slots_table,
+            packet_ttl_s=settings.packet_ttl_s(),
+        ),
         queue=SQSWorkQueue(clients.sqs, settings.work_queue_url),
         recordings=S3RecordingStore(clients.s3, settings.recordings_bucket),
         archive=S3CallArchive(clients.s3, settings.recordings_bucket),

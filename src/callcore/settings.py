@@ -65,6 +65,10 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
     return value
 
 
+# Days a packet outlives the archiving of its call (Settings.packet_ttl_s).
+PACKET_GRACE_DAYS = 7
+
+
 @dataclass(frozen=True)
 class Settings:
     calls_table: str = "CallsTable"
@@ -101,6 +105,14 @@ class Settings:
     # (unset: the retry horizon, ``retry_horizon_s``, plus the dead-letter handler's
     # retries): its item may be lost, and the sweeper sends it once more.
     processing_timeout_s: float = 5 * WORK_QUEUE_VISIBILITY_S + DEAD_LETTER_MARGIN_S
+    # COMPLETED and FAILED calls unchanged this long are archived by the sweeper.
+    archive_after_days: int = 30
+
+    def packet_ttl_s(self) -> int:
+        """How long a packet stays in DynamoDB after it arrived (its TTL, written with it: no
+        second write per packet to expire it). Past the call's archiving by PACKET_GRACE_DAYS,
+        which covers a call that ends, fails and is retried within those days."""
+        return (self.archive_after_days + PACKET_GRACE_DAYS) * 86_400
 
     def give_up_after_s(self) -> float:
         """After this long without a result since its last send, a round's work item is certainly
@@ -146,6 +158,7 @@ class Settings:
             max_call_bytes=_int(env, "MAX_CALL_BYTES", cls.max_call_bytes, 1),
             work_resend_after_s=_float(env, "WORK_RESEND_AFTER_S", cls.work_resend_after_s, INGEST_TIMEOUT_S + 5.0),
             processing_timeout_s=_float(env, "PROCESSING_TIMEOUT_S", 0.0, 1.0),
+            archive_after_days=_int(env, "ARCHIVE_AFTER_DAYS", cls.archive_after_days, 1),
             api_port=_int(env, "API_PORT", cls.api_port, 1),
             moto_port=_int(env, "MOTO_PORT", cls.moto_port, 1),
         )

@@ -452,7 +452,11 @@ def _app_whose_dynamodb_fails(ports: Ports, code: str) -> Iterator[httpx.Client]
 
     client.meta.events.register("before-call.dynamodb.*", fail)
     store = DynamoDBCallStore(
-        client, ports.settings.calls_table, ports.settings.packets_table, ports.settings.slots_table
+        client,
+        ports.settings.calls_table,
+        ports.settings.packets_table,
+        ports.settings.slots_table,
+        packet_ttl_s=ports.settings.packet_ttl_s(),
     )
     from ingest.app import create_app
 

@@ -134,7 +134,11 @@ def stubbed_store(ports: Ports) -> Iterator[tuple[DynamoDBCallStore, Stubber]]:
     with stubber:
         yield (
             DynamoDBCallStore(
-                real, ports.settings.calls_table, ports.settings.packets_table, ports.settings.slots_table
+                real,
+                ports.settings.calls_table,
+                ports.settings.packets_table,
+                ports.settings.slots_table,
+                packet_ttl_s=ports.settings.packet_ttl_s(),
             ),
             stubber,
         )

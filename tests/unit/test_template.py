@@ -74,6 +74,7 @@ NEEDED: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:Query", "PacketSlotsTable"),
         ("sqs:SendMessage", "WorkQueue"),
         ("s3:GetObject", "RecordingsBucket/calls/*"),
+        ("s3:PutObject", "RecordingsBucket/calls/*/record.json"),
     },
     "AiWorkerFunction": {
         ("dynamodb:GetItem", "CallsTable"),
@@ -105,6 +106,10 @@ NEEDED: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:UpdateItem", "CallsTable"),
         ("dynamodb:Query", "CallsTable/index/by-state"),
         ("sqs:SendMessage", "WorkQueue"),
+        # Archiving: the packets' arrivals, and the record beside the recording.
+        ("dynamodb:Query", "PacketsTable/index/by-arrival"),
+        ("dynamodb:Query", "PacketSlotsTable"),
+        ("s3:PutObject", "RecordingsBucket/calls/*/record.json"),
     },
 }
 
@@ -325,6 +330,15 @@ def test_alarm_email_is_subscribed_only_when_given(template: Template) -> None:
 
 
 # -------------------------------------------------------------------------- tables
+
+
+@pytest.mark.parametrize("table", ["PacketsTable", "PacketSlotsTable"])
+def test_packet_tables_expire_items_by_the_attribute_the_store_writes(template: Template, table: str) -> None:
+    from callcore.adapters.dynamodb_store import EXPIRES_AT
+
+    ttl = template["Resources"][table]["Properties"]["TimeToLiveSpecification"]
+
+    assert ttl == {"AttributeName": EXPIRES_AT, "Enabled": True}
 
 
 def test_packets_table_has_a_keys_only_arrival_index(template: Template) -> None:

@@ -42,7 +42,7 @@ from callcore.domain.model import (
 from callcore.domain.retry import backoff_delay
 from callcore.services import ProcessOutcome
 from callcore.settings import Settings
-from tests.fakes import FakeAIProvider, FakeQueue, InMemoryCallStore, InMemoryRecordingStore
+from tests.fakes import FakeAIProvider, FakeQueue, InMemoryCallArchive, InMemoryCallStore, InMemoryRecordingStore
 
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:WorkQueue"
 SETTINGS = Settings(retry_base_delay_s=2.0, retry_max_delay_s=60.0, max_receive_count=5)
@@ -775,7 +775,7 @@ def test_sweeper_handler_reports_what_it_resent_failed_and_could_not_do(
 
     response = handler({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}, None)
 
-    assert response == {"resent": 1, "failed": 1, "errors": 0}
+    assert response == {"resent": 1, "failed": 1, "errors": 0, "archived": 0}
     assert queue.sent[-1] == WorkItem("unsent", 1)
     assert get(store, "lost").state is CallState.FAILED
 
@@ -788,10 +788,29 @@ def test_sweeper_handler_follows_the_resend_and_timeout_settings(
     handler = ai_worker.sweeper.build_handler(store, queue, settings)
 
     clock.advance(101)
-    assert handler({}, None) == {"resent": 1, "failed": 0, "errors": 0}
+    assert handler({}, None) == {"resent": 1, "failed": 0, "errors": 0, "archived": 0}
     assert queue.sent == [item, item]
     clock.advance(settings.give_up_after_s() + 1)
-    assert handler({}, None) == {"resent": 0, "failed": 1, "errors": 0}
+    assert handler({}, None) == {"resent": 0, "failed": 1, "errors": 0, "archived": 0}
+
+
+def test_sweeper_handler_archives_finished_calls_once_they_are_archive_after_days_old(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    archive = InMemoryCallArchive()
+    settings = dataclasses.replace(SETTINGS, archive_after_days=30)
+    ended_call(store, queue, "old")
+    rule = transition_rule("old", CallState.PROCESSING_AI, CallState.FAILED)
+    store.transition("old", rule, now=clock.now_iso(), token=services.new_token(), failure_reason="gave up")
+    handler = ai_worker.sweeper.build_handler(store, queue, settings, archive)
+
+    clock.advance(30 * 86_400 - 60)
+    assert handler({}, None)["archived"] == 0
+    clock.advance(120)
+    assert handler({}, None)["archived"] == 1
+    assert get(store, "old").state is CallState.ARCHIVED
+    assert archive.find("old") is not None
+    assert handler({}, None)["archived"] == 0
 
 
 # --- the worker Lambda handler ----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Scheduled sweep: no ended call may stay in PROCESSING_AI for good."""
+"""Scheduled sweep: no ended call may stay in PROCESSING_AI for good; finished calls are archived in time."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ from aws_lambda_powertools import Logger
 
 from callcore import services
 from callcore.bootstrap import default_ports
-from callcore.ports import CallStore, WorkQueue
+from callcore.ports import CallArchive, CallStore, WorkQueue
 from callcore.settings import Settings
 
 logger = Logger(service="sweeper")
 
 
 def build_handler(
-    store: CallStore, queue: WorkQueue, settings: Settings
+    store: CallStore, queue: WorkQueue, settings: Settings, archive: CallArchive | None = None
 ) -> Callable[[dict[str, Any], Any], dict[str, int]]:
+    """The scheduled handler; without ``archive`` it only sweeps (tests of sweeping alone)."""
+
     def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
         outcome = services.sweep_processing(
             store,
@@ -26,7 +28,10 @@ def build_handler(
             processing_timeout_s=settings.processing_timeout_s,
             give_up_after_s=settings.give_up_after_s(),
         )
-        counts = {"resent": outcome.resent, "failed": outcome.failed, "errors": outcome.errors}
+        archived = 0
+        if archive is not None:
+            archived = services.archive_due(store, archive, older_than_s=settings.archive_after_days * 86_400)
+        counts = {"resent": outcome.resent, "failed": outcome.failed, "errors": outcome.errors, "archived": archived}
         logger.info("sweep done", extra=counts)
         return counts
 
@@ -34,4 +39,4 @@ def build_handler(
 
 
 _ports = default_ports()
-lambda_handler = build_handler(_ports.store, _ports.queue, _ports.settings)
+lambda_handler = build_handler(_ports.store, _ports.queue, _ports.settings, _ports.archive)

@@ -61,6 +61,9 @@ _CONFLICT_CODES = frozenset({"TransactionConflictException", "TransactionConflic
 
 _T = TypeVar("_T")
 
+# The packets and slots tables' TTL attribute (template.yaml): epoch seconds.
+EXPIRES_AT = "expires_at"
+
 # On the call item of a call whose packets live in slots; absent: one item per packet.
 _LAYOUT = "layout"
 _SLOTS = "slots"
@@ -185,11 +188,21 @@ def decode_cursor(cursor: str, state: CallState) -> Item:
 
 
 class DynamoDBCallStore:
-    def __init__(self, client: DynamoDBClient, calls_table: str, packets_table: str, slots_table: str) -> None:
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        calls_table: str,
+        packets_table: str,
+        slots_table: str,
+        *,
+        packet_ttl_s: int,
+    ) -> None:
         self._ddb = client
         self._calls = calls_table
         self._packets = packets_table
         self._slots = slots_table
+        # Packets carry their expiry (the tables' TTL attribute) from their first write.
+        self._packet_ttl_s = packet_ttl_s
 
     def add_packet(self, call_id: str, packet: Packet, *, now: str, received_at_ns: int) -> PacketWrite:
         """Store the packet if its sequence is new and its call IN_PROGRESS, atomically.
@@ -212,6 +225,7 @@ class DynamoDBCallStore:
                     "data": _s(packet.data),
                     "timestamp": _seconds(packet.timestamp),
                     "received_at": _n(received_at_ns),
+                    EXPIRES_AT: _n(received_at_ns // 1_000_000_000 + self._packet_ttl_s),
                     # Names this one call of add_packet, so that it can tell its own
                     # committed write (answer lost) from another request's packet.
                     "write_id": _s(write_id),
@@ -305,7 +319,11 @@ class DynamoDBCallStore:
             slots: dict[int, list[int]] = {}
             for sequence in pending:
                 slots.setdefault(packet_slots.slot_of(sequence), []).append(sequence)
-            writes = [self._slot_update(call_id, slot, [(s, values[s]) for s in seqs]) for slot, seqs in slots.items()]
+            expires_at = received_at_ns // 1_000_000_000 + self._packet_ttl_s
+            writes = [
+                self._slot_update(call_id, slot, [(s, values[s]) for s in seqs], expires_at)
+                for slot, seqs in slots.items()
+            ]
             reasons = self._transact([*writes, self._open_slotted_call(call_id, now)])
             if reasons is None:
                 results |= {sequence: PacketWrite(stored=True) for sequence in pending}
@@ -359,16 +377,21 @@ class DynamoDBCallStore:
                     found[sequence] = PacketWrite(stored=False, existing=stored.packet, call_state=closed)
         return found
 
-    def _slot_update(self, call_id: str, slot: int, packets: list[tuple[int, bytes]]) -> dict[str, Any]:
+    def _slot_update(
+        self, call_id: str, slot: int, packets: list[tuple[int, bytes]], expires_at: int
+    ) -> dict[str, Any]:
         names = {f"#p{i}": packet_slots.attribute_name(sequence) for i, (sequence, _) in enumerate(packets)}
+        sets = ", ".join(f"#p{i} = :p{i}" for i in range(len(packets)))
         return {
             "Update": {
                 "TableName": self._slots,
                 "Key": {"call_id": _s(call_id), "slot": _n(slot)},
-                "UpdateExpression": "SET " + ", ".join(f"#p{i} = :p{i}" for i in range(len(packets))),
+                # A slot expires with its last packet.
+                "UpdateExpression": f"SET {sets}, {EXPIRES_AT} = :expires_at",
                 "ConditionExpression": " AND ".join(f"attribute_not_exists(#p{i})" for i in range(len(packets))),
                 "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": {f":p{i}": {"B": value} for i, (_, value) in enumerate(packets)},
+                "ExpressionAttributeValues": {f":p{i}": {"B": value} for i, (_, value) in enumerate(packets)}
+                | {":expires_at": _n(expires_at)},
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }

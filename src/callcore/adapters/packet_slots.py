@@ -41,7 +41,7 @@ def attribute_name(sequence: int) -> str:
 
 
 def sequence_of(name: str) -> int | None:
-    """The sequence a slot attribute holds, or None for the item's keys."""
+    """The sequence a slot attribute holds, or None for the item's keys and expiry."""
     return int(name) if name.isdigit() else None
 
 

@@ -1,0 +1,139 @@
+"""ARCHIVED over HTTP against moto: the archive route, GET and the listing of an archived
+call, its record in S3, the packets' TTL attribute, and the local stack's TTL removal."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from callcore.adapters.dynamodb_store import EXPIRES_AT
+from callcore.bootstrap import AwsClients, Ports
+from callcore.domain.model import AIResult, CallState, Sentiment, transition_rule
+from callcore.services import new_token
+from devstack.template import load_template
+from devstack.ttl import TtlSweeper, remove_expired, ttl_tables
+from tests.integration.helpers import packet
+
+
+def completed_call(api: httpx.Client, ports: Ports, call_id: str) -> None:
+    """Packets by both routes (0 and 2 in a batch, 1 twice, 3 missing), ended at 4, then a recording
+    and COMPLETED, as the worker leaves a call."""
+    assert api.post(f"/v1/call/stream/{call_id}/batch", json={"packets": [packet(0), packet(2)]}).status_code == 200
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).status_code == 202
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(1)).status_code == 200
+    assert api.post(f"/v1/call/{call_id}/end", json={"last_sequence": 4}).status_code == 202
+    recording = ports.recordings.save(call_id, b"RIFF-not-really-a-wav", duration_s=0.06)
+    ports.store.set_recording(call_id, recording)
+    rule = transition_rule(call_id, CallState.PROCESSING_AI, CallState.COMPLETED)
+    result = AIResult("thank you", Sentiment("POSITIVE", 0.8))
+    ports.store.transition(call_id, rule, now="2026-12-01T00:00:00.000000Z", token=new_token(), result=result)
+
+
+def packet_items(aws_clients: AwsClients, ports: Ports, call_id: str) -> list[dict[str, Any]]:
+    """The call's raw items in both packet tables."""
+    items: list[dict[str, Any]] = []
+    for table in (ports.settings.packets_table, ports.settings.slots_table):
+        items += aws_clients.dynamodb.query(
+            TableName=table,
+            KeyConditionExpression="call_id = :id",
+            ExpressionAttributeValues={":id": {"S": call_id}},
+            ConsistentRead=True,
+        )["Items"]
+    return items
+
+
+def test_an_archived_call_answers_get_its_listing_and_its_recording_and_cannot_be_retried(
+    api: httpx.Client, ports: Ports, call_id: str
+) -> None:
+    completed_call(api, ports, call_id)
+    before = api.get(f"/v1/call/{call_id}").json()
+
+    archived = api.post(f"/v1/call/{call_id}/archive")
+    again = api.post(f"/v1/call/{call_id}/archive")
+
+    assert archived.status_code == 200, archived.text
+    assert archived.json() == {"call_id": call_id, "state": "ARCHIVED"}
+    assert again.status_code == 200
+    after = api.get(f"/v1/call/{call_id}").json()
+    assert after["state"] == "ARCHIVED"
+    assert after["packets"] == before["packets"]
+    assert (after["packets"]["received"], after["packets"]["duplicates"], after["packets"]["missing"]) == (3, 1, [3, 4])
+    assert after["ai"]["transcript"] == "thank you"
+    record = ports.archive.find(call_id)
+    assert record is not None
+    assert record["timeline"]["finished_as"] == "COMPLETED"
+    assert record["packets"]["received"] == 3
+    listed = api.get("/v1/calls", params={"state": "ARCHIVED", "limit": 100}).json()["calls"]
+    assert call_id in [c["call_id"] for c in listed]
+    retry = api.post(f"/v1/call/{call_id}/retry")
+    assert retry.status_code == 409, retry.text
+    wav = api.get(f"/v1/call/{call_id}/recording")
+    assert (wav.status_code, wav.content) == (200, b"RIFF-not-really-a-wav")
+
+
+def test_only_finished_calls_are_archived(api: httpx.Client, call_id: str) -> None:
+    assert api.post(f"/v1/call/{call_id}/archive").status_code == 404
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+
+    in_progress = api.post(f"/v1/call/{call_id}/archive")
+    api.post(f"/v1/call/{call_id}/end")
+    processing = api.post(f"/v1/call/{call_id}/archive")
+
+    assert (in_progress.status_code, processing.status_code) == (409, 409)
+    assert "cannot move to ARCHIVED" in processing.json()["message"]
+    assert api.get(f"/v1/call/{call_id}").json()["state"] == "PROCESSING_AI"
+
+
+def test_packets_carry_their_expiry_and_leave_with_it_while_the_archived_call_still_answers(
+    api: httpx.Client, ports: Ports, aws_clients: AwsClients, call_id: str
+) -> None:
+    started = time.time()
+    completed_call(api, ports, call_id)
+    assert api.post(f"/v1/call/{call_id}/archive").status_code == 200
+    items = packet_items(aws_clients, ports, call_id)
+    ttl = ports.settings.packet_ttl_s()
+    assert items and all(started + ttl - 5 <= int(i[EXPIRES_AT]["N"]) <= time.time() + ttl for i in items)
+
+    # Their expiry comes (moved to the past here), and the local stack's TTL removes them.
+    for item in items:
+        table = ports.settings.slots_table if "slot" in item else ports.settings.packets_table
+        key = {k: item[k] for k in ("call_id", "slot" if "slot" in item else "sequence")}
+        aws_clients.dynamodb.update_item(
+            TableName=table,
+            Key=key,
+            UpdateExpression="SET #ttl = :past",
+            ExpressionAttributeNames={"#ttl": EXPIRES_AT},
+            ExpressionAttributeValues={":past": {"N": str(int(started) - 1)}},
+        )
+    tables = ttl_tables(load_template())
+    assert tables == {"PacketsTable": EXPIRES_AT, "PacketSlotsTable": EXPIRES_AT}
+    assert remove_expired(aws_clients.dynamodb, tables, now_s=time.time()) >= len(items)
+
+    assert packet_items(aws_clients, ports, call_id) == []
+    body = api.get(f"/v1/call/{call_id}").json()
+    assert body["state"] == "ARCHIVED"
+    assert (body["packets"]["received"], body["packets"]["missing"]) == (3, [3, 4])
+
+
+def test_the_local_ttl_sweeper_removes_expired_items_on_its_own(
+    api: httpx.Client, ports: Ports, aws_clients: AwsClients, call_id: str
+) -> None:
+    assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
+    aws_clients.dynamodb.update_item(
+        TableName=ports.settings.packets_table,
+        Key={"call_id": {"S": call_id}, "sequence": {"N": "0"}},
+        UpdateExpression="SET #ttl = :past",
+        ExpressionAttributeNames={"#ttl": EXPIRES_AT},
+        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+    )
+    sweeper = TtlSweeper(aws_clients.dynamodb, ttl_tables(load_template()), interval_s=0.05)
+    sweeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while packet_items(aws_clients, ports, call_id):
+            assert time.monotonic() < deadline, "the expired packet was not removed"
+            time.sleep(0.05)  # polling a condition with a deadline, not a sleep standing in for one
+    finally:
+        sweeper.stop()
