@@ -7,14 +7,16 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from callcore.adapters.dynamodb_store import EXPIRES_AT
 from callcore.bootstrap import AwsClients, Ports
+from callcore.clock import now_iso
 from callcore.domain.model import AIResult, CallState, Sentiment, transition_rule
 from callcore.services import new_token
 from devstack.template import load_template
 from devstack.ttl import TtlSweeper, remove_expired, ttl_tables
-from tests.integration.helpers import packet
+from tests.integration.helpers import packet, post_concurrently_retrying, read_store
 
 
 def completed_call(api: httpx.Client, ports: Ports, call_id: str) -> None:
@@ -137,3 +139,29 @@ def test_the_local_ttl_sweeper_removes_expired_items_on_its_own(
             time.sleep(0.05)  # polling a condition with a deadline, not a sleep standing in for one
     finally:
         sweeper.stop()
+
+
+@pytest.mark.chaos
+def test_archives_and_retries_racing_on_a_failed_call_end_in_exactly_one_of_them(
+    live_api: str, ports: Ports, call_id: str
+) -> None:
+    path = f"/v1/call/stream/{call_id}"
+    assert post_concurrently_retrying(live_api, [(path, packet(0))]).final[0].status_code == 202
+    assert post_concurrently_retrying(live_api, [(f"/v1/call/{call_id}/end", None)]).final[0].status_code == 202
+    rule = transition_rule(call_id, CallState.PROCESSING_AI, CallState.FAILED)
+    read_store(lambda: ports.store.transition(call_id, rule, now=now_iso(), token=new_token(), failure_reason="x"))
+    archive, retry = (f"/v1/call/{call_id}/archive", None), (f"/v1/call/{call_id}/retry", None)
+
+    answers = post_concurrently_retrying(live_api, [archive, retry, archive, retry])
+
+    assert answers.unexpected == []
+    archived = [r.status_code for r in answers.final[0::2]]
+    retried = [r.status_code for r in answers.final[1::2]]
+    state = read_store(lambda: ports.store.get_call(call_id)).state  # type: ignore[union-attr]
+    if state is CallState.ARCHIVED:
+        assert 200 in archived and set(archived) <= {200, 409} and set(retried) == {409}
+        assert read_store(lambda: ports.archive.find(call_id)) is not None
+    else:
+        # One retry won: the call is processing again, and neither archive nor the other retry went through.
+        assert state is CallState.PROCESSING_AI
+        assert sorted(retried) == [202, 409] and set(archived) == {409}
