@@ -351,3 +351,35 @@ def test_packets_table_has_a_keys_only_arrival_index(template: Template) -> None
     ]
     assert index["Projection"] == {"ProjectionType": "KEYS_ONLY"}
     assert {"AttributeName": "received_at", "AttributeType": "N"} in props["AttributeDefinitions"]
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_every_function_logs_to_its_own_log_group_kept_log_retention_days(template: Template, function: str) -> None:
+    groups = [
+        res["Properties"]
+        for res in template["Resources"].values()
+        if res["Type"] == "AWS::Logs::LogGroup"
+        and res["Properties"]["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/${{{function}}}"}
+    ]
+
+    assert groups == [
+        {"LogGroupName": {"Fn::Sub": f"/aws/lambda/${{{function}}}"}, "RetentionInDays": {"Ref": "LogRetentionDays"}}
+    ]
+
+
+def test_the_api_writes_access_logs_to_a_log_group_kept_log_retention_days(template: Template) -> None:
+    setting = template["Resources"]["CallApi"]["Properties"]["AccessLogSetting"]
+    group = setting["DestinationArn"]["Fn::GetAtt"][0]
+
+    assert template["Resources"][group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert "$context.status" in setting["Format"]
+    assert template["Resources"]["ApiGatewayAccount"]["Type"] == "AWS::ApiGateway::Account"
+
+
+def test_a_failed_scheduled_sweep_goes_to_its_dead_letter_queue(template: Template) -> None:
+    sweeper = template["Resources"]["SweeperFunction"]["Properties"]
+    on_failure = sweeper["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]
+    rule = sweeper["Events"]["SweepSchedule"]["Properties"]
+
+    assert on_failure == {"Type": "SQS", "Destination": {"Fn::GetAtt": ["SweeperDeadLetterQueue", "Arn"]}}
+    assert rule["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["SweeperDeadLetterQueue", "Arn"]}}
