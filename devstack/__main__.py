@@ -1,69 +1,223 @@
 """`python -m devstack`: the local stack in the foreground, until Ctrl-C or SIGTERM.
 
 moto server (child process) <- tables and queues from template.yaml <- the ingest app on uvicorn.
+
+Ctrl-C or SIGTERM stops it in order: the pollers stop receiving and let the handler
+invocations in flight finish (for up to DRAIN_S; Ctrl-C again abandons them), then uvicorn
+stops, then the moto server. Each step logs a line: "pollers stopped", "API stopped",
+"moto server stopped", then "stopped". The exit status is 0, or 1 if the moto server
+exited on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
+from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import boto3
 import uvicorn
 
 from callcore.settings import Settings, SettingsError
 from devstack.aws_env import point_sdks_at
-from devstack.moto_process import MotoProcess
+from devstack.moto_process import _ROOT, MotoProcess, _die_with_parent
 from devstack.poller import SqsPoller, build_pollers, load_handler, run_on_schedule
 from devstack.provision import provision
 from devstack.template import ScheduleSource, load_template, schedule_sources
 from devstack.usage import FunctionClock
 
 HOST = "127.0.0.1"
+# How long the handler invocations in flight get to finish once the stack is asked to stop:
+# the mock AI's and the offline AI's calls take seconds; a caller waiting for the stack to
+# exit (devstack.child.ChildStack) waits 30 s.
+DRAIN_S = 10.0
 logger = logging.getLogger("devstack")
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class StackMoto(MotoProcess):
+    """The moto server, on Linux in a session of its own.
+
+    Ctrl-C (and `kill -TERM -<pgid>`) signals the whole foreground process group: moto, in
+    it, would stop at once, under the pollers and the requests still in flight. In its own
+    session only the stack stops it, last. It still never outlives the stack: PR_SET_PDEATHSIG
+    sends it SIGTERM if the stack dies. Elsewhere (no PR_SET_PDEATHSIG) it stays in the
+    stack's group, so that Ctrl-C still reaches it if the stack dies.
+    """
+
+    def start(self, timeout_s: float = 30.0) -> MotoProcess:
+        # MotoProcess.start, plus start_new_session.
+        with socket.socket() as probe:
+            if probe.connect_ex((self.host, self.port)) == 0:
+                raise RuntimeError(f"port {self.port} on {self.host} is in use; set MOTO_PORT to a free port")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
+        linux = sys.platform == "linux"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "devstack.moto_server", "--host", self.host, "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=linux,
+            preexec_fn=_die_with_parent if linux else None,  # noqa: PLW1509
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()  # blocks until "ready" or the child exits
+        if line.strip() != "ready":
+            self.stop()
+            raise RuntimeError(f"moto server did not start on {self.endpoint} (exit code {self._proc.returncode})")
+        return self
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without signal handlers of its own: the stack stops it, after the pollers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Shutdown:
+    """SIGINT and SIGTERM, as each phase of the stack takes them.
+
+    Starting up, the first one unwinds like Ctrl-C. Running, the first one asks for the
+    orderly stop, and a second Ctrl-C abandons the handler invocations in flight; a second
+    SIGTERM does not (make passes its own SIGTERM on to the stack, so a SIGTERM to the group
+    arrives twice). Once the event loop is done, they are ignored: stopping moto is bounded
+    anyway (SIGTERM, then SIGKILL).
+    """
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.hurry = asyncio.Event()
+        self.moto_exited = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._interrupted = False
+        self._done = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    @contextlib.contextmanager
+    def running(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+        self._loop = loop
+        try:
+            yield
+        finally:
+            # Signals from now on would find the loop closing: nothing is left for them to stop.
+            self._done = True
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._done:
+            return
+        if self._loop is None:
+            if not self._interrupted:
+                self._interrupted = True
+                raise KeyboardInterrupt
+            return
+        # A Python signal handler runs between two bytecodes of the loop's own thread.
+        self._loop.call_soon_threadsafe(self._signalled, signal.Signals(signum))
+
+    def _signalled(self, sig: signal.Signals) -> None:
+        if not self.requested.is_set():
+            logger.info("%s: stopping the pollers, then the API, then the moto server", sig.name)
+            self.requested.set()
+        elif sig == signal.SIGINT:
+            self.hurry.set()
+
+    def moto_gone(self) -> None:
+        logger.error("the moto server exited; stopping the stack")
+        self.moto_exited = True
+        self.requested.set()
+
+
+async def _watch_moto(moto: MotoProcess, shutdown: Shutdown) -> None:
+    while moto.alive():
+        await asyncio.sleep(0.5)
+    shutdown.moto_gone()
+
+
+async def _stop_pollers(
+    tasks: list[asyncio.Task[None]], pollers: list[SqsPoller], stop: asyncio.Event, hurry: asyncio.Event
+) -> bool:
+    """Stop receiving and wait for the invocations in flight, up to DRAIN_S or a hurry; True if some were abandoned."""
+    stop.set()
+    if in_flight := sum(p.in_flight for p in pollers):
+        logger.info(
+            "pollers: waiting for %d handler invocation(s) in flight (up to %g s; Ctrl-C again abandons them)",
+            in_flight,
+            DRAIN_S,
+        )
+    finished = asyncio.gather(*tasks, return_exceptions=True)
+    hurried = asyncio.create_task(hurry.wait())
+    either: list[asyncio.Future[Any]] = [finished, hurried]
+    await asyncio.wait(either, timeout=DRAIN_S, return_when=asyncio.FIRST_COMPLETED)
+    hurried.cancel()
+    abandoned = not finished.done()
+    if abandoned:
+        logger.info(
+            "pollers: abandoning %d handler invocation(s) in flight (%s)",
+            sum(p.in_flight for p in pollers),
+            "Ctrl-C again" if hurry.is_set() else f"still running after {DRAIN_S:g} s",
+        )
+        for task in tasks:
+            task.cancel()
+    for result in await finished:
+        if isinstance(result, Exception):
+            logger.error("a poller failed", exc_info=result)
+    logger.info("pollers stopped")
+    return abandoned
 
 
 async def _serve(
-    server: uvicorn.Server, pollers: list[SqsPoller], schedules: list[ScheduleSource], moto: MotoProcess
-) -> None:
+    server: uvicorn.Server,
+    pollers: list[SqsPoller],
+    schedules: list[ScheduleSource],
+    moto: MotoProcess,
+    shutdown: Shutdown,
+) -> bool:
+    """Serve until asked to stop, then stop in order; True if handler invocations were abandoned."""
     stop = asyncio.Event()
-
-    async def watch_moto() -> None:
-        while moto.alive() and not stop.is_set():
-            await asyncio.sleep(0.5)
-        if not stop.is_set():
-            logger.error("the moto server exited; stopping the stack")
+    with shutdown.running(asyncio.get_running_loop()):
+        tasks = [asyncio.create_task(p.run(stop)) for p in pollers]
+        tasks += [asyncio.create_task(run_on_schedule(s, load_handler(s.handler), stop)) for s in schedules]
+        api = asyncio.create_task(server.serve())
+        requested = asyncio.create_task(shutdown.requested.wait())
+        helpers: list[asyncio.Task[Any]] = [asyncio.create_task(_watch_moto(moto, shutdown)), requested]
+        try:
+            # uvicorn returning by itself (it could not start) stops the stack as well.
+            await asyncio.wait([api, requested], return_when=asyncio.FIRST_COMPLETED)
+            abandoned = await _stop_pollers(tasks, pollers, stop, shutdown.hurry)
             server.should_exit = True
-
-    tasks = [asyncio.create_task(p.run(stop)) for p in pollers]
-    tasks += [asyncio.create_task(run_on_schedule(s, load_handler(s.handler), stop)) for s in schedules]
-    watcher = asyncio.create_task(watch_moto())
-    try:
-        await server.serve()
-    finally:
-        stop.set()  # pollers finish the batches in flight, then return
-        await asyncio.gather(*tasks, watcher, return_exceptions=True)
+            await api
+            logger.info("API stopped")
+            return abandoned
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    # Until uvicorn takes the signals over, SIGTERM unwinds like Ctrl-C so moto is stopped too.
-    signal.signal(signal.SIGTERM, _terminate)
+    shutdown = Shutdown()
+    shutdown.install()
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    moto = MotoProcess(HOST, settings.moto_port)
+    moto = StackMoto(HOST, settings.moto_port)
+    abandoned = False
+    code = 0
     try:
         moto.start()
         logger.info("moto server on %s", moto.endpoint)
@@ -93,24 +247,43 @@ def main() -> int:
 
         # Timed as Lambda bills it, for the bench's cost model (GET /_local_usage).
         clock = FunctionClock("IngestFunction", pollers)
-        config = uvicorn.Config(clock.asgi(app), host=HOST, port=settings.api_port, log_level="info", access_log=False)
-        server = uvicorn.Server(config)
+        config = uvicorn.Config(
+            clock.asgi(app),
+            host=HOST,
+            port=settings.api_port,
+            log_level="info",
+            access_log=False,
+            # Requests in flight get as long as handler invocations to finish (not forced:
+            # uvicorn's force_exit skips the app's shutdown, which then logs a traceback).
+            timeout_graceful_shutdown=int(DRAIN_S),
+        )
+        server = QuietServer(config)
         print(
             f"\n  PBX AI Call Processor: http://{HOST}:{settings.api_port}  (docs: http://{HOST}:{settings.api_port}/docs)\n",
             flush=True,
         )
         # uvicorn's own loop (uvloop when installed), as `uvicorn.run` would pick.
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(_serve(server, pollers, schedules, moto))
-        return 0
+            abandoned = runner.run(_serve(server, pollers, schedules, moto, shutdown))
+        code = 1 if shutdown.moto_exited else 0
     except KeyboardInterrupt:
-        return 0
+        code = 0
     except (RuntimeError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        code = 1
     finally:
-        moto.stop()
+        if moto.alive():
+            moto.stop()
+            logger.info("moto server stopped")
         logger.info("stopped")
+    if abandoned:
+        # The abandoned invocations' threads would hold the interpreter's exit until their
+        # handlers return (it joins executor threads): leave now, as Lambda ends a sandbox.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

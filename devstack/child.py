@@ -19,9 +19,20 @@ FAULT_VARIABLES = ("LOCAL_FAULTS", "LOCAL_FAULTS_SEED")
 
 class ChildStack:
     """The local stack on free ports, with the parent's environment (minus injected faults)
-    and ``env`` on top; its output goes to ``log``. Ready once it answers /healthz."""
+    and ``env`` on top; its output goes to ``log``. Ready once it answers /healthz.
 
-    def __init__(self, env: dict[str, str] | None, log: IO[str], start_timeout_s: float = 60) -> None:
+    ``own_process_group`` starts it in a session of its own, as a shell starts `make run`:
+    a signal to its process group (``os.killpg(stack.proc.pid, ...)``) reaches it, not the caller.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str] | None,
+        log: IO[str],
+        start_timeout_s: float = 60,
+        *,
+        own_process_group: bool = False,
+    ) -> None:
         self.api_port, self.moto_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.moto_endpoint = f"http://127.0.0.1:{self.moto_port}"
@@ -33,7 +44,14 @@ class ChildStack:
             **(env or {}),
         }
         root = Path(__file__).resolve().parent.parent
-        self.proc = subprocess.Popen([sys.executable, "-m", "devstack"], env=full_env, stdout=log, stderr=log, cwd=root)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "devstack"],
+            env=full_env,
+            stdout=log,
+            stderr=log,
+            cwd=root,
+            start_new_session=own_process_group,
+        )
         deadline = time.monotonic() + start_timeout_s
         while True:
             try:

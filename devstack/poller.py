@@ -127,29 +127,49 @@ class SqsPoller:
             self._usage_invocations, self._usage_records, self._handler_seconds = 0, 0, 0.0
         return usage
 
+    @property
+    def in_flight(self) -> int:
+        """Handler invocations running now."""
+        return len(self._inflight)
+
     async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set, then return once the invocations in flight have.
+
+        Cancelled, it abandons them: their threads run on, their results are dropped.
+        """
         loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 await self._slots.acquire()
                 try:
                     batch = await self._next_batch(loop, stop)
-                except Exception:
+                except Exception as exc:
                     self._slots.release()
                     if stop.is_set():
-                        break  # the stack is stopping and took the queue down first
+                        # Nothing was received, and the stack is stopping: not worth a traceback.
+                        logger.debug(
+                            "%s: receiving from %s failed while stopping: %s",
+                            self.source.function,
+                            self.source.queue,
+                            exc,
+                        )
+                        break
                     logger.exception("%s: receiving from %s failed", self.source.function, self.source.queue)
                     await asyncio.sleep(1)
                     continue
                 if not batch:
                     self._slots.release()
                     continue
-                task = asyncio.create_task(self._invoke(loop, batch))
+                task = asyncio.create_task(self._invoke(loop, batch, stop))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
-        finally:
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in self._inflight:
+                task.cancel()
+            raise
+        finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _next_batch(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[dict[str, Any]]:
@@ -180,7 +200,9 @@ class SqsPoller:
         messages: list[dict[str, Any]] = response.get("Messages", [])
         return messages
 
-    async def _invoke(self, loop: asyncio.AbstractEventLoop, messages: list[dict[str, Any]]) -> None:
+    async def _invoke(
+        self, loop: asyncio.AbstractEventLoop, messages: list[dict[str, Any]], stop: asyncio.Event
+    ) -> None:
         try:
             records = [to_lambda_record(m, self._arn, self._region) for m in messages]
             context = LambdaContext(function_name=self.source.function, aws_request_id=str(uuid.uuid4()))
@@ -188,8 +210,19 @@ class SqsPoller:
             started = time.perf_counter()
             try:
                 response = await loop.run_in_executor(self._executor, self._handler, {"Records": records}, context)
-            except Exception:
-                logger.exception("%s failed on a batch of %d; all of it goes back", self.source.function, len(records))
+            except Exception as exc:
+                if stop.is_set():
+                    # Whatever it depends on may be stopping too: one line, not a traceback.
+                    logger.info(
+                        "%s failed on a batch of %d while stopping (%s); all of it goes back",
+                        self.source.function,
+                        len(records),
+                        exc,
+                    )
+                else:
+                    logger.exception(
+                        "%s failed on a batch of %d; all of it goes back", self.source.function, len(records)
+                    )
                 return
             finally:
                 # Counted once the handler returned: a reader that sees its records counted
@@ -200,7 +233,17 @@ class SqsPoller:
             failed = failed_message_ids(response, records, self.source.report_batch_item_failures)
             done = [r for r in records if r["messageId"] not in failed]
             if done:
-                await loop.run_in_executor(self._executor, self._delete, done)
+                try:
+                    await loop.run_in_executor(self._executor, self._delete, done)
+                except Exception as exc:
+                    if stop.is_set():
+                        logger.debug("%s: deleting a batch failed while stopping: %s", self.source.function, exc)
+                    else:
+                        logger.exception(
+                            "%s: could not delete %d done records; they come back after the visibility timeout",
+                            self.source.function,
+                            len(done),
+                        )
         finally:
             self._slots.release()
 

@@ -7,12 +7,14 @@ import asyncio
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from pbxsim.plan import PACKET_S, Rates, batch_packets
 from pbxsim.retry import RetryPolicy
@@ -211,11 +213,65 @@ def _fixture_count(p: argparse.ArgumentParser) -> int:
         p.error(str(exc))
 
 
+def significant(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, in plain notation: 327.05 -> "327", 0.01234 ->
+    "0.0123". Whole digits are never rounded away (1234.5 -> "1234"): a figure reads as it is."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    # The magnitude once rounded: 9.996 has the decimals of the 10.0 it shows as.
+    magnitude = math.floor(math.log10(abs(float(f"{value:.{digits - 1}e}"))))
+    return f"{value:.{max(0, digits - 1 - magnitude)}f}"
+
+
+def _figures(values: dict[str, Any], unit: Callable[[float], str]) -> str:
+    """Named figures of one measure on one line: "p50 327 ms, p95 1480 ms" ("-": none measured)."""
+    return ", ".join(f"{name} {'-' if value is None else unit(value)}" for name, value in values.items())
+
+
+def _counts(values: dict[str, Any], unless_zero: tuple[str, ...] = ()) -> str:
+    """Counts by key on one line: "202: 4991  200: 483  409: 0"; the keys of ``unless_zero`` only when counted."""
+    shown = [f"{key}: {count}" for key, count in values.items() if count or key not in unless_zero]
+    return "  ".join(shown) or "-"
+
+
+# Answers a healthy run seldom or never gets: on the terminal only when some came.
+RARE_ANSWERS = ("2xx", "4xx", "other")
+
+
+# How the terminal shows a measure; --json keeps every figure as measured.
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "packets_per_request": significant,
+    "responses": lambda v: _counts(v, RARE_ANSWERS),
+    "end_responses": lambda v: _counts(v, RARE_ANSWERS),
+    "latency_ms": lambda v: _figures(v, lambda ms: f"{significant(ms)} ms"),
+    "packets_per_s": lambda v: f"{significant(v)} packets/s",
+    "phases_s": lambda v: _figures(v, lambda s: f"{s:.1f} s"),
+    "end_to_completed_s": lambda v: _figures(v, lambda s: f"{significant(s, 2)} s"),
+    "ok": lambda v: "yes" if v else "no",
+}
+NOT_RENDERED = ("lost_by_call", "problems_by_call", "speech")  # listed apart, or in --json
+
+
+def render_value(key: str, value: Any) -> str:
+    """One measure of the report as one line of text: rounded, with its unit."""
+    if value is None:
+        return "not checked (--no-wait)" if key == "stuck_calls" else "-"
+    if key in FORMATS:
+        return FORMATS[key](value)
+    if isinstance(value, dict):
+        return _counts(value)
+    if isinstance(value, float):
+        return significant(value)
+    return str(value)
+
+
 def render(report: dict[str, object], console: Console) -> None:
     table = Table(title="PBX simulator report", show_header=False)
+    table.add_column("measure", no_wrap=True)
+    table.add_column("value")
     for key, value in report.items():
-        if key not in ("lost_by_call", "problems_by_call", "speech"):
-            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+        if key not in NOT_RENDERED:
+            table.add_row(key, Text(render_value(key, value)))  # text, not rich markup
     console.print(table)
     if isinstance(speech := report.get("speech"), dict):
         render_speech(speech, console)

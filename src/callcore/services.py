@@ -439,9 +439,17 @@ class SweepOutcome:
     resent: int = 0
     failed: int = 0
     errors: int = 0
+    # Calls found PROCESSING_AI past the retry horizon (no result PROCESSING_TIMEOUT_S after
+    # their send), whatever the sweep did with them: what the on-call alarm watches.
+    past_horizon: int = 0
 
     def __add__(self, other: SweepOutcome) -> SweepOutcome:
-        return SweepOutcome(self.resent + other.resent, self.failed + other.failed, self.errors + other.errors)
+        return SweepOutcome(
+            self.resent + other.resent,
+            self.failed + other.failed,
+            self.errors + other.errors,
+            self.past_horizon + other.past_horizon,
+        )
 
 
 def sweep_processing(
@@ -502,6 +510,18 @@ def _sweep_one(
     if call is None or call.state is not CallState.PROCESSING_AI or call.round != round:
         return SweepOutcome()
     silent_s = seconds_since(max(call.updated_at, call.enqueued_at or call.updated_at))
+    if silent_s <= timeout_s:
+        return SweepOutcome()
+    return SweepOutcome(past_horizon=1) + _past_horizon(
+        store, queue, call, silent_s=silent_s, timeout_s=timeout_s, give_up_s=give_up_s
+    )
+
+
+def _past_horizon(
+    store: CallStore, queue: WorkQueue, call: Call, *, silent_s: float, timeout_s: float, give_up_s: float
+) -> SweepOutcome:
+    """A round silent past the retry horizon: failed once its item is certainly gone, else resent once."""
+    call_id, round = call.call_id, call.round
     if silent_s > give_up_s:
         reason = (
             f"no AI result {silent_s:.0f} s after its work item was last sent (a queue keeps a message at most "
@@ -512,7 +532,7 @@ def _sweep_one(
             logger.error("call %s round %d: work item lost; call FAILED", call_id, round)
             return SweepOutcome(failed=1)
         return SweepOutcome()
-    if silent_s > timeout_s and store.claim_stale_resend(call_id, round):
+    if store.claim_stale_resend(call_id, round):
         logger.warning(
             "call %s round %d: no result %.0f s after its send; sending it again, once", call_id, round, silent_s
         )

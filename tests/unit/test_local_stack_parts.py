@@ -1,13 +1,19 @@
 """Pure parts of the local stack: the Lambda SQS record shape, Lambda's rules for a
-handler's batch answer, and the event sources read from the real template.yaml."""
+handler's batch answer, the event sources read from the real template.yaml, and how a
+poller behaves while the stack stops (over a scripted SQS client)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
-from devstack.poller import failed_message_ids, to_lambda_record
+from devstack.poller import Handler, SqsPoller, failed_message_ids, to_lambda_record
 from devstack.template import (
     ScheduleSource,
     SqsEventSource,
@@ -256,3 +262,161 @@ def test_schedule_rates_convert_to_seconds(expression: str, seconds: int) -> Non
     }
 
     assert [s.every_s for s in schedule_sources(template)] == [seconds]
+
+
+# --- stopping ---------------------------------------------------------------------------
+
+WORK_SOURCE = SqsEventSource(
+    function="AiWorkerFunction",
+    handler="ai_worker.handler.lambda_handler",
+    queue="WorkQueue",
+    batch_size=10,
+    batching_window_s=0.0,
+    report_batch_item_failures=True,
+    maximum_concurrency=2,
+)
+CONNECTION_ERROR = EndpointConnectionError(endpoint_url="http://127.0.0.1:5000/")
+
+
+class ScriptedSqs:
+    """An SQS client whose ReceiveMessage answers what ``receive`` returns (or raises)."""
+
+    def __init__(self, receive: Callable[[], list[dict[str, Any]]]) -> None:
+        self._receive = receive
+        self.deleted: list[str] = []
+
+    def receive_message(self, **request: Any) -> dict[str, Any]:
+        return {"Messages": self._receive()}
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+        self.deleted += [entry["ReceiptHandle"] for entry in Entries]
+        return {"Successful": [{"Id": entry["Id"]} for entry in Entries]}
+
+
+def work_poller(sqs: ScriptedSqs, handler: Handler) -> SqsPoller:
+    return SqsPoller(sqs, WORK_SOURCE, queue_url="queue-url", queue_arn=QUEUE_ARN, handler=handler)
+
+
+def messages_once(*messages: dict[str, Any]) -> Callable[[], list[dict[str, Any]]]:
+    """``messages`` on the first ReceiveMessage, nothing after."""
+    batches = iter([list(messages)])
+    return lambda: next(batches, [])
+
+
+class BlockingHandler:
+    """A handler that stays in flight until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        self.entered.set()
+        assert self.release.wait(30)
+        return {"batchItemFailures": []}
+
+
+def poller_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name in ("devstack.poller", "devstack")]
+
+
+def test_a_connection_error_while_running_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        loop, stop = asyncio.get_running_loop(), asyncio.Event()
+        answers = iter([CONNECTION_ERROR])
+
+        def receive() -> list[dict[str, Any]]:
+            if (error := next(answers, None)) is not None:
+                raise error
+            loop.call_soon_threadsafe(stop.set)  # the poller tried again: enough
+            return []
+
+        await asyncio.wait_for(work_poller(ScriptedSqs(receive), BlockingHandler()).run(stop), 10)
+
+    asyncio.run(scenario())
+
+    [record] = [r for r in poller_records(caplog) if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "AiWorkerFunction: receiving from WorkQueue failed"
+    assert record.exc_info is not None and record.exc_info[1] is CONNECTION_ERROR
+
+
+def test_a_connection_error_while_stopping_is_one_quiet_line_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="devstack.poller")
+
+    async def scenario() -> None:
+        stop, receiving, moto_gone = asyncio.Event(), threading.Event(), threading.Event()
+
+        def receive() -> list[dict[str, Any]]:
+            receiving.set()
+            assert moto_gone.wait(10)
+            raise CONNECTION_ERROR
+
+        run = asyncio.create_task(work_poller(ScriptedSqs(receive), BlockingHandler()).run(stop))
+        assert await asyncio.to_thread(receiving.wait, 10)
+        stop.set()
+        moto_gone.set()  # the long poll in flight fails once the stack is stopping
+        await asyncio.wait_for(run, 10)
+
+    asyncio.run(scenario())
+
+    records = poller_records(caplog)
+    assert len(records) == 1
+    assert records[0].levelno <= logging.INFO and records[0].exc_info is None
+    assert "while stopping" in records[0].getMessage()
+
+
+def test_a_stopping_poller_lets_the_invocation_in_flight_finish_and_deletes_its_records() -> None:
+    handler = BlockingHandler()
+    sqs = ScriptedSqs(messages_once(sqs_message("m-1")))
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        poller = work_poller(sqs, handler)
+        run = asyncio.create_task(poller.run(stop))
+        assert await asyncio.to_thread(handler.entered.wait, 10)
+        stop.set()
+        assert poller.in_flight == 1 and not run.done()
+        handler.release.set()
+        await asyncio.wait_for(run, 10)
+        assert poller.in_flight == 0
+
+    asyncio.run(scenario())
+
+    assert sqs.deleted == ["receipt-m-1"]
+
+
+@pytest.mark.parametrize("hurry", [False, True], ids=["drain-runs-out", "ctrl-c-again"])
+def test_the_stack_abandons_invocations_still_in_flight_after_the_drain_or_a_second_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, hurry: bool
+) -> None:
+    import devstack.__main__ as devstack_main
+
+    monkeypatch.setattr(devstack_main, "DRAIN_S", 0.2 if not hurry else 30)
+    caplog.set_level(logging.INFO, logger="devstack")
+    handler = BlockingHandler()
+    sqs = ScriptedSqs(messages_once(sqs_message("m-1")))
+
+    async def scenario() -> bool:
+        stop, hurried = asyncio.Event(), asyncio.Event()
+        poller = work_poller(sqs, handler)
+        run = asyncio.create_task(poller.run(stop))
+        assert await asyncio.to_thread(handler.entered.wait, 10)
+        if hurry:
+            hurried.set()
+        abandoned = await asyncio.wait_for(devstack_main._stop_pollers([run], [poller], stop, hurried), 10)
+        assert run.cancelled()
+        return abandoned
+
+    try:
+        assert asyncio.run(scenario()) is True
+    finally:
+        handler.release.set()
+
+    messages = [r.getMessage() for r in poller_records(caplog)]
+    why = "Ctrl-C again" if hurry else "still running after 0.2 s"
+    assert messages[-2:] == [f"pollers: abandoning 1 handler invocation(s) in flight ({why})", "pollers stopped"]
+    assert all(r.exc_info is None for r in poller_records(caplog))
+    assert sqs.deleted == []  # left on the queue, as Lambda leaves a batch whose sandbox ended

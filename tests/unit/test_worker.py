@@ -603,7 +603,8 @@ def test_sweep_sends_a_sent_item_again_once_when_no_result_came_past_the_process
     second = sweep(store, queue)
 
     # THEN the item is sent again once: the round stays PROCESSING_AI for it
-    assert (first, second) == (services.SweepOutcome(resent=1), services.SweepOutcome())
+    # Still past the horizon on the second sweep, after its one resend: the alarm's gauge stays up.
+    assert (first, second) == (services.SweepOutcome(resent=1, past_horizon=1), services.SweepOutcome(past_horizon=1))
     assert queue.sent == [item, item]
     assert get(store, "silent").state is CallState.PROCESSING_AI
 
@@ -620,7 +621,7 @@ def test_sweep_fails_a_call_whose_work_item_is_certainly_gone_naming_the_rounds_
     outcome = sweep(store, queue)
 
     # THEN the call is FAILED with a reason saying its work item was lost, and nothing is resent
-    assert outcome == services.SweepOutcome(failed=1)
+    assert outcome == services.SweepOutcome(failed=1, past_horizon=1)
     call = get(store, "lost")
     assert call.state is CallState.FAILED
     assert call.failure_reason is not None
@@ -732,7 +733,7 @@ def test_sweep_pages_through_every_processing_call(store: InMemoryCallStore, que
 
     outcome = sweep(store, queue, page_size=3)
 
-    assert outcome == services.SweepOutcome(resent=7, failed=4)
+    assert outcome == services.SweepOutcome(resent=7, failed=4, past_horizon=4)
     assert sorted(item.call_id for item in queue.sent if item.call_id.startswith("unsent")) == [
         f"unsent-{i}" for i in range(7)
     ]

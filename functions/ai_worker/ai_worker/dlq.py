@@ -12,12 +12,17 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from callcore import services
 from callcore.bootstrap import default_ports
 from callcore.domain.model import WorkItem
+from callcore.metrics import FunctionMetrics, Metric
 from callcore.ports import CallStore
 
 logger = Logger(service="dlq-handler")
 
 
-def build_handler(store: CallStore) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+def build_handler(
+    store: CallStore, metrics: FunctionMetrics | None = None
+) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    emf = metrics or FunctionMetrics("DlqHandlerFunction")
+
     def record_handler(record: SQSRecord) -> bool:
         try:
             item = WorkItem.from_json(record.body)
@@ -26,14 +31,20 @@ def build_handler(store: CallStore) -> Callable[[dict[str, Any], Any], dict[str,
             return False
         # A DynamoDB outage raises: the record stays on the dead-letter queue and comes back.
         failed = services.fail_exhausted(store, item)
+        emf.count(Metric.CALLS_DEAD_LETTERED, int(failed))
         logger.info("dead letter handled", extra={"call_id": item.call_id, "round": item.round, "failed": failed})
         return failed
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-        return dict(
-            process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
-        )
+        try:
+            return dict(
+                process_partial_response(
+                    event=event, record_handler=record_handler, processor=processor, context=context
+                )
+            )
+        finally:
+            emf.flush()
 
     return handler
 

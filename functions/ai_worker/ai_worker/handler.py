@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -18,10 +18,12 @@ from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from callcore import services
+from callcore.adapters.ai.measured import MeasuredAI
 from callcore.bootstrap import build_ai_provider, default_ports
 from callcore.domain.errors import DependencyUnavailableError, RetryableAIError
 from callcore.domain.model import WorkItem
 from callcore.domain.retry import backoff_delay
+from callcore.metrics import FunctionMetrics
 from callcore.ports import AIProvider, CallStore, RecordingStore, WorkQueue
 from callcore.settings import Settings
 
@@ -35,6 +37,7 @@ class WorkerDeps:
     ai: AIProvider
     queue: WorkQueue
     recordings: RecordingStore
+    metrics: FunctionMetrics = field(default_factory=lambda: FunctionMetrics("AiWorkerFunction"))
 
 
 def audio_limits(settings: Settings) -> services.AudioLimits:
@@ -48,6 +51,8 @@ def audio_limits(settings: Settings) -> services.AudioLimits:
 
 
 def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    ai = MeasuredAI(deps.ai, deps.metrics)
+
     async def record_handler(record: SQSRecord) -> str:
         try:
             item = WorkItem.from_json(record.body)
@@ -59,7 +64,7 @@ def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str,
         receive_count = int(record.attributes.approximate_receive_count)
         try:
             outcome = await services.process_call(
-                deps.store, deps.ai, deps.recordings, deps.queue, item, limits=audio_limits(deps.settings)
+                deps.store, ai, deps.recordings, deps.queue, item, limits=audio_limits(deps.settings)
             )
         except (RetryableAIError, DependencyUnavailableError) as exc:
             last_try = receive_count >= deps.settings.max_receive_count
@@ -92,11 +97,14 @@ def build_handler(deps: WorkerDeps) -> Callable[[dict[str, Any], Any], dict[str,
         # A processor per invocation: it holds the batch's state, and the local stack
         # runs several invocations at once, as Lambda's scaling does.
         processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-        return dict(
-            async_process_partial_response(
-                event=event, record_handler=record_handler, processor=processor, context=context
+        try:
+            return dict(
+                async_process_partial_response(
+                    event=event, record_handler=record_handler, processor=processor, context=context
+                )
             )
-        )
+        finally:
+            deps.metrics.flush()
 
     return handler
 

@@ -9,6 +9,7 @@ from aws_lambda_powertools import Logger
 
 from callcore import services
 from callcore.bootstrap import default_ports
+from callcore.metrics import FunctionMetrics, Metric
 from callcore.ports import CallArchive, CallStore, WorkQueue
 from callcore.settings import Settings
 
@@ -16,9 +17,14 @@ logger = Logger(service="sweeper")
 
 
 def build_handler(
-    store: CallStore, queue: WorkQueue, settings: Settings, archive: CallArchive | None = None
+    store: CallStore,
+    queue: WorkQueue,
+    settings: Settings,
+    archive: CallArchive | None = None,
+    metrics: FunctionMetrics | None = None,
 ) -> Callable[[dict[str, Any], Any], dict[str, int]]:
     """The scheduled handler; without ``archive`` it only sweeps (tests of sweeping alone)."""
+    emf = metrics or FunctionMetrics("SweeperFunction")
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
         outcome = services.sweep_processing(
@@ -33,6 +39,11 @@ def build_handler(
             archived = services.archive_due(store, archive, older_than_s=settings.archive_after_days * 86_400)
         counts = {"resent": outcome.resent, "failed": outcome.failed, "errors": outcome.errors, "archived": archived}
         logger.info("sweep done", extra=counts)
+        emf.count(Metric.WORK_ITEMS_RESENT, outcome.resent)
+        # A gauge: every sweep counts them again until they are resolved.
+        emf.count(Metric.CALLS_PAST_RETRY_HORIZON, outcome.past_horizon)
+        emf.count(Metric.CALLS_ARCHIVED, archived)
+        emf.flush()
         return counts
 
     return handler

@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from callcore.adapters.aws_errors import request_deadline
 from callcore.bootstrap import WORST_CALL_S, Ports, default_ports
 from callcore.settings import INGEST_TIMEOUT_S
-from ingest import errors
+from ingest import docs, errors
 from ingest.routes import router
 from ingest.schemas import HealthOut
 
@@ -56,11 +56,15 @@ def create_app(ports: Ports) -> FastAPI:
             "A PBX streams audio packets of unanswered calls; ended calls are transcribed and scored "
             "by AI, asynchronously. Duplicated, reordered and concurrent packets are normal traffic."
         ),
+        # FastAPI's pages load Swagger UI and ReDoc from a CDN; docs.install serves them itself.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ports = ports
     app.add_middleware(JsonBodies)
     app.add_middleware(Deadline)
     errors.install(app)  # after the middleware above: its InternalErrors must be the outermost
+    docs.install(app)
     app.include_router(router)
 
     @app.get("/healthz", response_model=HealthOut, summary="Liveness: the process is up (dependencies are not checked)")
