@@ -117,6 +117,7 @@ def _outcome(call_id: str, packet: Packet, write: PacketWrite) -> PacketOutcome:
 class EndOutcome:
     state: CallState
     processing: bool  # True while the call's AI work is pending (202), False once finished (200)
+    moved: bool = False  # this request moved the call IN_PROGRESS -> PROCESSING_AI (not a repeat)
 
 
 def new_token() -> str:
@@ -137,7 +138,7 @@ def end_call(store: CallStore, queue: WorkQueue, call_id: str, last_sequence: in
     except InvalidTransitionError as exc:
         return EndOutcome(state=exc.current, processing=exc.current is CallState.PROCESSING_AI)
     _enqueue(store, queue, call)
-    return EndOutcome(state=call.state, processing=True)
+    return EndOutcome(state=call.state, processing=True, moved=True)
 
 
 def _enqueue(store: CallStore, queue: WorkQueue, call: Call) -> bool:

@@ -233,7 +233,7 @@ def test_end_moves_the_call_to_processing_ai_and_sends_one_work_item_of_round_1(
 
     outcome = services.end_call(store, queue, "c1")
 
-    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)
+    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True, moved=True)
     assert queue.sent == [WorkItem(call_id="c1", round=1)]
     call = store.get_call("c1")
     assert call is not None
@@ -254,9 +254,15 @@ def test_repeated_end_is_still_processing_and_sends_nothing_more(store: InMemory
 def test_concurrent_ends_send_exactly_one_work_item(store: InMemoryCallStore, queue: FakeQueue) -> None:
     record_all(store, "c1", 1)
 
-    outcomes = run_concurrently(16, lambda: services.end_call(store, queue, "c1"))
+    outcomes = [
+        o
+        for o in run_concurrently(16, lambda: services.end_call(store, queue, "c1"))
+        if isinstance(o, services.EndOutcome)
+    ]
 
-    assert set(outcomes) == {services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)}
+    # One of them moved the call; the others found it moved.
+    assert sorted(o.moved for o in outcomes) == [False] * 15 + [True]  # 16: each returned an EndOutcome
+    assert {(o.state, o.processing) for o in outcomes} == {(CallState.PROCESSING_AI, True)}
     assert queue.sent == [WorkItem(call_id="c1", round=1)]
 
 
@@ -290,7 +296,7 @@ def test_end_when_the_queue_is_down_still_answers_processing_and_leaves_the_item
 
     # THEN the end is accepted (202): the call stays ended, and its round's work item is
     # known not to be on the queue, for the sweeper to send
-    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True)
+    assert outcome == services.EndOutcome(state=CallState.PROCESSING_AI, processing=True, moved=True)
     assert queue.sent == []
     call = store.get_call("c1")
     assert call is not None

@@ -8,6 +8,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from callcore.adapters.aws_errors import request_deadline
 from callcore.bootstrap import WORST_CALL_S, Ports, default_ports
+from callcore.metrics import FunctionMetrics
 from callcore.settings import INGEST_TIMEOUT_S
 from ingest import docs, errors
 from ingest.routes import router
@@ -31,6 +32,22 @@ class JsonBodies:
         await self.app(scope, receive, send)
 
 
+class FlushMetrics:
+    """One EMF line per request, written before the Lambda invocation returns (Mangum awaits
+    the whole app), with what the request counted."""
+
+    def __init__(self, app: ASGIApp, metrics: FunctionMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                self.metrics.flush()
+
+
 class Deadline:
     """Bound every request by the ingest function's timeout, less a margin to answer in."""
 
@@ -48,7 +65,7 @@ class Deadline:
             await self.app(scope, receive, send)
 
 
-def create_app(ports: Ports) -> FastAPI:
+def create_app(ports: Ports, metrics: FunctionMetrics | None = None) -> FastAPI:
     app = FastAPI(
         title="PBX AI Call Processor",
         version="1.0.0",
@@ -61,6 +78,8 @@ def create_app(ports: Ports) -> FastAPI:
         redoc_url=None,
     )
     app.state.ports = ports
+    app.state.metrics = metrics or FunctionMetrics("IngestFunction")
+    app.add_middleware(FlushMetrics, metrics=app.state.metrics)
     app.add_middleware(JsonBodies)
     app.add_middleware(Deadline)
     errors.install(app)  # after the middleware above: its InternalErrors must be the outermost

@@ -14,6 +14,7 @@ from fastapi.security import APIKeyHeader
 
 from callcore.bootstrap import Ports
 from callcore.domain.model import CALL_ID_PATTERN
+from callcore.metrics import FunctionMetrics
 
 
 async def get_ports(request: Request) -> Ports:
@@ -22,6 +23,14 @@ async def get_ports(request: Request) -> Ports:
 
 
 PortsDep = Annotated[Ports, Depends(get_ports)]
+
+
+async def get_metrics(request: Request) -> FunctionMetrics:
+    metrics: FunctionMetrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[FunctionMetrics, Depends(get_metrics)]
 
 CallId = Annotated[
     str,

@@ -21,6 +21,7 @@ from callcore.domain.errors import (
     RecordingNotFoundError,
     SequenceConflictError,
 )
+from callcore.metrics import Metric
 from ingest.schemas import ErrorOut
 
 logger = logging.getLogger(__name__)
@@ -170,10 +171,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(SequenceConflictError)
     async def sequence_conflict(request: Request, exc: SequenceConflictError) -> JSONResponse:
+        request.app.state.metrics.count(Metric.PACKETS_REFUSED)
         return error_response(409, "sequence_conflict", str(exc))
 
     @app.exception_handler(CallNotAcceptingPacketsError)
     async def call_closed(request: Request, exc: CallNotAcceptingPacketsError) -> JSONResponse:
+        request.app.state.metrics.count(Metric.PACKETS_REFUSED)
         return error_response(409, "call_not_in_progress", str(exc))
 
     @app.exception_handler(InvalidTransitionError)

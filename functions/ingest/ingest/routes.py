@@ -14,8 +14,9 @@ from fastapi.routing import APIRoute
 
 from callcore import services
 from callcore.domain.model import CallState, Packet
+from callcore.metrics import Metric
 from callcore.ports import MAX_BATCHED_PACKET_BYTES
-from ingest.deps import CallId, PortsDep, require_api_key
+from ingest.deps import CallId, MetricsDep, PortsDep, require_api_key
 from ingest.errors import INTERNAL, INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, error_responses
 from ingest.schemas import (
     MAX_BATCH_PACKETS,
@@ -32,6 +33,9 @@ from ingest.schemas import (
 )
 
 logger = logging.getLogger(__name__)
+
+# A packet stored and part of its call's work: accepted now, or a duplicate of one.
+_STORED = (services.PacketOutcome.ACCEPTED, services.PacketOutcome.DUPLICATE)
 
 
 class Utf8JsonRequest(Request):
@@ -100,7 +104,7 @@ router = APIRouter(
         ),
     },
 )
-def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep) -> JSONResponse:
+def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep, metrics: MetricsDep) -> JSONResponse:
     size = len(packet.data.encode("utf-8"))
     if size > ports.settings.max_packet_bytes:
         raise HTTPException(
@@ -118,6 +122,7 @@ def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep) -> JSONRes
     )
     # record_packet raises for a conflict or an ended call (409): only these two come back.
     accepted = outcome is services.PacketOutcome.ACCEPTED
+    metrics.count(Metric.PACKETS_ACCEPTED if accepted else Metric.PACKETS_DUPLICATE)
     ack = PacketAck(call_id=call_id, sequence=packet.sequence, status="accepted" if accepted else "duplicate")
     return JSONResponse(status_code=202 if accepted else 200, content=ack.model_dump())
 
@@ -138,7 +143,7 @@ def stream_packet(call_id: CallId, packet: PacketIn, ports: PortsDep) -> JSONRes
         ),
     },
 )
-def stream_batch(call_id: CallId, batch: BatchIn, ports: PortsDep) -> BatchAck:
+def stream_batch(call_id: CallId, batch: BatchIn, ports: PortsDep, metrics: MetricsDep) -> BatchAck:
     sizes = [len(p.data.encode("utf-8")) for p in batch.packets]
     limits = ports.settings
     if len(batch.packets) > MAX_BATCH_PACKETS:
@@ -161,6 +166,9 @@ def stream_batch(call_id: CallId, batch: BatchIn, ports: PortsDep) -> BatchAck:
         for p in batch.packets
     ]
     outcomes = services.record_packets(ports.store, call_id, packets)
+    metrics.count(Metric.PACKETS_ACCEPTED, outcomes.count(services.PacketOutcome.ACCEPTED))
+    metrics.count(Metric.PACKETS_DUPLICATE, outcomes.count(services.PacketOutcome.DUPLICATE))
+    metrics.count(Metric.PACKETS_REFUSED, len(outcomes) - sum(o in _STORED for o in outcomes))
     return BatchAck(
         call_id=call_id,
         results=[BatchResult(sequence=p.sequence, status=o.value) for p, o in zip(packets, outcomes, strict=True)],
@@ -178,8 +186,11 @@ def stream_batch(call_id: CallId, batch: BatchIn, ports: PortsDep) -> BatchAck:
         **NOT_FOUND,
     },
 )
-def end_call(call_id: CallId, ports: PortsDep, body: Annotated[EndIn | None, Body()] = None) -> JSONResponse:
+def end_call(
+    call_id: CallId, ports: PortsDep, metrics: MetricsDep, body: Annotated[EndIn | None, Body()] = None
+) -> JSONResponse:
     outcome = services.end_call(ports.store, ports.queue, call_id, body.last_sequence if body else None)
+    metrics.count(Metric.CALLS_ENDED, int(outcome.moved))
     return JSONResponse(
         status_code=202 if outcome.processing else 200,
         content=EndOut(call_id=call_id, state=outcome.state).model_dump(),
@@ -225,8 +236,10 @@ def get_call(call_id: CallId, ports: PortsDep) -> CallOut:
         **error_responses((409, "The call is IN_PROGRESS or PROCESSING_AI.")),
     },
 )
-def archive_call(call_id: CallId, ports: PortsDep) -> EndOut:
+def archive_call(call_id: CallId, ports: PortsDep, metrics: MetricsDep) -> EndOut:
+    was = ports.store.get_call(call_id)
     call = services.archive_call(ports.store, ports.archive, call_id)
+    metrics.count(Metric.CALLS_ARCHIVED, int(was is not None and was.state is not call.state))
     return EndOut(call_id=call_id, state=call.state)
 
 
