@@ -5,8 +5,8 @@ moto server (child process) <- tables and queues from template.yaml <- the inges
 Ctrl-C or SIGTERM stops it in order: the pollers stop receiving and let the handler
 invocations in flight finish (for up to DRAIN_S; Ctrl-C again abandons them), then uvicorn
 stops, then the moto server. Each step logs a line: "pollers stopped", "API stopped",
-"moto server stopped", then "stopped". The exit status is 0, or 1 if the moto server
-exited on its own.
+"moto server stopped", then "stopped". The exit status is then 0; it is 1 if the moto
+server exited on its own or the stack could not start, 2 on a configuration error.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class StackMoto(MotoProcess):
         return self
 
 
-class QuietServer(uvicorn.Server):
+class StackServer(uvicorn.Server):
     """uvicorn without signal handlers of its own: the stack stops it, after the pollers."""
 
     @contextlib.contextmanager
@@ -111,8 +111,11 @@ class Shutdown:
         try:
             yield
         finally:
-            # Signals from now on would find the loop closing: nothing is left for them to stop.
-            self._done = True
+            # From now on a signal would find the loop closing: nothing is left for it to stop.
+            self.ignore_signals()
+
+    def ignore_signals(self) -> None:
+        self._done = True
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._done:
@@ -122,7 +125,8 @@ class Shutdown:
                 self._interrupted = True
                 raise KeyboardInterrupt
             return
-        # A Python signal handler runs between two bytecodes of the loop's own thread.
+        # This runs in the loop's thread, maybe while the loop sleeps in epoll: the threadsafe
+        # call wakes it.
         self._loop.call_soon_threadsafe(self._signalled, signal.Signals(signum))
 
     def _signalled(self, sig: signal.Signals) -> None:
@@ -142,6 +146,15 @@ async def _watch_moto(moto: MotoProcess, shutdown: Shutdown) -> None:
     while moto.alive():
         await asyncio.sleep(0.5)
     shutdown.moto_gone()
+
+
+async def _serve_api(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        # How uvicorn says it could not start (it logged why): an error of the stack, which
+        # then stops in order, rather than an exit that unwinds the event loop under the pollers.
+        raise RuntimeError(f"the API did not start (uvicorn exited with {exc.code})") from None
 
 
 async def _stop_pollers(
@@ -188,7 +201,7 @@ async def _serve(
     with shutdown.running(asyncio.get_running_loop()):
         tasks = [asyncio.create_task(p.run(stop)) for p in pollers]
         tasks += [asyncio.create_task(run_on_schedule(s, load_handler(s.handler), stop)) for s in schedules]
-        api = asyncio.create_task(server.serve())
+        api = asyncio.create_task(_serve_api(server))
         requested = asyncio.create_task(shutdown.requested.wait())
         helpers: list[asyncio.Task[Any]] = [asyncio.create_task(_watch_moto(moto, shutdown)), requested]
         try:
@@ -257,7 +270,7 @@ def main() -> int:
             # uvicorn's force_exit skips the app's shutdown, which then logs a traceback).
             timeout_graceful_shutdown=int(DRAIN_S),
         )
-        server = QuietServer(config)
+        server = StackServer(config)
         print(
             f"\n  PBX AI Call Processor: http://{HOST}:{settings.api_port}  (docs: http://{HOST}:{settings.api_port}/docs)\n",
             flush=True,
@@ -272,18 +285,23 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     finally:
+        shutdown.ignore_signals()
         if moto.alive():
             moto.stop()
             logger.info("moto server stopped")
         logger.info("stopped")
     if abandoned:
-        # The abandoned invocations' threads would hold the interpreter's exit until their
-        # handlers return (it joins executor threads): leave now, as Lambda ends a sandbox.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _exit_now(code)
     return code
+
+
+def _exit_now(code: int) -> None:
+    # The abandoned invocations' threads would hold the interpreter's exit until their
+    # handlers return (it joins executor threads): leave now, as Lambda ends a sandbox.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

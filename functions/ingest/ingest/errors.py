@@ -42,7 +42,8 @@ def error_response(
 # An error's body in the OpenAPI document, by reference rather than as a response model:
 # FastAPI builds a pydantic field for every (route, status) given a model, which cost the
 # ingest function's cold start ~10 ms for the same document. ErrorOut reaches the document's
-# components through the one response that names it as a model (NOT_FOUND's 404).
+# components through the one response that names it as a model (ERROR_MODEL_ANCHOR, on GET
+# /v1/call/{call_id}).
 _ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
 
 
@@ -91,7 +92,10 @@ INTERNAL = error_responses(
         "a table or queue does not exist; retrying will not help). Logged; the body tells no more.",
     )
 )
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No call with this call_id."}}
+NOT_FOUND = error_responses((404, "No call with this call_id."))
+ERROR_MODEL_ANCHOR: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No call with this call_id."}
+}
 
 
 def _describe_validation(errors: list[dict[str, Any]]) -> str:

@@ -17,7 +17,15 @@ from callcore.domain.model import CallState, Packet
 from callcore.metrics import Metric
 from callcore.ports import MAX_BATCHED_PACKET_BYTES
 from ingest.deps import CallId, MetricsDep, PortsDep, require_api_key
-from ingest.errors import INTERNAL, INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, error_responses
+from ingest.errors import (
+    ERROR_MODEL_ANCHOR,
+    INTERNAL,
+    INVALID,
+    NOT_FOUND,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    error_responses,
+)
 from ingest.schemas import (
     MAX_BATCH_PACKETS,
     BatchAck,
@@ -214,7 +222,10 @@ def retry_call(call_id: CallId, ports: PortsDep) -> EndOut:
 
 
 @router.get(
-    "/call/{call_id}", response_model=CallOut, summary="A call's state, packets and AI results", responses=NOT_FOUND
+    "/call/{call_id}",
+    response_model=CallOut,
+    summary="A call's state, packets and AI results",
+    responses=ERROR_MODEL_ANCHOR,
 )
 def get_call(call_id: CallId, ports: PortsDep) -> CallOut:
     return CallOut.from_details(services.get_call(ports.store, ports.archive, call_id))
