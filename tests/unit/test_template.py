@@ -383,3 +383,34 @@ def test_a_failed_scheduled_sweep_goes_to_its_dead_letter_queue(template: Templa
 
     assert on_failure == {"Type": "SQS", "Destination": {"Fn::GetAtt": ["SweeperDeadLetterQueue", "Arn"]}}
     assert rule["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["SweeperDeadLetterQueue", "Arn"]}}
+
+
+def test_the_dashboard_shows_every_metric_the_functions_emit(template: Template) -> None:
+    import json
+    import re
+
+    from callcore.metrics import NAMESPACE, Metric
+
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
+    shown = {m[1] for w in widgets for m in w["properties"]["metrics"] if m[0] == NAMESPACE}
+
+    assert shown == {m.value for m in Metric}
+
+
+@pytest.mark.parametrize(
+    "alarm", ["DeadLetterQueueDepthAlarm", "WorkerErrorsAlarm", "Api5xxAlarm", "CallsPastRetryHorizonAlarm"]
+)
+def test_each_alarm_notifies_the_alarm_topic_on_alarm_and_ok(template: Template, alarm: str) -> None:
+    props = template["Resources"][alarm]["Properties"]
+
+    assert props["AlarmActions"] == props["OKActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_the_past_horizon_alarm_watches_the_metric_the_sweeper_emits(template: Template) -> None:
+    from callcore.metrics import NAMESPACE, SERVICE, Metric
+
+    props = template["Resources"]["CallsPastRetryHorizonAlarm"]["Properties"]
+
+    assert (props["Namespace"], props["MetricName"]) == (NAMESPACE, Metric.CALLS_PAST_RETRY_HORIZON.value)
+    assert {d["Name"]: d["Value"] for d in props["Dimensions"]} == {"function": "SweeperFunction", "service": SERVICE}
