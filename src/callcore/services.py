@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _keys(call_id: str, round: int) -> dict[str, object]:
+    """A log line's structured keys for a call: the functions' JSON logs carry them as fields."""
+    return {"call_id": call_id, "round": round}
+
+
 class PacketOutcome(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
@@ -155,7 +160,11 @@ def _enqueue(store: CallStore, queue: WorkQueue, call: Call) -> bool:
         queue.send(item)
     except DependencyUnavailableError as exc:
         logger.warning(
-            "call %s round %d: work item not sent (%s); the sweeper will send it", call.call_id, call.round, exc
+            "call %s round %d: work item not sent (%s); the sweeper will send it",
+            call.call_id,
+            call.round,
+            exc,
+            extra=_keys(call.call_id, call.round),
         )
         return False
     try:
@@ -163,7 +172,13 @@ def _enqueue(store: CallStore, queue: WorkQueue, call: Call) -> bool:
     except DependencyUnavailableError as exc:
         # The item is on the queue. At worst the sweeper sends it again, and the worker
         # acts on one work item a round.
-        logger.warning("call %s round %d: work item sent but not recorded (%s)", call.call_id, call.round, exc)
+        logger.warning(
+            "call %s round %d: work item sent but not recorded (%s)",
+            call.call_id,
+            call.round,
+            exc,
+            extra=_keys(call.call_id, call.round),
+        )
     return True
 
 
@@ -320,7 +335,14 @@ async def process_call(
         sentiment = await ai.score_sentiment(transcript)
     except TranscriptionPendingError as exc:
         await asyncio.to_thread(functools.partial(queue.send, item.next_check(attempt), delay_s=exc.check_after_s))
-        logger.info("call %s round %d: %s; checking again in %d s", item.call_id, item.round, exc, exc.check_after_s)
+        logger.info(
+            "call %s round %d: %s; checking again in %d s",
+            item.call_id,
+            item.round,
+            exc,
+            exc.check_after_s,
+            extra=_keys(item.call_id, item.round),
+        )
         return ProcessOutcome.PENDING
     except CallTooLargeError as exc:
         await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
@@ -488,7 +510,10 @@ def sweep_processing(
                 )
             except CallCoreError:
                 logger.exception(
-                    "call %s round %d: sweep failed; the next sweep tries again", listed.call_id, listed.round
+                    "call %s round %d: sweep failed; the next sweep tries again",
+                    listed.call_id,
+                    listed.round,
+                    extra=_keys(listed.call_id, listed.round),
                 )
                 outcome += SweepOutcome(errors=1)
         if page.next_cursor is None:
@@ -503,7 +528,9 @@ def _sweep_one(
     if listed.enqueued_round < round:
         if not store.claim_send(call_id, round, now=now_iso(), unclaimed_since=cutoff):
             return SweepOutcome()
-        logger.warning("call %s round %d: sending a work item never recorded as sent", call_id, round)
+        logger.warning(
+            "call %s round %d: sending a work item never recorded as sent", call_id, round, extra=_keys(call_id, round)
+        )
         return SweepOutcome(resent=1) if _enqueue(store, queue, listed) else SweepOutcome(errors=1)
     if seconds_since(listed.updated_at) <= timeout_s:
         return SweepOutcome()
@@ -530,12 +557,16 @@ def _past_horizon(
             "Retry the call to process it again."
         )
         if _fail_round(store, call_id, round, reason):
-            logger.error("call %s round %d: work item lost; call FAILED", call_id, round)
+            logger.error("call %s round %d: work item lost; call FAILED", call_id, round, extra=_keys(call_id, round))
             return SweepOutcome(failed=1)
         return SweepOutcome()
     if store.claim_stale_resend(call_id, round):
         logger.warning(
-            "call %s round %d: no result %.0f s after its send; sending it again, once", call_id, round, silent_s
+            "call %s round %d: no result %.0f s after its send; sending it again, once",
+            call_id,
+            round,
+            silent_s,
+            extra=_keys(call_id, round),
         )
         return SweepOutcome(resent=1) if _enqueue(store, queue, call) else SweepOutcome(errors=1)
     return SweepOutcome()

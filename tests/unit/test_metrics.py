@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from collections import Counter
 from typing import Any
 
@@ -133,3 +135,25 @@ def test_the_sweeper_counts_resends_calls_past_the_horizon_and_archives(
 
     sums = totals(emf_lines(capsys), "SweeperFunction")
     assert (sums["WorkItemsResent"], sums["CallsPastRetryHorizon"]) == (1, 1)
+
+
+def test_the_shared_packages_lines_about_a_call_carry_its_call_id_and_round_as_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, queue = InMemoryCallStore(), FakeQueue()
+    ended(store, queue, "silent")
+    monkeypatch.setattr(services, "seconds_since", lambda iso: Settings().processing_timeout_s + 1)
+    monkeypatch.setattr(services, "iso_seconds_ago", lambda seconds: "9999-01-01T00:00:00.000000Z")
+    # The handler the functions gave the shared package's logger (its stream was fixed at import).
+    (handler,) = [h for h in logging.getLogger("callcore").handlers if type(h) is logging.StreamHandler]
+    written = io.StringIO()
+    previous = handler.setStream(written)
+    try:
+        ai_worker.sweeper.build_handler(store, queue, Settings())({}, None)
+    finally:
+        handler.setStream(previous)
+
+    lines = [json.loads(line) for line in written.getvalue().splitlines()]
+    resend = [line for line in lines if "sending it again" in line["message"]]
+    assert len(resend) == 1, lines
+    assert (resend[0]["call_id"], resend[0]["round"], resend[0]["level"]) == ("silent", 1, "WARNING")

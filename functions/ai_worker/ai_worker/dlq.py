@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
@@ -16,6 +17,9 @@ from callcore.metrics import FunctionMetrics, Metric
 from callcore.ports import CallStore
 
 logger = Logger(service="dlq-handler")
+# The shared package's log lines (callcore.services: resends, lost work items) as this
+# function's JSON lines, with their call_id and round as fields.
+copy_config_to_registered_loggers(source_logger=logger, include={"callcore"})
 
 
 def build_handler(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
@@ -28,6 +29,9 @@ from callcore.ports import AIProvider, CallStore, RecordingStore, WorkQueue
 from callcore.settings import Settings
 
 logger = Logger(service="ai-worker")
+# The shared package's log lines (callcore.services: resends, lost work items) as this
+# function's JSON lines, with their call_id and round as fields.
+copy_config_to_registered_loggers(source_logger=logger, include={"callcore"})
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from callcore import services
 from callcore.bootstrap import default_ports
@@ -14,6 +15,9 @@ from callcore.ports import CallArchive, CallStore, WorkQueue
 from callcore.settings import Settings
 
 logger = Logger(service="sweeper")
+# The shared package's log lines (callcore.services: resends, lost work items) as this
+# function's JSON lines, with their call_id and round as fields.
+copy_config_to_registered_loggers(source_logger=logger, include={"callcore"})
 
 
 def build_handler(
