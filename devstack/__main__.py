@@ -16,8 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from types import FrameType
@@ -28,10 +26,11 @@ import uvicorn
 
 from callcore.settings import Settings, SettingsError
 from devstack.aws_env import point_sdks_at
-from devstack.moto_process import _ROOT, MotoProcess, _die_with_parent
+from devstack.moto_process import MotoProcess
 from devstack.poller import SqsPoller, build_pollers, load_handler, run_on_schedule
 from devstack.provision import provision
 from devstack.template import ScheduleSource, load_template, schedule_sources
+from devstack.ttl import TTL_SWEEP_S, TtlSweeper, ttl_tables
 from devstack.usage import FunctionClock
 
 HOST = "127.0.0.1"
@@ -40,39 +39,6 @@ HOST = "127.0.0.1"
 # exit (devstack.child.ChildStack) waits 30 s.
 DRAIN_S = 10.0
 logger = logging.getLogger("devstack")
-
-
-class StackMoto(MotoProcess):
-    """The moto server, on Linux in a session of its own.
-
-    Ctrl-C (and `kill -TERM -<pgid>`) signals the whole foreground process group: moto, in
-    it, would stop at once, under the pollers and the requests still in flight. In its own
-    session only the stack stops it, last. It still never outlives the stack: PR_SET_PDEATHSIG
-    sends it SIGTERM if the stack dies. Elsewhere (no PR_SET_PDEATHSIG) it stays in the
-    stack's group, so that Ctrl-C still reaches it if the stack dies.
-    """
-
-    def start(self, timeout_s: float = 30.0) -> MotoProcess:
-        # MotoProcess.start, plus start_new_session.
-        with socket.socket() as probe:
-            if probe.connect_ex((self.host, self.port)) == 0:
-                raise RuntimeError(f"port {self.port} on {self.host} is in use; set MOTO_PORT to a free port")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
-        linux = sys.platform == "linux"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "devstack.moto_server", "--host", self.host, "--port", str(self.port)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=linux,
-            preexec_fn=_die_with_parent if linux else None,  # noqa: PLW1509
-        )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()  # blocks until "ready" or the child exits
-        if line.strip() != "ready":
-            self.stop()
-            raise RuntimeError(f"moto server did not start on {self.endpoint} (exit code {self._proc.returncode})")
-        return self
 
 
 class StackServer(uvicorn.Server):
@@ -228,7 +194,8 @@ def main() -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    moto = StackMoto(HOST, settings.moto_port)
+    moto = MotoProcess(HOST, settings.moto_port, own_session=True)
+    ttl: TtlSweeper | None = None
     abandoned = False
     code = 0
     try:
@@ -243,20 +210,11 @@ def main() -> int:
 
         from ingest.app import app  # reads the environment set above
 
+        ttl = _start_ttl(session, template)
+
         pollers = build_pollers(template, stack, session.client("sqs"))
         schedules = schedule_sources(template)
-        for sched in schedules:
-            logger.info("schedule %s every %ss", sched.handler, sched.every_s)
-        for p in pollers:
-            src = p.source
-            logger.info(
-                "event source %s -> %s (batch %d, window %ss, concurrency %d)",
-                src.queue,
-                src.handler,
-                src.batch_size,
-                src.batching_window_s,
-                src.maximum_concurrency,
-            )
+        _log_sources(pollers, schedules)
 
         # Timed as Lambda bills it, for the bench's cost model (GET /_local_usage).
         clock = FunctionClock("IngestFunction", pollers)
@@ -286,6 +244,8 @@ def main() -> int:
         code = 1
     finally:
         shutdown.ignore_signals()
+        if ttl is not None:
+            ttl.stop()
         if moto.alive():
             moto.stop()
             logger.info("moto server stopped")
@@ -293,6 +253,30 @@ def main() -> int:
     if abandoned:
         _exit_now(code)
     return code
+
+
+def _start_ttl(session: boto3.session.Session, template: dict[str, Any]) -> TtlSweeper:
+    """DynamoDB's TTL, which moto does not run: packets leave after their expiry here too."""
+    tables = ttl_tables(template)
+    ttl = TtlSweeper(session.client("dynamodb"), tables)
+    ttl.start()
+    logger.info("TTL of %s, every %.0f s", ", ".join(sorted(tables)), TTL_SWEEP_S)
+    return ttl
+
+
+def _log_sources(pollers: list[SqsPoller], schedules: list[ScheduleSource]) -> None:
+    for sched in schedules:
+        logger.info("schedule %s every %ss", sched.handler, sched.every_s)
+    for p in pollers:
+        src = p.source
+        logger.info(
+            "event source %s -> %s (batch %d, window %ss, concurrency %d)",
+            src.queue,
+            src.handler,
+            src.batch_size,
+            src.batching_window_s,
+            src.maximum_concurrency,
+        )
 
 
 def _exit_now(code: int) -> None:

@@ -28,8 +28,19 @@ def _die_with_parent() -> None:
 
 
 class MotoProcess:
-    def __init__(self, host: str, port: int) -> None:
+    """The moto server as a child process.
+
+    ``own_session``: on Linux, in a session of its own. Ctrl-C (and `kill -TERM -<pgid>`)
+    signals the whole foreground process group: moto, in it, would stop at once, under the
+    pollers and the requests still in flight. In its own session only its parent stops it,
+    last (the local stack's ordered stop). It still never outlives its parent:
+    PR_SET_PDEATHSIG sends it SIGTERM if the parent dies. Elsewhere (no PR_SET_PDEATHSIG) it
+    stays in the parent's group, so that Ctrl-C still reaches it if the parent dies.
+    """
+
+    def __init__(self, host: str, port: int, *, own_session: bool = False) -> None:
         self.host, self.port = host, port
+        self._own_session = own_session and sys.platform == "linux"
         self._proc: subprocess.Popen[str] | None = None
 
     @property
@@ -46,6 +57,7 @@ class MotoProcess:
             stdout=subprocess.PIPE,
             text=True,
             env=env,
+            start_new_session=self._own_session,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
         assert self._proc.stdout is not None
