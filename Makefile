@@ -13,7 +13,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: run test lint typecheck validate checkov unit build bench clean
+.PHONY: run test lint typecheck validate checkov unit build bench clean browser
 
 $(APP_STAMP): requirements.txt requirements-dev.txt requirements-asr.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,10 +43,23 @@ run: $(APP_STAMP)
 # seed is printed, so a failing run can be replayed: `make test CHAOS_SEED=<seed>`.
 CHAOS_SEED ?= $(shell date +%s)
 
-test: lint typecheck validate checkov
+test: lint typecheck validate checkov browser
 	$(PY) -m pytest
 	@echo "chaos pass: LOCAL_FAULTS=chaos LOCAL_FAULTS_SEED=$(CHAOS_SEED)"
 	LOCAL_FAULTS=chaos LOCAL_FAULTS_SEED=$(CHAOS_SEED) $(PY) -m pytest -m chaos tests/integration
+
+# The console's browser tests (tests/integration/test_console.py) drive Debian's Chromium
+# through Debian's chromedriver, the same build, so the two always match and nothing is
+# downloaded at test time. Installed once (as root, or through sudo), skipped when both
+# packages are installed: a missing browser is an install step here, never a skipped test.
+BROWSER_PACKAGES := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:
+	@if [ "$$(dpkg-query -W -f='$${db:Status-Abbrev}\n' $(BROWSER_PACKAGES) 2>/dev/null | grep -c '^ii')" != 2 ]; then \
+	  echo "installing $(BROWSER_PACKAGES) (Debian's packages)"; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); \
+	fi
 
 lint: $(APP_STAMP)
 	$(PY) -m ruff check .

@@ -260,6 +260,12 @@ class InMemoryCallStore:
         more = len(ordered) > limit
         return CallPage(calls=calls, next_cursor=_encode_cursor(state, page[-1]) if more else None)
 
+    def count_calls(self, state: CallState, *, up_to: int) -> int:
+        if up_to < 1:
+            raise ValueError("up_to must be >= 1")
+        with self._lock:
+            return min(sum(c.state is state for c in self._calls.values()), up_to)
+
 
 def _encode_cursor(state: CallState, last: Call) -> str:
     raw = json.dumps({"state": state.value, "updated_at": last.updated_at, "call_id": last.call_id})

@@ -143,6 +143,14 @@ class CallStore(Protocol):
         """
         ...
 
+    def count_calls(self, state: CallState, *, up_to: int) -> int:
+        """How many calls are in ``state``, counting no further than ``up_to``: min(count, up_to).
+
+        The bound keeps a count's cost fixed however many calls a state holds (ARCHIVED
+        only grows). Raises ValueError for ``up_to`` below 1.
+        """
+        ...
+
 
 class WorkQueue(Protocol):
     def send(self, item: WorkItem, *, delay_s: int = 0) -> None:

@@ -266,6 +266,28 @@ def list_calls(store: CallStore, state: CallState, *, limit: int, cursor: str | 
     return store.list_calls(state, limit=limit, cursor=cursor)
 
 
+# How far a state's count goes: an operator reads "1000+" as well as an exact figure, and
+# the cost of a count (the index items DynamoDB reads) stays bounded as ARCHIVED grows.
+COUNT_UP_TO = 1000
+
+
+@dataclass(frozen=True)
+class StateCount:
+    state: CallState
+    count: int  # at most COUNT_UP_TO
+    more: bool  # the state holds more calls than ``count``
+
+
+def count_calls(store: CallStore, *, up_to: int = COUNT_UP_TO) -> list[StateCount]:
+    """How many calls each state holds, in CallState's order, each count stopping at ``up_to``."""
+    counts = []
+    for state in CallState:
+        # One more than shown, to tell "exactly up_to" from "more than up_to".
+        seen = store.count_calls(state, up_to=up_to + 1)
+        counts.append(StateCount(state=state, count=min(seen, up_to), more=seen > up_to))
+    return counts
+
+
 def retry_call(store: CallStore, queue: WorkQueue, call_id: str) -> Call:
     """Operator retry: FAILED -> PROCESSING_AI in a new round, with a new work item.
 

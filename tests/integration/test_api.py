@@ -356,6 +356,7 @@ def test_openapi_documents_every_status_and_no_other(api: httpx.Client) -> None:
         ("post", "/v1/call/{call_id}/end"): {"200", "202", "401", "404", "422", "500", "503"},
         ("get", "/v1/call/{call_id}"): {"200", "401", "404", "422", "500", "503"},
         ("get", "/v1/calls"): {"200", "401", "422", "500", "503"},
+        ("get", "/v1/calls/counts"): {"200", "401", "422", "500", "503"},
         ("post", "/v1/call/{call_id}/retry"): {"202", "401", "404", "409", "422", "500", "503"},
         ("post", "/v1/call/{call_id}/archive"): {"200", "401", "404", "409", "422", "500", "503"},
         ("get", "/v1/call/{call_id}/recording"): {"200", "307", "401", "404", "422", "500", "503"},

@@ -914,3 +914,44 @@ def test_list_calls_with_a_cursor_issued_for_another_state_raises_value_error(
     assert cursor is not None
     with pytest.raises(ValueError, match="cursor"):
         store.list_calls(PROCESSING_AI, limit=10, cursor=cursor)
+
+
+# --- count_calls ---------------------------------------------------------------------------
+# The index is shared with the session's other tests: counts are compared before and after
+# this test's own calls (no other test writes meanwhile).
+
+EVERY_CALL = 1_000_000  # more than the session ever stores: an exact count
+
+
+def test_count_calls_counts_the_calls_in_each_state(store: CallStore, call_id: str, clock: Clock) -> None:
+    before = {state: store.count_calls(state, up_to=EVERY_CALL) for state in CallState}
+    open_call(store, f"{call_id}-open", clock)
+    for i in range(2):
+        processing(store, f"{call_id}-processing-{i}", clock)
+    failed(store, f"{call_id}-failed", clock)
+    result = AIResult("ok", Sentiment("NEUTRAL", 0.0))
+    move(store, f"{call_id}-processing-1", PROCESSING_AI, COMPLETED, clock, result=result)
+
+    after = {state: store.count_calls(state, up_to=EVERY_CALL) for state in CallState}
+
+    assert {state: after[state] - before[state] for state in CallState} == {
+        IN_PROGRESS: 1,
+        PROCESSING_AI: 1,
+        COMPLETED: 1,
+        FAILED: 1,
+        ARCHIVED: 0,
+    }
+
+
+@pytest.mark.parametrize("up_to", [1, 2, 3])
+def test_count_calls_stops_at_up_to(store: CallStore, call_id: str, clock: Clock, up_to: int) -> None:
+    for i in range(3):
+        failed(store, f"{call_id}-{i}", clock)
+    assert store.count_calls(FAILED, up_to=up_to) == up_to
+    assert store.count_calls(FAILED, up_to=EVERY_CALL) >= 3
+
+
+@pytest.mark.parametrize("up_to", [0, -1])
+def test_count_calls_with_up_to_below_one_raises_value_error(store: CallStore, up_to: int) -> None:
+    with pytest.raises(ValueError, match="up_to"):
+        store.count_calls(FAILED, up_to=up_to)

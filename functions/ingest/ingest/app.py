@@ -10,7 +10,7 @@ from callcore.adapters.aws_errors import request_deadline
 from callcore.bootstrap import WORST_CALL_S, Ports, default_ports
 from callcore.metrics import FunctionMetrics
 from callcore.settings import INGEST_TIMEOUT_S
-from ingest import docs, errors
+from ingest import console, docs, errors
 from ingest.routes import router
 from ingest.schemas import HealthOut
 
@@ -84,6 +84,7 @@ def create_app(ports: Ports, metrics: FunctionMetrics | None = None) -> FastAPI:
     app.add_middleware(Deadline)
     errors.install(app)  # after the middleware above: its InternalErrors must be the outermost
     docs.install(app)
+    console.install(app)
     app.include_router(router)
 
     @app.get("/healthz", response_model=HealthOut, summary="Liveness: the process is up (dependencies are not checked)")

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Res
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 
 from callcore import services
 from callcore.domain.model import CallState, Packet
@@ -301,6 +302,27 @@ def list_calls(
         logger.info("refused a cursor for %s: %s", state.value, exc)
         raise _invalid_cursor() from exc
     return CallListOut(calls=[CallSummaryOut.from_call(c) for c in page.calls], next_cursor=page.next_cursor)
+
+
+class StateCountOut(BaseModel):
+    state: CallState
+    count: int = Field(description=f"Calls in this state, counted up to {services.COUNT_UP_TO}.")
+    more: bool = Field(description="True when the state holds more calls than `count`.")
+
+
+class CallCountsOut(BaseModel):
+    counts: list[StateCountOut] = Field(description="One per state.")
+
+
+@router.get(
+    "/calls/counts",
+    response_model=CallCountsOut,
+    summary=f"How many calls each state holds (each count stops at {services.COUNT_UP_TO})",
+)
+def count_calls(ports: PortsDep) -> CallCountsOut:
+    return CallCountsOut(
+        counts=[StateCountOut(state=c.state, count=c.count, more=c.more) for c in services.count_calls(ports.store)]
+    )
 
 
 def _invalid_cursor() -> Exception:

@@ -862,3 +862,27 @@ class DynamoDBCallStore:
         ]
         last = response.get("LastEvaluatedKey")
         return CallPage(calls=calls, next_cursor=encode_cursor(last) if last else None)
+
+    def count_calls(self, state: CallState, *, up_to: int) -> int:
+        if up_to < 1:
+            raise ValueError("up_to must be >= 1")
+        # Select=COUNT returns no items, only their number, from the state index: no item
+        # crosses the network. Limit bounds the items read (and so the read units billed), so a
+        # count stops at up_to; DynamoDB still pages at 1 MB, hence the loop.
+        kwargs: dict[str, Any] = {
+            "TableName": self._calls,
+            "IndexName": STATE_INDEX,
+            "KeyConditionExpression": "#state = :state",
+            "ExpressionAttributeNames": {"#state": "state"},
+            "ExpressionAttributeValues": {":state": _s(state.value)},
+            "Select": "COUNT",
+        }
+        counted = 0
+        while counted < up_to:
+            with dependency("DynamoDB"):
+                response = self._ddb.query(**kwargs, Limit=up_to - counted)
+            counted += response["Count"]
+            if "LastEvaluatedKey" not in response:
+                break
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return min(counted, up_to)
