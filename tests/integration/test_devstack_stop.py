@@ -149,7 +149,7 @@ def test_a_signal_to_the_group_lets_the_calls_in_flight_finish_then_stops_api_th
         stack.proc.wait(timeout=DRAIN_S + 30)
 
     lines = assert_stopped_quietly_in_order(stack, moto, log_path)
-    line_of(lines, "devstack: TTL of PacketSlotsTable, PacketsTable, every 60 s")  # the stack runs DynamoDB's TTL
+    line_of(lines, "devstack: TTL of PacketSlotsTable, PacketsTable, every 600 s")  # the stack runs DynamoDB's TTL
     line_of(lines, f"devstack: {signals[0]}: stopping the pollers, then the API, then the moto server")
     assert any(re.search(r"devstack: pollers: waiting for \d+ handler invocation", line) for line in lines)
     assert not any("abandoning" in line for line in lines)
