@@ -365,7 +365,7 @@ class DynamoDBCallStore:
         for (slot, sequences), reason in zip(slots.items(), reasons, strict=False):
             if reason.get("Code") != _CCF:
                 continue
-            old = reason.get("Item") or self._get_slot_item(call_id, slot) or {}
+            old = reason.get("Item") or self._get_item(self._slots, {"call_id": _s(call_id), "slot": _n(slot)}) or {}
             for sequence in sequences:
                 value = old.get(packet_slots.attribute_name(sequence))
                 if value is None:
@@ -420,16 +420,6 @@ class DynamoDBCallStore:
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
-
-    def _get_slot_item(self, call_id: str, slot: int) -> Item | None:
-        with dependency("DynamoDB"):
-            response = self._ddb.get_item(
-                TableName=self._slots,
-                Key={"call_id": _s(call_id), "slot": _n(slot)},
-                ConsistentRead=True,
-            )
-        item: Item | None = response.get("Item")
-        return item
 
     def _transact(self, items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """Run a transaction; None when it committed, else the cancellation reasons of failed conditions.
@@ -489,7 +479,8 @@ class DynamoDBCallStore:
         existing = None
         if packet_reason.get("Code") == _CCF:
             # Servers that do not return the old item: read it, off the happy path.
-            item = packet_reason.get("Item") or self._get_packet_item(call_id, sequence)
+            key = {"call_id": _s(call_id), "sequence": _n(sequence)}
+            item = packet_reason.get("Item") or self._get_item(self._packets, key)
             if item and _str(item, "write_id") == write_id:
                 # The packet this very call wrote: an earlier try committed and its answer
                 # was lost, and a conflict on the resend made us try again with a new token.
@@ -499,16 +490,6 @@ class DynamoDBCallStore:
         if call_reason.get("Code") == _CCF:
             state = CallState(call_reason["Item"]["state"]["S"])
         return PacketWrite(stored=False, existing=existing, call_state=state)
-
-    def _get_packet_item(self, call_id: str, sequence: int) -> Item | None:
-        with dependency("DynamoDB"):
-            response = self._ddb.get_item(
-                TableName=self._packets,
-                Key={"call_id": _s(call_id), "sequence": _n(sequence)},
-                ConsistentRead=True,
-            )
-        item: Item | None = response.get("Item")
-        return item
 
     def count_duplicate(self, call_id: str, *, token: str, count: int = 1) -> None:
         try:
@@ -752,8 +733,12 @@ class DynamoDBCallStore:
         return call_from_item(item) if item else None
 
     def _get_call_item(self, call_id: str) -> Item | None:
+        return self._get_item(self._calls, {"call_id": _s(call_id)})
+
+    def _get_item(self, table: str, key: Item) -> Item | None:
+        """One item, read consistently: off the happy path, where a refusal did not return it."""
         with dependency("DynamoDB"):
-            response = self._ddb.get_item(TableName=self._calls, Key={"call_id": _s(call_id)}, ConsistentRead=True)
+            response = self._ddb.get_item(TableName=table, Key=key, ConsistentRead=True)
         item: Item | None = response.get("Item")
         return item
 
