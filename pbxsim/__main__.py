@@ -247,6 +247,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "packets_per_s": lambda v: f"{significant(v)} packets/s",
     "phases_s": lambda v: _figures(v, lambda s: f"{s:.1f} s"),
     "end_to_completed_s": lambda v: _figures(v, lambda s: f"{significant(s, 2)} s"),
+    "service_calls_by_state": lambda v: "  ".join(f"{s}: {c['count']}{'+' if c['more'] else ''}" for s, c in v.items()),
     "ok": lambda v: "yes" if v else "no",
 }
 NOT_RENDERED = ("lost_by_call", "problems_by_call", "speech")  # listed apart, or in --json

@@ -218,6 +218,10 @@ class Report:
     waited: bool = False  # the run waited for the ended calls to finish
     calls: dict[str, CallOutcome] = field(default_factory=dict)
     speech: dict[str, Speech] = field(default_factory=dict)  # --speech: what each call said
+    # The service's own count of its calls by state (GET /v1/calls/counts) once the run is over:
+    # every call it holds, this run's and earlier ones: {state: {"count": n, "more": bool}},
+    # more where it stopped counting. None: not asked (--no-verify) or not answered.
+    service_counts: dict[str, dict[str, Any]] | None = None
 
     def record(self, kind: str, exchange: Exchange) -> None:
         """Count one request (``kind`` of REQUEST_KINDS) with all its attempts."""
@@ -348,6 +352,7 @@ class Report:
                 "checking": round(self.checking_s, 3),
             },
             "final_states": dict(states),
+            "service_calls_by_state": self.service_counts,
             "end_to_completed_s": {"p50": percentile(done, 50), "p95": percentile(done, 95)},
             "lost_packets": self.lost_packets,
             "lost_by_call": dict(list(lost.items())[:50]),

@@ -127,6 +127,7 @@ async def run(
         if options.verify:
             checked = time.perf_counter()
             await sim.verify(plans)
+            await sim.read_service_counts()
             report.checking_s = time.perf_counter() - checked
     finally:
         if owned is not None:
@@ -274,6 +275,14 @@ class _Simulation:
                     finish(call_id, body["state"], body["updated_at"])
 
         await asyncio.gather(*(one(c) for c in call_ids))
+
+    async def read_service_counts(self) -> None:
+        """The service's calls by state, as its operators see them (the console's counts)."""
+        result = await self.get("/v1/calls/counts")
+        if result.last is None or result.last.status != 200:
+            return  # reported as not answered; the run's own checks do not depend on it
+        counts = result.last.json()["counts"]
+        self.report.service_counts = {c["state"]: {"count": c["count"], "more": c["more"]} for c in counts}
 
     async def verify(self, plans: list[CallPlan]) -> None:
         """Compare each call's GET with the sequences acknowledged, and check its state and AI history."""

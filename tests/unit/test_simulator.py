@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -292,6 +293,10 @@ class FakeApi:
         if action == "503":
             return _503()
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if path == "/v1/calls/counts":
+            states = Counter(c["state"] for c in self.calls.values())
+            counts = [{"state": s, "count": states[s], "more": False} for s in ("IN_PROGRESS", "COMPLETED", "FAILED")]
+            return Answer(200, json.dumps({"counts": counts}).encode(), 1.0)
         if path == "/v1/calls":
             assert params is not None
             listed = [{"call_id": c, "updated_at": now} for c, v in self.calls.items() if v["state"] == params["state"]]
@@ -446,11 +451,25 @@ def test_a_call_with_nothing_acknowledged_has_nothing_to_check() -> None:
         return "503"
 
     report, slept = _simulate(FakeApi(unavailable), policy=RetryPolicy(max_retries=1))
-    assert report.to_dict()["gave_up"] == {"packets": 3, "ends": 1, "reads": 1}
-    assert report.unverified_calls == 0  # its GET gave up too, but hid nothing
+    # Reads: the call's GET, which gave up too but hid nothing, and the service's counts.
+    assert report.to_dict()["gave_up"] == {"packets": 3, "ends": 1, "reads": 2}
+    assert report.unverified_calls == 0
     assert report.stuck_calls == 0
+    assert report.service_counts is None
     assert report.ok
-    assert slept == [1.0] * 5
+    assert slept == [1.0] * 6
+
+
+def test_the_report_ends_with_the_services_own_counts_by_state() -> None:
+    api = FakeApi(end_to="FAILED", reason="AI processing gave up after 1 attempt")
+    api.calls["earlier"] = {"state": "COMPLETED", "last_sequence": 0}  # a call of an earlier run
+    report, _ = _simulate(api)
+    assert report.to_dict()["service_calls_by_state"] == {
+        "IN_PROGRESS": {"count": 0, "more": False},
+        "COMPLETED": {"count": 1, "more": False},
+        "FAILED": {"count": 1, "more": False},
+    }
+    assert report.to_dict()["final_states"] == {"FAILED": 1}  # this run's calls only
 
 
 def test_a_call_left_in_progress_after_its_end_is_stuck_and_fails_the_run() -> None:

@@ -33,6 +33,11 @@ def measured_report() -> Report:
         waiting_s=6.5123,
         checking_s=0.1312,
         waited=True,
+        service_counts={
+            "IN_PROGRESS": {"count": 0, "more": False},
+            "COMPLETED": {"count": 1000, "more": True},
+            "FAILED": {"count": 2, "more": False},
+        },
     )
     for n in range(100):
         failed = n >= 98
@@ -70,6 +75,7 @@ def test_each_measure_is_one_line_of_rounded_figures_with_their_units() -> None:
     assert value_of(lines, "end_responses") == "202: 100  200: 0  409: 0  503: 0"
     assert value_of(lines, "gave_up") == "packets: 0  ends: 0  reads: 0"
     assert value_of(lines, "final_states") == "COMPLETED: 98  FAILED: 2"
+    assert value_of(lines, "service_calls_by_state") == "IN_PROGRESS: 0  COMPLETED: 1000+  FAILED: 2"
     assert value_of(lines, "calls") == "100"
     assert value_of(lines, "stuck_calls") == "0"
     assert value_of(lines, "ok") == "yes"
@@ -102,6 +108,7 @@ def test_figures_not_measured_show_as_a_dash() -> None:
     assert value_of(lines, "packets_per_request") == "-"
     assert value_of(lines, "end_to_completed_s") == "p50 -, p95 -"
     assert value_of(lines, "final_states") == "-"
+    assert value_of(lines, "service_calls_by_state") == "-"
     assert value_of(lines, "stuck_calls") == "not checked (--no-wait)"
 
 
