@@ -425,6 +425,9 @@ class InMemoryRecordingStore:
     def download_url(self, recording: Recording, *, expires_s: int) -> str:
         return f"https://recordings.example/{recording.key}?expires={expires_s}"
 
+    def download_origin(self) -> str:
+        return "https://recordings.example"
+
 
 def call_audio(call_id: str, packets: list[Packet], *, round: int = 1, attempt: int = 1) -> CallAudio:
     """What the worker hands a provider for ``packets``: a recording noted, no decoded PCM."""

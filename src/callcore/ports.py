@@ -180,6 +180,11 @@ class RecordingStore(Protocol):
         """A URL that fetches the WAV without credentials until it expires."""
         ...
 
+    def download_origin(self) -> str:
+        """The origin (scheme://host[:port]) of every download_url: what a page that plays
+        recordings must allow (its Content-Security-Policy)."""
+        ...
+
 
 class CallArchive(Protocol):
     """Where an archived call's record lives (callcore.domain.archive), beside its recording."""

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -326,6 +326,44 @@ def test_a_streamed_call_is_watched_to_completed_and_its_transcript_read(console
     assert console_app.api.get(f"/v1/call/{call_id}").json()["state"] == "ARCHIVED"
 
 
+@pytest.fixture
+def aws_console(console_app: Console) -> Iterator[str]:
+    """The app as deployed on AWS (RECORDING_DOWNLOAD=redirect), on the same stack: its URL."""
+    from ingest.app import create_app
+
+    settings = replace(console_app.ports.settings, recording_download="redirect")
+    with LiveServer(create_app(replace(console_app.ports, settings=settings))) as server:
+        yield server.url
+
+
+def test_on_aws_the_player_plays_the_presigned_url_the_api_answers_as_json(
+    console_app: Console, console_stack: MotoStack, aws_console: str, browser: Chrome, call_id: str
+) -> None:
+    # On AWS the API's recording is a 307 to S3, which a fetch with the key cannot follow
+    # (S3's CORS preflight refuses X-API-Key): the page asks for the URL as JSON and plays it.
+    stream_call(console_app, call_id, end=True)
+    browser.get(f"{aws_console}/console#state=COMPLETED&call={call_id}")
+    enter_key(browser, API_KEY)
+    wait(browser, shows("#call-state", "COMPLETED"), "the call to reach COMPLETED on the page")
+
+    recording = console_app.api.get(f"/v1/call/{call_id}").json()["recording"]
+    src, duration = wait(
+        browser,
+        lambda d: d.execute_script(
+            "const p = document.getElementById('player');return p.readyState >= 1 ? [p.currentSrc, p.duration] : null"
+        ),
+        "the recording to load in the player from S3",
+    )
+    assert src.startswith(f"{console_stack.moto.endpoint}/") and f"calls/{call_id}/recording.wav" in src
+    assert "X-Amz-Signature=" in src
+    assert duration == pytest.approx(recording["duration_s"], abs=0.01)
+    # The page may play media from the bucket's origin, and only from there and blob:.
+    policy = httpx.get(f"{aws_console}/console").headers["content-security-policy"]
+    assert policy == console.content_security_policy(console_stack.moto.endpoint)
+    assert "media-src blob: http://127.0.0.1:" in policy
+    assert severe_console_errors(browser) == []
+
+
 def test_a_failed_call_is_retried_from_its_button_after_a_refused_key(
     console_app: Console, browser: Chrome, call_id: str
 ) -> None:
@@ -415,7 +453,7 @@ def test_the_page_and_its_assets_are_served_without_a_key_and_load_nothing_from_
         page = anonymous.get("/console")
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
-        assert page.headers["content-security-policy"] == console.CONTENT_SECURITY_POLICY
+        assert page.headers["content-security-policy"] == console.content_security_policy()
         assert page.headers["cache-control"] == "no-cache"
         assert 'src="console/console.js"' in page.text
         assert 'href="console/console.css"' in page.text
@@ -444,7 +482,7 @@ def test_through_the_lambda_handler_the_page_and_its_assets_are_served_as_text(c
     handler = Mangum(create_app(console_app.ports), lifespan="off")
     page = handler(rest_event("GET", "/console"), LAMBDA_CONTEXT)
     assert page["statusCode"] == 200
-    assert page["headers"]["content-security-policy"] == console.CONTENT_SECURITY_POLICY
+    assert page["headers"]["content-security-policy"] == console.content_security_policy()
     folder = Path(console.__file__).parent
     for url, name in (
         ("/console", "index.html"),

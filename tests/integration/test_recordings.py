@@ -120,3 +120,37 @@ def test_on_aws_the_recording_is_a_307_to_a_presigned_url_that_fetches_the_wav(
     fetched = httpx.get(location)  # no credentials: the signature is the permission
     assert fetched.status_code == 200
     assert fetched.content == api.get(f"/v1/call/{call_id}/recording").content
+
+
+def test_on_aws_a_client_that_asks_for_json_gets_the_presigned_url_in_the_body(
+    api: httpx.Client, redirecting_api: httpx.Client, ports: Ports, call_id: str
+) -> None:
+    stream_and_end(api, call_id, [0, 1, 2])
+    work(ports, call_id)
+
+    response = redirecting_api.get(
+        f"/v1/call/{call_id}/recording", headers={"Accept": "application/json, audio/wav;q=0.9"}
+    )
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    link = response.json()
+    assert link["expires_s"] == 300
+    assert "X-Amz-Signature=" in link["url"]
+    assert httpx.get(link["url"]).content == api.get(f"/v1/call/{call_id}/recording").content
+    # JSON refused (q=0), or not named: the redirect, as before.
+    for accept in ("application/json;q=0, */*", "*/*", "audio/wav"):
+        assert redirecting_api.get(f"/v1/call/{call_id}/recording", headers={"Accept": accept}).status_code == 307
+
+
+def test_locally_the_recording_is_the_wav_whatever_the_accept_header(
+    api: httpx.Client, ports: Ports, call_id: str
+) -> None:
+    stream_and_end(api, call_id, [0, 1, 2])
+    work(ports, call_id)
+
+    response = api.get(f"/v1/call/{call_id}/recording", headers={"Accept": "application/json, audio/wav;q=0.9"})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "audio/wav"
+    assert response.content.startswith(b"RIFF")

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -260,14 +260,45 @@ def archive_call(call_id: CallId, ports: PortsDep, metrics: MetricsDep) -> EndOu
 RECORDING_URL_EXPIRES_S = 300
 
 
+class RecordingLinkOut(BaseModel):
+    url: str = Field(description="A presigned S3 URL of the WAV file: it needs no credentials until it expires.")
+    expires_s: int = Field(description="Seconds the URL stays valid.")
+
+
+def accepts_json(accept: str | None) -> bool:
+    """Whether an Accept header names application/json with a weight above 0 (RFC 9110 12.5.1)."""
+    for media_range in (accept or "").split(","):
+        kind, _, params = media_range.partition(";")
+        if kind.strip().lower() != "application/json":
+            continue
+        weight = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0  # unreadable: not asked for
+        if weight > 0:
+            return True
+    return False
+
+
 @router.get(
     "/call/{call_id}/recording",
     summary="The call's recording, as a WAV file",
     response_class=Response,
     responses={
         200: {
-            "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "The WAV file (mono 16-bit PCM), served by the app (local stack).",
+            "content": {
+                "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": RecordingLinkOut.model_json_schema()},
+            },
+            "description": (
+                "Local stack: the WAV file (mono 16-bit PCM), served by the app. On AWS, when `Accept` names "
+                "`application/json`: the presigned URL as JSON, for a client that cannot follow a redirect "
+                "with its API key (a browser page: the console's player)."
+            ),
         },
         307: {
             "description": (
@@ -278,12 +309,20 @@ RECORDING_URL_EXPIRES_S = 300
         **error_responses((404, "No call with this call_id, or the call has no recording yet.")),
     },
 )
-def get_recording(call_id: CallId, ports: PortsDep) -> Response:
+def get_recording(
+    call_id: CallId,
+    ports: PortsDep,
+    accept: Annotated[str | None, Header(description="`application/json`: on AWS, the URL as JSON.")] = None,
+) -> Response:
     recording = services.get_recording(ports.store, call_id)
     if ports.settings.recording_download == "inline":
         wav = ports.recordings.read(recording)
         return Response(content=wav, media_type="audio/wav")
     url = ports.recordings.download_url(recording, expires_s=RECORDING_URL_EXPIRES_S)
+    if accepts_json(accept):
+        # A browser's fetch follows a 307 itself, sending X-API-Key on to S3, whose CORS
+        # preflight then fails: a page asks for the URL instead and plays it directly.
+        return JSONResponse(RecordingLinkOut(url=url, expires_s=RECORDING_URL_EXPIRES_S).model_dump())
     return RedirectResponse(url, status_code=307)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError
 
@@ -65,3 +66,10 @@ class S3RecordingStore:
             ExpiresIn=expires_s,
         )
         return url
+
+    def download_origin(self) -> str:
+        # The bucket's host as the client presigns it (virtual-hosted or path style, the
+        # region's endpoint, or a local endpoint_url): one key's URL shows it for all.
+        url = self.download_url(Recording(key=recording_key("origin"), duration_s=0, bytes=0), expires_s=1)
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}"

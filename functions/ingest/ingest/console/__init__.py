@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
+
+if TYPE_CHECKING:
+    from callcore.bootstrap import Ports
 
 CONSOLE_URL = "/console"
 
@@ -29,22 +33,27 @@ CONSOLE_URL = "/console"
 PAGES = {CONSOLE_URL: "index.html"}
 ASSETS = {f"{CONSOLE_URL}/console.js": "console.js", f"{CONSOLE_URL}/console.css": "console.css"}
 
+
 # The page may load only its own script and styles and call only its own origin: no CDN can
 # be added by mistake, and a transcript or call id shown on it can never run as script.
-# media-src blob: is the recording, fetched with the key and played from memory.
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "connect-src 'self'",
-        "media-src blob:",
-        "img-src 'self' data:",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
+# media-src is where the recording plays from: blob: when the app serves the WAV (fetched
+# with the key, played from memory), and the bucket's origin when it hands out presigned
+# URLs (RECORDING_DOWNLOAD=redirect, on AWS), which the player loads directly.
+def content_security_policy(media_origin: str | None = None) -> str:
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            f"media-src blob: {media_origin}" if media_origin else "media-src blob:",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
     )
-)
+
 
 _HEADERS = {
     # Revalidate every time (StaticFiles answers 304 to an unchanged file): a new deployment's
@@ -61,12 +70,23 @@ def _static_files() -> StaticFiles:
     return StaticFiles(directory=Path(__file__).parent)
 
 
+def _page_policy(app: FastAPI) -> str:
+    """The page's policy for this app's recordings, worked out on the first page served."""
+    policy: str | None = getattr(app.state, "console_policy", None)
+    if policy is None:
+        ports: Ports = app.state.ports
+        redirect = ports.settings.recording_download == "redirect"
+        policy = content_security_policy(ports.recordings.download_origin() if redirect else None)
+        app.state.console_policy = policy
+    return policy
+
+
 def _endpoint(file: str, *, page: bool) -> Callable[[Request], Awaitable[Response]]:
     async def serve(request: Request) -> Response:
         response = await _static_files().get_response(file, request.scope)
         response.headers.update(_HEADERS)
         if page:
-            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+            response.headers["Content-Security-Policy"] = _page_policy(request.app)
         return response
 
     return serve

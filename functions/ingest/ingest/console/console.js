@@ -325,15 +325,20 @@
     }
   }
 
-  // <audio src> cannot send X-API-Key, so the WAV is fetched with it and played from memory.
+  // <audio src> cannot send X-API-Key. On AWS the API answers a presigned S3 URL as JSON
+  // (a fetch would follow its 307 with the key to S3, and fail CORS), which plays directly;
+  // the local stack answers the WAV itself, which is fetched with the key and played from memory.
   async function loadRecording(id) {
     recordingFor = id; // once per opened call, not once per poll
     try {
-      const response = await api(`${callPath(id)}/recording`);
+      const response = await api(`${callPath(id)}/recording`, {
+        headers: { Accept: "application/json, audio/wav;q=0.9" },
+      });
       if (!response.ok) throw new Error(await problem(response));
-      const url = URL.createObjectURL(await response.blob());
+      const presigned = (response.headers.get("Content-Type") || "").startsWith("application/json");
+      const url = presigned ? (await response.json()).url : URL.createObjectURL(await response.blob());
       if (recordingFor !== id) {
-        URL.revokeObjectURL(url);
+        if (!presigned) URL.revokeObjectURL(url);
         return;
       }
       $("player").src = url;
