@@ -292,6 +292,9 @@ class TranscribingApi:
             assert params is not None
             calls = [{"call_id": c, "updated_at": now} for c in self.ended if params["state"] == "COMPLETED"]
             return Answer(200, json.dumps({"calls": calls, "next_cursor": None}).encode(), 1.0)
+        if path == "/v1/calls/counts":
+            counts = [{"state": "COMPLETED", "count": len(self.ended), "more": False}]
+            return Answer(200, json.dumps({"counts": counts}).encode(), 1.0)
         call_id = unquote(path.rsplit("/", 1)[1])
         stored = sorted(self.data[call_id])
         text, label = self.transcripts[call_id]
