@@ -4,7 +4,8 @@ it was read).
 
 Infrastructure: API Gateway REST requests, Lambda requests and GB-seconds (measured
 handler seconds x the template's memory size, Arm), DynamoDB request units, SQS requests,
-S3 requests and the recording's storage for RecordingRetentionDays. AI: Amazon Transcribe
+S3 requests and the recording's storage for RecordingRetentionDays, and CloudWatch Logs
+ingestion (what each function wrote, Lambda's own lines, the API's access log). AI: Amazon Transcribe
 per audio second and Comprehend per 100 characters for ``aws``; for ``local``, the
 worker's Lambda GB-seconds at the measured real-time factor.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,70 @@ def function_memory_mb(template: dict[str, Any]) -> dict[str, int]:
     }
 
 
+# CloudWatch Logs counts each event's UTF-8 bytes plus 26 bytes (PutLogEvents' batch size
+# rule); priced here as ingested bytes, so an upper bound if ingestion bills the text alone.
+LOG_EVENT_OVERHEAD_BYTES = 26
+# Lambda's own lines for each invocation in the text format (AWS's example in "Log and
+# monitor Python Lambda functions"), at this project's memory sizes. The JSON format sends
+# them as larger objects; SystemLogLevel WARN sends neither.
+PLATFORM_LINES = (
+    "START RequestId: 8f507cfc-xmpl-4697-b07a-ac58fc914c95 Version: $LATEST",
+    "END RequestId: 8f507cfc-xmpl-4697-b07a-ac58fc914c95",
+    "REPORT RequestId: 8f507cfc-xmpl-4697-b07a-ac58fc914c95\tDuration: 15.74 ms\tBilled Duration: 16 ms"
+    "\tMemory Size: 512 MB\tMax Memory Used: 86 MB\t",
+)
+# The $context variables of an API access log line, as a batch request fills them: a
+# 36-character call id, the stage in the path.
+ACCESS_LOG_CONTEXT = {
+    "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+    "identity.sourceIp": "203.0.113.10",
+    "httpMethod": "POST",
+    "path": "/prod/v1/call/stream/3f2b8c4e-6a1d-4e0f-9b7a-2c5d8e1f4a6b/batch",
+    "status": "200",
+    "responseLatency": "14",
+    "integration.latency": "12",
+    "error.messageString": '"-"',
+}
+_CONTEXT_VARIABLE = re.compile(r"\$context\.([A-Za-z.]+[A-Za-z])")
+
+
+def _resolved(template: dict[str, Any], value: Any) -> Any:
+    """A property's value, with a ``!Ref Parameter`` taken at the parameter's default."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return template["Parameters"][value["Ref"]]["Default"]
+    return value
+
+
+def platform_log_events(template: dict[str, Any], function: str) -> int:
+    """Lambda's own log lines per invocation of ``function``, by its LoggingConfig."""
+    config = template["Resources"][function]["Properties"].get("LoggingConfig", {})
+    if config.get("LogFormat") == "JSON" and _resolved(template, config.get("SystemLogLevel")) == "WARN":
+        return 0
+    return len(PLATFORM_LINES)
+
+
+def access_log_bytes(template: dict[str, Any]) -> int:
+    """One API request's access log event: the stage's format, filled as ACCESS_LOG_CONTEXT says."""
+    [api] = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::Api"]
+    fmt = api["Properties"]["AccessLogSetting"]["Format"]
+    line = _CONTEXT_VARIABLE.sub(lambda m: ACCESS_LOG_CONTEXT[m.group(1)], fmt)
+    return len(line.encode()) + LOG_EVENT_OVERHEAD_BYTES
+
+
+def log_bytes(usage: Usage, template: dict[str, Any]) -> dict[str, float]:
+    """CloudWatch Logs bytes ingested: each function's own lines as the local stack counted them,
+    Lambda's lines per invocation, and one access log line per API request."""
+    platform = sum(len(line.encode()) + LOG_EVENT_OVERHEAD_BYTES for line in PLATFORM_LINES) / len(PLATFORM_LINES)
+    functions = sum(
+        f.get("log_bytes", 0)
+        + f.get("log_events", 0) * LOG_EVENT_OVERHEAD_BYTES
+        + f["invocations"] * platform_log_events(template, name) * platform
+        for name, f in usage.functions.items()
+    )
+    access = usage.functions["IngestFunction"]["invocations"] * access_log_bytes(template)
+    return {"functions": functions, "api_access": access}
+
+
 def recording_retention_months(template: dict[str, Any]) -> float:
     return float(template["Parameters"]["RecordingRetentionDays"]["Default"]) / 30
 
@@ -66,6 +132,7 @@ def infrastructure(usage: Usage, prices: dict[str, Any], template: dict[str, Any
     ddb = usage.moto["dynamodb"]
     s3 = usage.moto["s3"]
     gb_months = s3["bytes_put"] / 1024**3 * recording_retention_months(template)
+    logs = log_bytes(usage, template)
     items = {
         "api_gateway": (api_requests * price(prices, "apigateway_rest_request"), {"requests": api_requests}),
         "lambda": (
@@ -86,6 +153,10 @@ def infrastructure(usage: Usage, prices: dict[str, Any], template: dict[str, Any
             + s3["get_class"] * price(prices, "s3_get_request")
             + gb_months * price(prices, "s3_storage_gb_month"),
             {"put_requests": s3["put_class"], "get_requests": s3["get_class"], "gb_months": gb_months},
+        ),
+        "cloudwatch_logs": (
+            sum(logs.values()) / 1024**3 * price(prices, "cloudwatch_logs_ingest_gb"),
+            {"function_log_bytes": logs["functions"], "access_log_bytes": logs["api_access"]},
         ),
     }
     return {

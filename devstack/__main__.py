@@ -26,6 +26,7 @@ import uvicorn
 
 from callcore.settings import Settings, SettingsError
 from devstack.aws_env import point_sdks_at
+from devstack.function_logs import LogMeter
 from devstack.moto_process import MotoProcess
 from devstack.poller import SqsPoller, build_pollers, load_handler, run_on_schedule
 from devstack.provision import provision
@@ -184,9 +185,16 @@ async def _serve(
             await asyncio.gather(*helpers, return_exceptions=True)
 
 
-def main() -> int:
+def _start_logs() -> LogMeter:
+    # Before any handler holds sys.stdout or sys.stderr: what each function logs is counted.
+    logs = LogMeter().install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    return logs
+
+
+def main() -> int:
+    logs = _start_logs()
     shutdown = Shutdown()
     shutdown.install()
     try:
@@ -217,7 +225,7 @@ def main() -> int:
         _log_sources(pollers, schedules)
 
         # Timed as Lambda bills it, for the bench's cost model (GET /_local_usage).
-        clock = FunctionClock("IngestFunction", pollers)
+        clock = FunctionClock("IngestFunction", pollers, logs)
         config = uvicorn.Config(
             clock.asgi(app),
             host=HOST,

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from devstack.function_logs import run_in
 from devstack.provision import Stack
 from devstack.template import ScheduleSource, SqsEventSource, sqs_event_sources
 
@@ -209,7 +210,9 @@ class SqsPoller:
             self.invocations += 1
             started = time.perf_counter()
             try:
-                response = await loop.run_in_executor(self._executor, self._handler, {"Records": records}, context)
+                response = await loop.run_in_executor(
+                    self._executor, run_in, self.source.function, self._handler, {"Records": records}, context
+                )
             except Exception as exc:
                 if stop.is_set():
                     # Whatever it depends on may be stopping too: one line, not a traceback.
@@ -296,6 +299,6 @@ async def run_on_schedule(source: ScheduleSource, handler: Handler, stop: asynci
         event = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
         context = LambdaContext(function_name=source.function, aws_request_id=str(uuid.uuid4()))
         try:
-            await asyncio.to_thread(handler, event, context)
+            await asyncio.to_thread(run_in, source.function, handler, event, context)
         except Exception:
             logger.exception("%s failed; it runs again in %ss", source.function, source.every_s)

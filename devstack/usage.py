@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from devstack.faults import _credential, _dynamodb_backend, _read_body, identify
+from devstack.function_logs import LogMeter, in_function
 
 USAGE_PATH = "/_local_usage"
 WRITE_UNIT_BYTES = 1024
@@ -211,16 +212,18 @@ def _units(
 
 
 class FunctionClock:
-    """Lambda's billed units for the local stack's functions: invocations and handler seconds.
+    """Lambda's billed units for the local stack's functions: invocations and handler seconds,
+    and with ``logs`` what each wrote to its log (devstack.function_logs).
 
     The API's requests are the ingest function's invocations (one per request, as API
     Gateway invokes it), timed by ``asgi``; the pollers time their own invocations.
     ``GET /_local_usage`` on the API answers them (``?reset=1`` also zeroes them).
     """
 
-    def __init__(self, ingest_function: str, pollers: Iterable[Any] = ()) -> None:
+    def __init__(self, ingest_function: str, pollers: Iterable[Any] = (), logs: LogMeter | None = None) -> None:
         self._ingest = ingest_function
         self._pollers = list(pollers)
+        self._logs = logs
         self._lock = threading.Lock()
         self._invocations = 0
         self._seconds = 0.0
@@ -232,6 +235,10 @@ class FunctionClock:
                 self._invocations, self._seconds = 0, 0.0
         for poller in self._pollers:
             functions[poller.source.function] = poller.usage(reset=reset)
+        if self._logs is not None:
+            logged = self._logs.stats(reset=reset)
+            for name, usage in functions.items():
+                usage.update(logged.get(name, {"log_bytes": 0, "log_events": 0}))
         return {"functions": functions}
 
     def asgi(self, app: Any) -> Any:
@@ -250,7 +257,8 @@ class FunctionClock:
                 return
             started = time.perf_counter()
             try:
-                await app(scope, receive, send)
+                with in_function(self._ingest):
+                    await app(scope, receive, send)
             finally:
                 elapsed = time.perf_counter() - started
                 with self._lock:

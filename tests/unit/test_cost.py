@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import pytest
 
 from bench.cost import (
+    ACCESS_LOG_CONTEXT,
+    LOG_EVENT_OVERHEAD_BYTES,
+    PLATFORM_LINES,
     Usage,
+    access_log_bytes,
     ai_aws_usd_per_call_minute,
     ai_local_usd_per_call_minute,
     function_memory_mb,
     infrastructure,
     load_prices,
+    platform_log_events,
 )
 from devstack.template import load_template
 
@@ -32,6 +38,7 @@ PRICES: dict[str, Any] = {
             "s3_get_request": 4e-7,
             "s3_storage_gb_month": 0.023,
             "transcribe_batch_second": 0.0004,
+            "cloudwatch_logs_ingest_gb": 0.5,
         }.items()
     }
     | {"comprehend_sentiment_unit": {"usd": 0.0001, "unit_characters": 100, "minimum_units": 3, "source": "x"}},
@@ -69,6 +76,62 @@ def test_infrastructure_prices_each_counted_unit_per_call_minute() -> None:
     months = int(template["Parameters"]["RecordingRetentionDays"]["Default"]) / 30
     assert items["s3"]["usd_per_call_minute"] == pytest.approx((2 * 5e-6 + 2 * 4e-7 + 2 * months * 0.023) / 2)
     assert cost["usd_per_call_minute"] == pytest.approx(sum(i["usd_per_call_minute"] for i in items.values()))
+
+
+def test_cloudwatch_logs_bill_what_each_function_wrote_lambdas_own_lines_and_one_access_line_a_request() -> None:
+    template = load_template()
+    usage = Usage(
+        moto={
+            "dynamodb": {"write_units": 0.0, "read_units": 0.0},
+            "sqs_billed_requests": 0,
+            "s3": {"put_class": 0, "get_class": 0, "bytes_put": 0},
+        },
+        functions={
+            "IngestFunction": {"invocations": 1000, "seconds": 1.0, "log_bytes": 250_000, "log_events": 1000},
+            "AiWorkerFunction": {"invocations": 2, "records": 2, "seconds": 1.0, "log_bytes": 4000, "log_events": 20},
+        },
+        call_minutes=2.0,
+    )
+
+    item = infrastructure(usage, PRICES, template)["by_item"]["cloudwatch_logs"]
+
+    # The ingest function's START/END/REPORT lines are off (JSON format, SystemLogLevel WARN);
+    # the worker's are not: three lines an invocation, at the text format's size.
+    platform = sum(len(line) + LOG_EVENT_OVERHEAD_BYTES for line in PLATFORM_LINES)
+    functions = 250_000 + 1000 * LOG_EVENT_OVERHEAD_BYTES + 4000 + 20 * LOG_EVENT_OVERHEAD_BYTES + 2 * platform
+    access = 1000 * access_log_bytes(template)
+    assert item["units_per_call_minute"] == {"function_log_bytes": functions / 2, "access_log_bytes": access / 2}
+    assert item["usd_per_call_minute"] == pytest.approx((functions + access) / 1024**3 * 0.5 / 2)
+
+
+def test_lambdas_own_lines_are_counted_unless_the_function_logs_json_at_warn() -> None:
+    template = load_template()
+    assert platform_log_events(template, "IngestFunction") == 0
+    assert platform_log_events(template, "AiWorkerFunction") == len(PLATFORM_LINES)
+
+    ingest = template["Resources"]["IngestFunction"]["Properties"]
+    ingest["LoggingConfig"]["SystemLogLevel"] = "INFO"
+    assert platform_log_events(template, "IngestFunction") == len(PLATFORM_LINES)
+
+
+def test_the_access_log_line_is_the_stages_format_with_every_variable_filled() -> None:
+    template = load_template()
+    [api] = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::Api"]
+    fmt = api["Properties"]["AccessLogSetting"]["Format"]
+
+    size = access_log_bytes(template)
+
+    # Filled, the line is the JSON object CloudWatch Logs Insights reads, no $context left.
+    line = fmt
+    for name, value in sorted(ACCESS_LOG_CONTEXT.items(), key=lambda kv: -len(kv[0])):
+        line = line.replace(f"$context.{name}", value)
+    assert "$context" not in line
+    assert json.loads(line)["status"] == "200"
+    assert size == len(line.encode()) + LOG_EVENT_OVERHEAD_BYTES
+    # A variable the model has no value for is an error, not a silently short line.
+    api["Properties"]["AccessLogSetting"]["Format"] = fmt + "$context.domainName"
+    with pytest.raises(KeyError):
+        access_log_bytes(template)
 
 
 def test_the_aws_ai_is_transcribe_by_the_second_and_comprehend_by_the_hundred_characters() -> None:

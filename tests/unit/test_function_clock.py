@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+from devstack.function_logs import LogMeter
 from devstack.usage import FunctionClock
 
 
@@ -69,3 +70,29 @@ def test_reset_answers_the_counts_then_zeroes_them() -> None:
     assert json.loads(before)["functions"]["IngestFunction"]["invocations"] == 1
     assert json.loads(after)["functions"]["IngestFunction"] == {"invocations": 0, "seconds": 0.0}
     assert poller.resets == 1
+
+
+async def logging_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    print("one EMF line")  # what the function writes, counted for it
+    await app(scope, receive, send)
+
+
+def test_with_a_log_meter_each_function_answers_what_it_wrote(monkeypatch: Any) -> None:
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    poller = Poller()
+    clock = FunctionClock("IngestFunction", [poller], LogMeter().install())
+    timed = clock.asgi(logging_app)
+    request(timed, "/v1/call/stream/c1")
+    request(timed, "/v1/call/stream/c1")
+
+    _, body = request(timed, "/_local_usage", b"reset=1")
+    _, after = request(timed, "/_local_usage")
+
+    usage = json.loads(body)["functions"]
+    assert usage["IngestFunction"]["log_bytes"] == 2 * len("one EMF line\n")
+    assert usage["IngestFunction"]["log_events"] == 2
+    assert usage["AiWorkerFunction"]["log_bytes"] == 0  # wrote nothing
+    assert json.loads(after)["functions"]["IngestFunction"]["log_events"] == 0
