@@ -4,6 +4,7 @@ policy (from template.yaml, maxReceiveCount 3) moves exhausted work items to the
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from tests.integration.helpers import RunningStack, b64, packet
 
 MAX_RECEIVES = 3
 FINAL = {"COMPLETED", "FAILED"}
+# Long enough for ten records' reads on a loaded machine; a serial worker waits it out and fails.
+BARRIER_TIMEOUT_S = 20.0
 
 
 class SwitchableAI:
@@ -247,11 +250,28 @@ class RecordingQueue:
 
 
 class OneCallFails(SwitchableAI):
-    def __init__(self, failing_call: str) -> None:
-        super().__init__(0.0, latency_s=0.2)
+    """Fails one call's transcription; every transcription first waits until `together`
+    of them have started, so a worker that ran its records one by one would time out
+    here instead of passing on a fast machine (and a slow one cannot fail a concurrent
+    worker: the records' DynamoDB reads before the AI take as long as moto needs)."""
+
+    def __init__(self, failing_call: str, together: int) -> None:
+        super().__init__(0.0, latency_s=0.0)
         self.failing_call = failing_call
+        self.together = together
+        self.started = 0
+        self._all_started: asyncio.Event | None = None
+        self._deadline = 0.0
 
     async def transcribe(self, audio: CallAudio) -> str:
+        if self._all_started is None:
+            self._all_started = asyncio.Event()
+            self._deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        self.started += 1
+        if self.started == self.together:
+            self._all_started.set()
+        # One deadline for the batch, so a serial worker fails in one timeout, not ten.
+        await asyncio.wait_for(self._all_started.wait(), timeout=max(0.0, self._deadline - time.monotonic()))
         text = await super().transcribe(audio)
         if audio.call_id == self.failing_call:
             raise RetryableAIError("HTTP 503 from the AI service", status=503)
@@ -265,7 +285,7 @@ def test_a_batch_reports_exactly_its_failing_record_and_runs_its_records_concurr
     for cid in ids:
         idle_stack.end_call(cid, packets=1)
     event = _received_batch(idle_stack, 10)
-    ai = OneCallFails(failing_call=ids[4])
+    ai = OneCallFails(failing_call=ids[4], together=len(ids))
     settings = idle_stack.ports.settings
     queue = RecordingQueue(idle_stack.ports.queue)
     deps = WorkerDeps(
@@ -277,10 +297,9 @@ def test_a_batch_reports_exactly_its_failing_record_and_runs_its_records_concurr
 
     failing = next(r["messageId"] for r in event["Records"] if ids[4] in r["body"])
     assert response == {"batchItemFailures": [{"itemIdentifier": failing}]}
-    # All ten AI calls were in flight at the same moment: the batch took about one latency.
-    starts, ends = zip(*ai.intervals, strict=True)
+    # All ten AI calls were in flight at the same moment (the barrier let them through).
+    assert ai.started == 10
     assert len(ai.intervals) == 10
-    assert max(starts) < min(ends)
     states = {cid: idle_stack.call(cid)["state"] for cid in ids}
     assert states == {cid: "PROCESSING_AI" if cid == ids[4] else "COMPLETED" for cid in ids}
     # The failed record's visibility was set, on the real queue, to a backoff of 0 to 30 s
