@@ -216,14 +216,19 @@ def run_simulator(
     return asyncio.run(run(options)).to_dict()
 
 
+STORAGE_READ_TIMEOUT_S = 30
+
+
 def storage_put_rate(stack: LocalStack, requests: int = 3000) -> float:
     """Raw conditional PutItem/s on the stack's moto server, CONNECTIONS in flight."""
     from botocore.config import Config
 
     from callcore.bootstrap import CLIENT_CONFIG
 
-    # The app's own client settings (parameter validation off among them), as many connections as in flight.
-    config = CLIENT_CONFIG.merge(Config(max_pool_connections=CONNECTIONS))
+    # The app's own client settings (parameter validation off among them), as many connections
+    # as in flight, and a read timeout long enough for moto's queue: this counts writes a
+    # second, and the app's 2 s (an answer it can still use) would only add retried puts.
+    config = CLIENT_CONFIG.merge(Config(max_pool_connections=CONNECTIONS, read_timeout=STORAGE_READ_TIMEOUT_S))
     client = boto3.session.Session().client("dynamodb", endpoint_url=stack.moto_endpoint, config=config)
     run_id = uuid.uuid4().hex[:8]
 
