@@ -258,19 +258,13 @@ class OneCallFails(SwitchableAI):
     def __init__(self, failing_call: str, together: int) -> None:
         super().__init__(0.0, latency_s=0.0)
         self.failing_call = failing_call
-        self.together = together
         self.started = 0
-        self._all_started: asyncio.Event | None = None
-        self._deadline = 0.0
+        self._all_started = asyncio.Barrier(together)
+        # One deadline for the batch, so a serial worker fails in one timeout, not ten.
+        self._deadline = time.monotonic() + BARRIER_TIMEOUT_S
 
     async def transcribe(self, audio: CallAudio) -> str:
-        if self._all_started is None:
-            self._all_started = asyncio.Event()
-            self._deadline = time.monotonic() + BARRIER_TIMEOUT_S
         self.started += 1
-        if self.started == self.together:
-            self._all_started.set()
-        # One deadline for the batch, so a serial worker fails in one timeout, not ten.
         await asyncio.wait_for(self._all_started.wait(), timeout=max(0.0, self._deadline - time.monotonic()))
         text = await super().transcribe(audio)
         if audio.call_id == self.failing_call:
