@@ -3,7 +3,8 @@ from bench/prices.json (us-east-1 list prices, each with its source page and the
 it was read).
 
 Infrastructure: API Gateway REST requests, Lambda requests and GB-seconds (measured
-handler seconds x the template's memory size, Arm), DynamoDB request units, SQS requests,
+handler seconds x the template's memory size, Arm), DynamoDB request units and the bytes
+its tables hold for as long as they hold them, SQS requests,
 S3 requests and the recording's storage for RecordingRetentionDays, and CloudWatch Logs
 ingestion (what each function wrote, Lambda's own lines, the API's access log). AI: Amazon Transcribe
 per audio second and Comprehend per 100 characters for ``aws``; for ``local``, the
@@ -112,6 +113,40 @@ def recording_retention_months(template: dict[str, Any]) -> float:
     return float(template["Parameters"]["RecordingRetentionDays"]["Default"]) / 30
 
 
+def packet_retention_months(template: dict[str, Any]) -> float:
+    """How long a packet item stays: its TTL, ArchiveAfterDays plus the grace days, from its
+    arrival (DynamoDB deletes an expired item within days of its expiry: a lower bound)."""
+    from callcore.settings import PACKET_GRACE_DAYS
+
+    return (float(template["Parameters"]["ArchiveAfterDays"]["Default"]) + PACKET_GRACE_DAYS) / 30
+
+
+def point_in_time_recovery(template: dict[str, Any], table: str) -> bool:
+    """Whether the template keeps continuous backups of ``table`` (a logical id: the local
+    stack's table names)."""
+    resource = template["Resources"].get(table, {})
+    spec = resource.get("Properties", {}).get("PointInTimeRecoverySpecification", {})
+    return bool(_resolved(template, spec.get("PointInTimeRecoveryEnabled", False)))
+
+
+def dynamodb_gb_months(stored: dict[str, dict[str, float]], template: dict[str, Any]) -> dict[str, float]:
+    """GB-months the counted items occupy (``tables``), and of those the ones continuous
+    backups bill again (``backups``: tables with point-in-time recovery).
+
+    The expiring items (packets) stay for their TTL; the kept ones (a call's own item, which
+    stays after archiving) are priced for as long as its recording, RecordingRetentionDays:
+    they have no end, but are a few KB a call.
+    """
+    months = {"expiring": packet_retention_months(template), "kept": recording_retention_months(template)}
+    tables = backups = 0.0
+    for table, held in stored.items():
+        gb_months = sum(held.get(kind, 0) * m for kind, m in months.items()) / 1024**3
+        tables += gb_months
+        if point_in_time_recovery(template, table):
+            backups += gb_months
+    return {"tables": tables, "backups": backups}
+
+
 @dataclass(frozen=True)
 class Usage:
     """What one run used: the moto meter's and the function clock's answers."""
@@ -132,6 +167,8 @@ def infrastructure(usage: Usage, prices: dict[str, Any], template: dict[str, Any
     ddb = usage.moto["dynamodb"]
     s3 = usage.moto["s3"]
     gb_months = s3["bytes_put"] / 1024**3 * recording_retention_months(template)
+    ddb_stored = usage.moto.get("dynamodb_stored_bytes", {})
+    ddb_gb_months = dynamodb_gb_months(ddb_stored, template)
     logs = log_bytes(usage, template)
     items = {
         "api_gateway": (api_requests * price(prices, "apigateway_rest_request"), {"requests": api_requests}),
@@ -141,8 +178,17 @@ def infrastructure(usage: Usage, prices: dict[str, Any], template: dict[str, Any
         ),
         "dynamodb": (
             ddb["write_units"] * price(prices, "dynamodb_write_request_unit")
-            + ddb["read_units"] * price(prices, "dynamodb_read_request_unit"),
-            {"write_units": ddb["write_units"], "read_units": ddb["read_units"]},
+            + ddb["read_units"] * price(prices, "dynamodb_read_request_unit")
+            + ddb_gb_months["tables"] * price(prices, "dynamodb_storage_gb_month")
+            + ddb_gb_months["backups"] * price(prices, "dynamodb_pitr_gb_month"),
+            {
+                "write_units": ddb["write_units"],
+                "read_units": ddb["read_units"],
+                "stored_bytes_expiring": sum(t.get("expiring", 0) for t in ddb_stored.values()),
+                "stored_bytes_kept": sum(t.get("kept", 0) for t in ddb_stored.values()),
+                "gb_months": ddb_gb_months["tables"],
+                "backup_gb_months": ddb_gb_months["backups"],
+            },
         ),
         "sqs": (
             usage.moto["sqs_billed_requests"] * price(prices, "sqs_standard_request"),

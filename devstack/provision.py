@@ -98,6 +98,11 @@ def provision(
         props = res["Properties"]
         kwargs = {key: props[key] for key in _TABLE_KEYS if key in props}
         dynamodb.create_table(TableName=name, **kwargs)
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl:
+            # moto keeps it (DescribeTimeToLive, the usage meter) but does not expire items:
+            # devstack.ttl does that.
+            dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
         stack.tables[name] = name
     pending = dict(resources_of_type(template, "AWS::SQS::Queue"))
     while pending:

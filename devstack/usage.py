@@ -15,6 +15,13 @@ Item sizes follow DynamoDB's rules (.../CapacityUnitCalculations.html#ItemSizeCa
 attribute names and string values by their UTF-8 length, numbers at about one byte per
 two significant digits plus one, lists and maps 3 bytes plus 1 per element.
 
+DynamoDB also bills the bytes its tables hold (.../CapacityUnitCalculations.html,
+"storage"): each item's size plus 100 bytes, and again for each secondary index that
+holds a copy of it (its keys and projected attributes, plus 100 bytes). The meter
+reports what each table gained since the last reset (every write's item after it, less
+before), split into items that carry their table's TTL attribute (they leave by
+themselves) and items that stay.
+
 SQS bills a request per 64 KB chunk of payload; S3 bills PUT-class and GET-class
 requests apart, and storage by the bytes stored. ``GET /_local_usage`` answers the
 counters (``?reset=1`` also zeroes them), next to the fault injector's ``/_local_faults``.
@@ -28,6 +35,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
@@ -38,6 +46,7 @@ from devstack.function_logs import LogMeter, in_function
 USAGE_PATH = "/_local_usage"
 WRITE_UNIT_BYTES = 1024
 READ_UNIT_BYTES = 4096
+STORAGE_OVERHEAD_BYTES = 100
 SQS_CHUNK_BYTES = 64 * 1024
 # S3's request classes (Amazon S3 pricing): PUT, COPY, POST, LIST at one price; GET,
 # SELECT and every other request (HEAD included) at another.
@@ -76,6 +85,31 @@ def item_size(item: Item | None) -> int:
     return sum(len(name.encode("utf-8")) + value_size(value) for name, value in item.items())
 
 
+def item_storage(table: Any, item: Any) -> tuple[int, str]:
+    """Bytes a moto item takes as DynamoDB bills its storage, and whether it is ``expiring`` (it
+    carries the table's TTL attribute) or ``kept``."""
+    size = item_size(item.to_json()["Attributes"]) + STORAGE_OVERHEAD_BYTES
+    for index in (*table.indexes, *table.global_indexes):
+        # An index holds only the items that have its key attributes (a sparse index).
+        if all(name in item.attrs for name in index.schema_key_attrs):
+            size += item_size(index.project(item).to_json()["Attributes"]) + STORAGE_OVERHEAD_BYTES
+    ttl = table.ttl.get("AttributeName") if table.ttl.get("TimeToLiveStatus") == "ENABLED" else None
+    return size, "expiring" if ttl and ttl in item.attrs else "kept"
+
+
+@dataclass(frozen=True)
+class Held:
+    """One item a write names, as it is (before or after the write)."""
+
+    table: str
+    size: int  # its size, for write units (0: absent)
+    stored: int  # its storage, index copies included (0: absent)
+    kind: str  # "expiring" or "kept"
+
+
+ABSENT = Held(table="", size=0, stored=0, kind="kept")
+
+
 def write_units(size: int) -> int:
     return max(1, math.ceil(size / WRITE_UNIT_BYTES))
 
@@ -99,12 +133,15 @@ class UsageMeter:
         self.dynamodb = {"write_units": 0.0, "read_units": 0.0}
         self.sqs_billed_requests = 0
         self.s3 = {"put_class": 0, "get_class": 0, "bytes_put": 0}
+        # What each table gained since the reset: every write's item after, less before.
+        self.dynamodb_stored: dict[str, dict[str, int]] = {}
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "requests": dict(sorted(self.requests.items())),
                 "dynamodb": dict(self.dynamodb),
+                "dynamodb_stored_bytes": {table: dict(held) for table, held in self.dynamodb_stored.items()},
                 "sqs_billed_requests": self.sqs_billed_requests,
                 "s3": dict(self.s3),
             }
@@ -151,12 +188,16 @@ class UsageMeter:
             answer = json.loads(b"".join(body) or b"{}")
         except ValueError:
             answer = {}
-        writes, reads = _units(operation, request, answer, before, after)
+        writes, reads = _units(operation, request, answer, [h.size for h in before], [h.size for h in after])
         with self._lock:
             key = f"dynamodb.{operation}"
             self.requests[key] = self.requests.get(key, 0) + 1
             self.dynamodb["write_units"] += writes
             self.dynamodb["read_units"] += reads
+            for held, sign in [*((h, -1) for h in before), *((h, 1) for h in after)]:
+                if held.stored:
+                    counted = self.dynamodb_stored.setdefault(held.table, {"expiring": 0, "kept": 0})
+                    counted[held.kind] += sign * held.stored
         return body
 
     @staticmethod
@@ -165,9 +206,9 @@ class UsageMeter:
         return _dynamodb_backend(environ, credential[1], credential[0]) if credential else None
 
     @staticmethod
-    def _items(backend: Any, operation: str, request: Mapping[str, Any]) -> list[int]:
-        """The current size of each item a write names (0 when absent, or its table unknown:
-        moto then answers the request's error itself), in the request's order."""
+    def _items(backend: Any, operation: str, request: Mapping[str, Any]) -> list[Held]:
+        """Each item a write names as it is now (ABSENT when it does not exist, or its table is
+        unknown: moto then answers the request's error itself), in the request's order."""
         if backend is None:
             return []
         ops: list[Mapping[str, Any]] = []
@@ -175,14 +216,20 @@ class UsageMeter:
             ops.append(request)
         elif operation == "TransactWriteItems":
             ops.extend(next(iter(entry.values())) for entry in request.get("TransactItems", []))
-        sizes = []
+        found = []
         for op in ops:
             try:
+                table = backend.get_table(op["TableName"])
                 item = backend.get_item(op["TableName"], _key_of(backend, op))
             except Exception:  # noqa: BLE001 - the meter never changes moto's answer
                 item = None
-            sizes.append(item_size(item.to_json()["Attributes"]) if item is not None else 0)
-        return sizes
+            if item is None:
+                found.append(ABSENT)
+                continue
+            # Sized now: an update changes moto's item in place.
+            stored, kind = item_storage(table, item)
+            found.append(Held(op["TableName"], item_size(item.to_json()["Attributes"]), stored, kind))
+        return found
 
 
 def _key_of(backend: Any, op: Mapping[str, Any]) -> Item:

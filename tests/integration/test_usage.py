@@ -111,6 +111,39 @@ def test_an_aligned_batch_of_ten_mulaw_packets_bills_six_write_units(
         assert counted["dynamodb"]["write_units"] == 6
 
 
+def test_the_bytes_the_tables_hold_are_counted_as_dynamodb_bills_storage(
+    moto_stack: MotoStack, aws_clients: AwsClients, call_id: str
+) -> None:
+    # Each item's size plus 100 bytes, and each index's copy (its projection) plus 100 more;
+    # packets (they carry the TTL attribute) apart from the call's own item (it stays).
+    store = build_ports(moto_stack.settings(), aws_clients).store
+    mulaw = [
+        Packet(sequence=s, data=base64.b64encode(bytes([s]) * 160).decode(), timestamp=s * 0.02) for s in range(10)
+    ]
+    usage(moto_stack, reset=True)
+
+    store.add_packets(call_id, mulaw, now="2026-12-01T00:00:00.000000Z", received_at_ns=time.time_ns())
+    stored = usage(moto_stack)["dynamodb_stored_bytes"]
+
+    def read(table: str, key: dict[str, Any]) -> dict[str, Any]:
+        item: dict[str, Any] = aws_clients.dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
+        return item
+
+    slots_table, calls_table = moto_stack.env["PACKET_SLOTS_TABLE"], moto_stack.env["CALLS_TABLE"]
+    slot = read(slots_table, {"call_id": {"S": call_id}, "slot": {"N": "0"}})
+    call = read(calls_table, {"call_id": {"S": call_id}})
+    # The calls table's by-state index holds its keys and four listed attributes.
+    listed = ("call_id", "state", "updated_at", "created_at", "failure_reason", "round", "enqueued_round")
+    in_index = {name: value for name, value in call.items() if name in listed}
+    assert "expires_at" in slot and "expires_at" not in call
+    assert stored[slots_table] == {"expiring": item_size(slot) + 100, "kept": 0}
+    assert stored[calls_table] == {"expiring": 0, "kept": item_size(call) + 100 + item_size(in_index) + 100}
+    assert 1600 < item_size(slot) < 2048  # ten 160-byte packets, one item (2 write units)
+    # Nothing new stored, nothing counted: the figures are what the tables gained since the reset.
+    usage(moto_stack, reset=True)
+    assert all(held == {"expiring": 0, "kept": 0} for held in usage(moto_stack)["dynamodb_stored_bytes"].values())
+
+
 def test_s3_and_sqs_requests_are_counted_by_billing_class(
     moto_stack: MotoStack, aws_clients: AwsClients, call_id: str
 ) -> None:

@@ -20,7 +20,9 @@ from bench.cost import (
     infrastructure,
     load_prices,
     platform_log_events,
+    point_in_time_recovery,
 )
+from callcore.settings import PACKET_GRACE_DAYS
 from devstack.template import load_template
 
 PRICES: dict[str, Any] = {
@@ -33,6 +35,8 @@ PRICES: dict[str, Any] = {
             "lambda_arm_gb_second": 1.33334e-5,
             "dynamodb_write_request_unit": 6.25e-7,
             "dynamodb_read_request_unit": 1.25e-7,
+            "dynamodb_storage_gb_month": 0.25,
+            "dynamodb_pitr_gb_month": 0.2,
             "sqs_standard_request": 4e-7,
             "s3_put_request": 5e-6,
             "s3_get_request": 4e-7,
@@ -72,10 +76,52 @@ def test_infrastructure_prices_each_counted_unit_per_call_minute() -> None:
     assert items["api_gateway"]["usd_per_call_minute"] == pytest.approx(1000 * 3.5e-6 / 2)
     gb_seconds = 10.0 * 512 / 1024 + 2.0 * 1769 / 1024
     assert items["lambda"]["usd_per_call_minute"] == pytest.approx((1002 * 2e-7 + gb_seconds * 1.33334e-5) / 2)
-    assert items["dynamodb"]["units_per_call_minute"] == {"write_units": 2000.0, "read_units": 50.0}
+    assert items["dynamodb"]["units_per_call_minute"] == {
+        "write_units": 2000.0,
+        "read_units": 50.0,
+        "stored_bytes_expiring": 0.0,
+        "stored_bytes_kept": 0.0,
+        "gb_months": 0.0,
+        "backup_gb_months": 0.0,
+    }
     months = int(template["Parameters"]["RecordingRetentionDays"]["Default"]) / 30
     assert items["s3"]["usd_per_call_minute"] == pytest.approx((2 * 5e-6 + 2 * 4e-7 + 2 * months * 0.023) / 2)
     assert cost["usd_per_call_minute"] == pytest.approx(sum(i["usd_per_call_minute"] for i in items.values()))
+
+
+def test_dynamodb_bills_the_bytes_its_tables_hold_for_as_long_as_they_hold_them_and_backups_again() -> None:
+    template = load_template()
+    stored = {
+        # Packets expire (TTL) ArchiveAfterDays + PACKET_GRACE_DAYS after they arrive; a call's
+        # own item stays, priced for RecordingRetentionDays.
+        "PacketSlotsTable": {"expiring": 3 * 1024**3, "kept": 0},
+        "CallsTable": {"expiring": 0, "kept": 1024**3},
+    }
+    usage = Usage(
+        moto={
+            "dynamodb": {"write_units": 0.0, "read_units": 0.0},
+            "dynamodb_stored_bytes": stored,
+            "sqs_billed_requests": 0,
+            "s3": {"put_class": 0, "get_class": 0, "bytes_put": 0},
+        },
+        functions={"IngestFunction": {"invocations": 0, "seconds": 0.0}},
+        call_minutes=2.0,
+    )
+    packet_months = (int(template["Parameters"]["ArchiveAfterDays"]["Default"]) + PACKET_GRACE_DAYS) / 30
+    call_months = int(template["Parameters"]["RecordingRetentionDays"]["Default"]) / 30
+    gb_months = 3 * packet_months + call_months
+
+    item = infrastructure(usage, PRICES, template)["by_item"]["dynamodb"]
+
+    assert item["units_per_call_minute"]["gb_months"] == pytest.approx(gb_months / 2)
+    # Every table of the template keeps point-in-time recovery, billed on the same bytes.
+    assert all(point_in_time_recovery(template, table) for table in stored)
+    assert item["units_per_call_minute"]["backup_gb_months"] == pytest.approx(gb_months / 2)
+    assert item["usd_per_call_minute"] == pytest.approx(gb_months * (0.25 + 0.2) / 2)
+    # A table without it is billed once.
+    del template["Resources"]["CallsTable"]["Properties"]["PointInTimeRecoverySpecification"]
+    item = infrastructure(usage, PRICES, template)["by_item"]["dynamodb"]
+    assert item["usd_per_call_minute"] == pytest.approx((gb_months * 0.25 + 3 * packet_months * 0.2) / 2)
 
 
 def test_cloudwatch_logs_bill_what_each_function_wrote_lambdas_own_lines_and_one_access_line_a_request() -> None:
