@@ -85,10 +85,10 @@ def item_size(item: Item | None) -> int:
     return sum(len(name.encode("utf-8")) + value_size(value) for name, value in item.items())
 
 
-def item_storage(table: Any, item: Any) -> tuple[int, str]:
-    """Bytes a moto item takes as DynamoDB bills its storage, and whether it is ``expiring`` (it
-    carries the table's TTL attribute) or ``kept``."""
-    size = item_size(item.to_json()["Attributes"]) + STORAGE_OVERHEAD_BYTES
+def item_storage(table: Any, item: Any, size: int) -> tuple[int, str]:
+    """Bytes a moto item of ``size`` bytes takes as DynamoDB bills its storage, and whether it is
+    ``expiring`` (it carries the table's TTL attribute) or ``kept``."""
+    size += STORAGE_OVERHEAD_BYTES
     for index in (*table.indexes, *table.global_indexes):
         # An index holds only the items that have its key attributes (a sparse index).
         if all(name in item.attrs for name in index.schema_key_attrs):
@@ -227,8 +227,9 @@ class UsageMeter:
                 found.append(ABSENT)
                 continue
             # Sized now: an update changes moto's item in place.
-            stored, kind = item_storage(table, item)
-            found.append(Held(op["TableName"], item_size(item.to_json()["Attributes"]), stored, kind))
+            size = item_size(item.to_json()["Attributes"])
+            stored, kind = item_storage(table, item, size)
+            found.append(Held(op["TableName"], size, stored, kind))
         return found
 
 

@@ -27,6 +27,7 @@ from callcore.domain.errors import (
 from callcore.domain.model import (
     AIResult,
     Arrival,
+    Attempt,
     AttemptRecord,
     Call,
     CallState,
@@ -138,11 +139,11 @@ class InMemoryCallStore:
             self._tokens[(call_id, "transition")] = token
             return updated
 
-    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> int | None:
+    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> Attempt | None:
         with self._lock:
             call = self._calls.get(call_id)
             if self._tokens.get((call_id, "attempt")) == token and call is not None:
-                return self._attempt_numbers[(call_id, token)]
+                return Attempt(self._attempt_numbers[(call_id, token)], call.recording)
             if call is None or call.state is not CallState.PROCESSING_AI or call.round != round:
                 return None
             number = call.ai_attempts + 1
@@ -150,7 +151,7 @@ class InMemoryCallStore:
             self._calls[call_id] = dataclasses.replace(call, ai_attempts=number, attempts=[*call.attempts, record])
             self._tokens[(call_id, "attempt")] = token
             self._attempt_numbers[(call_id, token)] = number
-            return number
+            return Attempt(number, call.recording)
 
     def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
         with self._lock:
@@ -402,13 +403,6 @@ class InMemoryRecordingStore:
         self.objects: dict[str, bytes] = {}
         self.durations: dict[str, float] = {}
         self.saves = 0
-
-    def find(self, call_id: str) -> Recording | None:
-        key = recording_key(call_id)
-        with self._lock:
-            if key not in self.objects:
-                return None
-            return Recording(key=key, duration_s=self.durations[key], bytes=len(self.objects[key]))
 
     def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
         key = recording_key(call_id)

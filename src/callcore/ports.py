@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from callcore.domain.model import (
         AIResult,
         Arrival,
+        Attempt,
         Call,
         CallState,
         Packet,
@@ -91,12 +92,13 @@ class CallStore(Protocol):
         """
         ...
 
-    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> int | None:
+    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> Attempt | None:
         """Count one AI attempt, only while the call is PROCESSING_AI in ``round``.
 
-        Returns the attempt's number (over all rounds), or None when the call is not
-        PROCESSING_AI in that round: the work item is stale or a duplicate. The same
-        ``token`` again counts nothing and returns the same number.
+        Returns the attempt (its number over all rounds, and the recording the call has
+        noted), or None when the call is not PROCESSING_AI in that round: the work item is
+        stale or a duplicate. The same ``token`` again counts nothing and returns the same
+        number.
         """
         ...
 
@@ -164,10 +166,6 @@ class WorkQueue(Protocol):
 
 class RecordingStore(Protocol):
     """Where each call's assembled audio is kept, one WAV file per call."""
-
-    def find(self, call_id: str) -> Recording | None:
-        """The call's stored recording, or None before there is one."""
-        ...
 
     def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
         """Store the call's WAV. The packets of an ended call never change, so neither does its WAV:

@@ -27,6 +27,7 @@ from callcore.domain.errors import (
 )
 from callcore.domain.model import (
     AIResult,
+    Attempt,
     Call,
     CallState,
     Packet,
@@ -337,22 +338,22 @@ async def process_call(
     PROCESSING_AI in the item's round, so a redelivered message changes nothing once the
     round is over.
     """
-    audio: CallAudio | None = None  # resumed by a check, or built by the attempt below
+    # A check resumes the audio its attempt prepared; a new attempt prepares it below.
     if item.check:
-        audio = await _checked_audio(store, item)
-        if audio is None:
-            return ProcessOutcome.SKIPPED
-        attempt = audio.attempt
+        begun: CallAudio | Attempt | None = await _checked_audio(store, item)
     else:
-        started = await asyncio.to_thread(
+        begun = await asyncio.to_thread(
             functools.partial(store.start_attempt, item.call_id, item.round, now=now_iso(), token=new_token())
         )
-        if started is None:
-            return ProcessOutcome.SKIPPED
-        attempt = started
+    if begun is None:
+        return ProcessOutcome.SKIPPED
+    attempt = begun.number if isinstance(begun, Attempt) else begun.attempt
     try:
-        if audio is None:
-            audio = await asyncio.to_thread(_prepare_audio, store, recordings, item, attempt, limits)
+        audio = (
+            await asyncio.to_thread(_prepare_audio, store, recordings, item, begun, limits)
+            if isinstance(begun, Attempt)
+            else begun
+        )
         transcript = await ai.transcribe(audio)
         sentiment = await ai.score_sentiment(transcript)
     except TranscriptionPendingError as exc:
@@ -387,22 +388,31 @@ async def process_call(
 
 
 def _prepare_audio(
-    store: CallStore, recordings: RecordingStore, item: WorkItem, attempt: int, limits: AudioLimits
+    store: CallStore, recordings: RecordingStore, item: WorkItem, attempt: Attempt, limits: AudioLimits
 ) -> CallAudio:
-    """The call's packets decoded, and its recording stored (once: a redelivery finds it stored)."""
+    """The call's packets decoded, and its recording stored and noted on the call, once: an
+    attempt that finds it noted (the call item came back with the attempt's count) neither
+    looks for it in S3 nor writes it again."""
     # Here, not at the top: the ingest function imports this module and never decodes audio.
     from callcore.domain.audio import CallAudio, call_format, decode_call, to_wav
 
     packets = store.packets(item.call_id, max_bytes=limits.max_call_bytes)
     fmt = call_format(packets, limits.default_format)
     decoded = decode_call(packets, fmt, max_pcm_bytes=limits.max_pcm_bytes)
-    recording = recordings.find(item.call_id)
+    recording = attempt.recording
     if recording is None:
+        # An earlier attempt may have saved it and failed to note it: saving again writes the
+        # same object (an ended call's packets never change). Asking S3 first would cost every
+        # first attempt a request, for a failure that is rare.
         recording = recordings.save(item.call_id, to_wav(decoded), duration_s=decoded.duration_s)
-    # Every attempt notes it: an attempt whose note failed after the save left it unnoted.
-    store.set_recording(item.call_id, recording)
+        store.set_recording(item.call_id, recording)
     return CallAudio(
-        call_id=item.call_id, round=item.round, attempt=attempt, recording=recording, packets=packets, audio=decoded
+        call_id=item.call_id,
+        round=item.round,
+        attempt=attempt.number,
+        recording=recording,
+        packets=packets,
+        audio=decoded,
     )
 
 

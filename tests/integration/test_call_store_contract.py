@@ -26,10 +26,12 @@ from callcore.domain.errors import CallNotFoundError, CallTooLargeError, Invalid
 from callcore.domain.model import (
     AIResult,
     Arrival,
+    Attempt,
     AttemptRecord,
     Call,
     CallState,
     Packet,
+    Recording,
     Sentiment,
     transition_rule,
 )
@@ -571,11 +573,11 @@ def test_start_attempt_numbers_attempts_across_rounds_and_keeps_their_history(
 ) -> None:
     processing(store, call_id, clock)
     started = [clock.tick() for _ in range(3)]
-    assert store.start_attempt(call_id, 1, now=started[0], token=new_token()) == 1
-    assert store.start_attempt(call_id, 1, now=started[1], token=new_token()) == 2
+    assert store.start_attempt(call_id, 1, now=started[0], token=new_token()) == Attempt(1, None)
+    assert store.start_attempt(call_id, 1, now=started[1], token=new_token()) == Attempt(2, None)
     move(store, call_id, PROCESSING_AI, FAILED, clock, failure_reason="gave up")
     move(store, call_id, FAILED, PROCESSING_AI, clock)
-    assert store.start_attempt(call_id, 2, now=started[2], token=new_token()) == 3
+    assert store.start_attempt(call_id, 2, now=started[2], token=new_token()) == Attempt(3, None)
     call = stored_call(store, call_id)
     assert call.ai_attempts == 3
     assert call.attempts == [
@@ -622,12 +624,25 @@ def test_start_attempt_with_the_same_token_again_returns_the_same_number_and_cou
     store.start_attempt(call_id, 1, now=clock.tick(), token=new_token())
     token = new_token()
     started = clock.tick()
-    assert store.start_attempt(call_id, 1, now=started, token=token) == 2
+    assert store.start_attempt(call_id, 1, now=started, token=token) == Attempt(2, None)
     after = stored_call(store, call_id)
-    assert store.start_attempt(call_id, 1, now=clock.tick(), token=token) == 2
+    assert store.start_attempt(call_id, 1, now=clock.tick(), token=token) == Attempt(2, None)
     assert store.get_call(call_id) == after
     assert after.ai_attempts == 2
     assert after.attempts[-1] == AttemptRecord(round=1, number=2, started_at=started)
+
+
+def test_start_attempt_returns_the_recording_the_call_has_noted(store: CallStore, call_id: str, clock: Clock) -> None:
+    # The worker stores and notes a call's recording once: a later attempt learns it from
+    # the write that counts it, with no request of its own.
+    processing(store, call_id, clock)
+    assert store.start_attempt(call_id, 1, now=clock.tick(), token=new_token()) == Attempt(1, None)
+    recording = Recording(key=f"calls/{call_id}/recording.wav", duration_s=1.5, bytes=24_044)
+    store.set_recording(call_id, recording)
+    token = new_token()
+    assert store.start_attempt(call_id, 1, now=clock.tick(), token=token) == Attempt(2, recording)
+    # ... and so does a resent write whose first answer was lost.
+    assert store.start_attempt(call_id, 1, now=clock.tick(), token=token) == Attempt(2, recording)
 
 
 # --- record_attempt_error ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from callcore.domain.errors import (
     InvalidTransitionError,
     SequenceConflictError,
 )
-from callcore.domain.model import AIResult, Call, CallState, Packet, Sentiment, WorkItem, transition_rule
+from callcore.domain.model import AIResult, Attempt, Call, CallState, Packet, Sentiment, WorkItem, transition_rule
 from callcore.services import PacketOutcome
 from tests.fakes import FakeQueue, InMemoryCallArchive, InMemoryCallStore
 
@@ -679,14 +679,14 @@ def test_an_attempt_started_again_with_the_same_token_gets_the_same_number_and_c
     again = store.start_attempt("c1", 1, now=T0, token="attempt-1")
 
     # THEN it is the same attempt, counted once
-    assert first == again == 1
+    assert first == again == Attempt(1, None)
     call = store.get_call("c1")
     assert call is not None
     assert call.ai_attempts == 1
     assert [(a.round, a.number) for a in call.attempts] == [(1, 1)]
 
     # ... while a new attempt (a new token) is the next number
-    assert store.start_attempt("c1", 1, now=T0, token="attempt-2") == 2
+    assert store.start_attempt("c1", 1, now=T0, token="attempt-2") == Attempt(2, None)
 
 
 def test_deadline_refuses_an_sdk_call_that_might_outlive_the_request(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,6 +31,7 @@ from callcore.domain.errors import (
 )
 from callcore.domain.model import (
     MAX_TRANSCRIPT_BYTES,
+    Attempt,
     Call,
     CallState,
     Packet,
@@ -324,17 +325,22 @@ def test_a_result_too_large_to_store_fails_the_call_with_a_reason(queue: FakeQue
     assert call.transcript is None
 
 
+def number(attempt: Attempt | None) -> int:
+    assert attempt is not None
+    return attempt.number
+
+
 def test_round_1s_late_error_arriving_after_round_2s_attempt_started_does_not_overwrite_round_2s(
     store: InMemoryCallStore, queue: FakeQueue
 ) -> None:
     # GIVEN round 1's attempt started, then the round failed and was retried
     ended_call(store, queue, "c1")
-    first = store.start_attempt("c1", 1, now="2024-01-01T00:00:01.000000Z", token="r1")
+    first = number(store.start_attempt("c1", 1, now="2024-01-01T00:00:01.000000Z", token="r1"))
     assert first == 1
     services.fail_exhausted(store, WorkItem("c1", 1))
     services.retry_call(store, queue, "c1")
     # ... and round 2's attempt started and recorded its error
-    second = store.start_attempt("c1", 2, now="2024-01-01T00:00:02.000000Z", token="r2")
+    second = number(store.start_attempt("c1", 2, now="2024-01-01T00:00:02.000000Z", token="r2"))
     assert second == 2
     store.record_attempt_error("c1", 2, second, "round 2: HTTP 503")
 
@@ -1024,7 +1030,7 @@ class DynamoDBDownStore(InMemoryCallStore):
         super().__init__()
         self.down = set(down)
 
-    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> int | None:
+    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> Attempt | None:
         if call_id in self.down:
             raise DependencyUnavailableError("DynamoDB", "throttled")
         return super().start_attempt(call_id, round, now=now, token=token)

@@ -13,8 +13,8 @@ import pytest
 from ai_worker.handler import audio_limits
 from callcore import services
 from callcore.domain.audio import CallAudio
-from callcore.domain.errors import RetryableAIError, TranscriptionPendingError
-from callcore.domain.model import CallState, Packet, WorkItem
+from callcore.domain.errors import DependencyUnavailableError, RetryableAIError, TranscriptionPendingError
+from callcore.domain.model import CallState, Packet, Recording, WorkItem
 from callcore.services import ProcessOutcome
 from callcore.settings import Settings
 from tests.fakes import FakeAIProvider, FakeQueue, InMemoryCallStore, InMemoryRecordingStore
@@ -82,6 +82,42 @@ def test_a_redelivered_work_item_does_not_store_the_recording_again(
 
     assert recordings.saves == 1
     assert ai.calls_for("c1") == 2
+
+
+class NoteFailsOnce(InMemoryCallStore):
+    """DynamoDB refuses the first note of a recording (throttled), after S3 stored it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def set_recording(self, call_id: str, recording: Recording) -> None:
+        if not self.failed:
+            self.failed = True
+            raise DependencyUnavailableError("DynamoDB", "throttled")
+        super().set_recording(call_id, recording)
+
+
+def test_an_attempt_after_a_recording_saved_but_not_noted_saves_it_again_and_notes_it(
+    queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    store = NoteFailsOnce()
+    stream(store, "c1", frame(0), frame(1))
+    item = end(store, queue, "c1")
+    ai = FakeAIProvider()
+
+    with pytest.raises(DependencyUnavailableError):
+        process(store, ai, recordings, queue, item)
+    first = dict(recordings.objects)
+    assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
+
+    # The worker does not ask S3 whether it is there: the call item's note is the record of
+    # it. The second save wrote the same object under the same key, and the call notes it.
+    call = store.get_call("c1")
+    assert call is not None and call.recording is not None
+    assert recordings.saves == 2 and recordings.objects == first
+    assert call.recording.key in first and call.recording.bytes == len(first[call.recording.key])
+    assert ai.calls_for("c1") == 1
 
 
 def test_the_provider_gets_the_decoded_audio_and_the_recording(

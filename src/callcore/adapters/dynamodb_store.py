@@ -31,6 +31,7 @@ from callcore.domain.errors import (
 from callcore.domain.model import (
     AIResult,
     Arrival,
+    Attempt,
     AttemptRecord,
     Call,
     CallState,
@@ -669,7 +670,7 @@ class DynamoDBCallStore:
             ) from exc
         return call_from_item(response["Attributes"])
 
-    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> int | None:
+    def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> Attempt | None:
         try:
             response = self._write(
                 lambda: self._ddb.update_item(
@@ -697,7 +698,9 @@ class DynamoDBCallStore:
                         ":round": _n(round),
                         ":token": _s(token),
                     },
-                    ReturnValues="UPDATED_NEW",
+                    # The whole item, for the recording an earlier attempt noted (an update's
+                    # returned values cost no read units).
+                    ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             )
@@ -706,9 +709,11 @@ class DynamoDBCallStore:
                 raise
             old = exc.response.get("Item") or {}
             if _str(old, "attempt_token") == token:
-                return _int(old, "attempt_token_number")  # our write committed; its answer was lost
+                # Our write committed; its answer was lost.
+                return Attempt(number=_int(old, "attempt_token_number"), recording=_recording(old))
             return None
-        return int(response["Attributes"]["ai_attempts"]["N"])
+        item = response["Attributes"]
+        return Attempt(number=int(item["ai_attempts"]["N"]), recording=_recording(item))
 
     def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
         try:

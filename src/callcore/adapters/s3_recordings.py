@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from botocore.exceptions import ClientError
-
-from callcore.adapters.aws_errors import dependency, error_code
+from callcore.adapters.aws_errors import dependency
 from callcore.domain.model import Recording
 
 S3Client = Any
@@ -25,19 +23,6 @@ class S3RecordingStore:
     def __init__(self, client: S3Client, bucket: str) -> None:
         self._s3 = client
         self._bucket = bucket
-
-    def find(self, call_id: str) -> Recording | None:
-        key = recording_key(call_id)
-        try:
-            with dependency("S3"):
-                head = self._s3.head_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            # HEAD has no body, so a missing key comes back as its status alone.
-            if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise
-        duration = float(head.get("Metadata", {}).get(_DURATION, "0"))
-        return Recording(key=key, duration_s=duration, bytes=int(head["ContentLength"]))
 
     def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
         key = recording_key(call_id)

@@ -224,6 +224,15 @@ class Recording:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """An AI attempt begun: its number (over all rounds), and the recording its call had noted
+    then (None before an attempt stored one)."""
+
+    number: int
+    recording: Recording | None
+
+
+@dataclass(frozen=True)
 class Call:
     call_id: str
     state: CallState
