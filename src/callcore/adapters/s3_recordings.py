@@ -10,7 +10,8 @@ from callcore.domain.model import Recording
 
 S3Client = Any
 
-# User metadata travels with the object, so that finding a recording is one HEAD.
+# User metadata travels with the object: whoever holds the WAV (an operator, a bucket
+# listing) sees its length without decoding it. The call item's note is what the app reads.
 _DURATION = "duration-s"
 
 
