@@ -12,7 +12,8 @@ through a local stack running it, per audio second; and a 10-minute call through
 worker's path against the worker's timeout.
 And the cost model (bench/cost.py): what ten speech calls really use, counted by the local
 stack (devstack/usage.py) and priced per 1,000 call-minutes from bench/prices.json, for the
-infrastructure and for each AI provider (reported, no budget yet).
+infrastructure and for each AI provider; the infrastructure in 200 ms batches over the AWS
+AI has a budget.
 And one chaos run, on a second local stack whose moto server injects AWS's failures
 (LOCAL_FAULTS=chaos): the PBX simulator must lose nothing, leave no call stuck and see no
 server error but 503, while the faults really happened.
