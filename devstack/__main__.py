@@ -218,7 +218,7 @@ def main() -> int:
 
         from ingest.app import app  # reads the environment set above
 
-        ttl = _start_ttl(session, template)
+        ttl = _start_ttl(moto.endpoint, template)
 
         pollers = build_pollers(template, stack, session.client("sqs"))
         schedules = schedule_sources(template)
@@ -263,10 +263,10 @@ def main() -> int:
     return code
 
 
-def _start_ttl(session: boto3.session.Session, template: dict[str, Any]) -> TtlSweeper:
+def _start_ttl(moto_endpoint: str, template: dict[str, Any]) -> TtlSweeper:
     """DynamoDB's TTL, which moto does not run: packets leave after their expiry here too."""
     tables = ttl_tables(template)
-    ttl = TtlSweeper(session.client("dynamodb"), tables)
+    ttl = TtlSweeper(moto_endpoint)
     ttl.start()
     logger.info("TTL of %s, every %.0f s", ", ".join(sorted(tables)), TTL_SWEEP_S)
     return ttl

@@ -541,13 +541,15 @@ def serve(host: str, port: int) -> None:
 
     apply_patches()
     from devstack.faults import wrap
+    from devstack.ttl import TtlEndpoint
     from devstack.usage import UsageMeter
 
     # LOCAL_FAULTS inside the lock: a TransactionConflict reads moto's state, and a LostResponse
     # commits and drops as one step. A malformed spec raises here, before "ready". The usage
     # meter behind it sees only what moto serves (a faulted request bills nothing), inside
-    # the lock too, so the items it reads around a write are that write's.
-    app = SerializedApp(wrap(UsageMeter(DomainDispatcherApplication(create_backend_app))))
+    # the lock too, so the items it reads around a write are that write's. The local TTL's
+    # sweep (devstack.ttl) also runs inside the lock, and is never faulted nor billed.
+    app = SerializedApp(TtlEndpoint(wrap(UsageMeter(DomainDispatcherApplication(create_backend_app)))))
     server = make_server(host, port, app, threaded=True, request_handler=QuietHandler)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -16,6 +16,7 @@ from callcore.domain.model import AIResult, CallState, Sentiment, transition_rul
 from callcore.services import new_token
 from devstack.template import load_template
 from devstack.ttl import TtlSweeper, remove_expired, ttl_tables
+from tests.conftest import MotoStack
 from tests.integration.helpers import packet, post_concurrently_retrying, read_store
 
 
@@ -89,7 +90,7 @@ def test_only_finished_calls_are_archived(api: httpx.Client, call_id: str) -> No
 
 
 def test_packets_carry_their_expiry_and_leave_with_it_while_the_archived_call_still_answers(
-    api: httpx.Client, ports: Ports, aws_clients: AwsClients, call_id: str
+    moto_stack: MotoStack, api: httpx.Client, ports: Ports, aws_clients: AwsClients, call_id: str
 ) -> None:
     started = time.time()
     completed_call(api, ports, call_id)
@@ -109,9 +110,8 @@ def test_packets_carry_their_expiry_and_leave_with_it_while_the_archived_call_st
             ExpressionAttributeNames={"#ttl": EXPIRES_AT},
             ExpressionAttributeValues={":past": {"N": str(int(started) - 1)}},
         )
-    tables = ttl_tables(load_template())
-    assert tables == {"PacketsTable": EXPIRES_AT, "PacketSlotsTable": EXPIRES_AT}
-    assert remove_expired(aws_clients.dynamodb, tables, now_s=time.time()) >= len(items)
+    assert ttl_tables(load_template()) == {"PacketsTable": EXPIRES_AT, "PacketSlotsTable": EXPIRES_AT}
+    assert remove_expired(moto_stack.moto.endpoint, now_s=time.time()) >= len(items)
 
     assert packet_items(aws_clients, ports, call_id) == []
     body = api.get(f"/v1/call/{call_id}").json()
@@ -120,7 +120,7 @@ def test_packets_carry_their_expiry_and_leave_with_it_while_the_archived_call_st
 
 
 def test_the_local_ttl_sweeper_removes_expired_items_on_its_own(
-    api: httpx.Client, ports: Ports, aws_clients: AwsClients, call_id: str
+    moto_stack: MotoStack, api: httpx.Client, ports: Ports, aws_clients: AwsClients, call_id: str
 ) -> None:
     assert api.post(f"/v1/call/stream/{call_id}", json=packet(0)).status_code == 202
     aws_clients.dynamodb.update_item(
@@ -130,7 +130,7 @@ def test_the_local_ttl_sweeper_removes_expired_items_on_its_own(
         ExpressionAttributeNames={"#ttl": EXPIRES_AT},
         ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
     )
-    sweeper = TtlSweeper(aws_clients.dynamodb, ttl_tables(load_template()), interval_s=0.05)
+    sweeper = TtlSweeper(moto_stack.moto.endpoint, interval_s=0.05)
     sweeper.start()
     try:
         deadline = time.monotonic() + 10
@@ -139,6 +139,35 @@ def test_the_local_ttl_sweeper_removes_expired_items_on_its_own(
             time.sleep(0.05)  # polling a condition with a deadline, not a sleep standing in for one
     finally:
         sweeper.stop()
+
+
+def test_the_local_ttl_removes_only_items_whose_expiry_is_a_number_at_or_before_now(
+    moto_stack: MotoStack, aws_clients: AwsClients, ports: Ports, call_id: str
+) -> None:
+    # As DynamoDB: the attribute must be a number of epoch seconds; any other value, or a
+    # time still to come, never expires. Tables without TTL are never swept.
+    now = time.time()
+    expiries = {1: {"N": str(int(now) - 1)}, 2: {"N": str(int(now))}, 3: {"N": str(int(now) + 3600)}}
+    expiries |= {4: {"S": str(int(now) - 1)}}
+    for sequence, expiry in expiries.items():
+        aws_clients.dynamodb.put_item(
+            TableName=ports.settings.packets_table,
+            Item={"call_id": {"S": call_id}, "sequence": {"N": str(sequence)}, EXPIRES_AT: expiry},
+        )
+    aws_clients.dynamodb.put_item(
+        TableName=ports.settings.calls_table,
+        Item={"call_id": {"S": call_id}, EXPIRES_AT: {"N": str(int(now) - 1)}},
+    )
+
+    assert remove_expired(moto_stack.moto.endpoint, now_s=now) >= 2
+
+    left = [int(i["sequence"]["N"]) for i in packet_items(aws_clients, ports, call_id)]
+    assert left == [3, 4]
+    calls = aws_clients.dynamodb.get_item(TableName=ports.settings.calls_table, Key={"call_id": {"S": call_id}})
+    assert "Item" in calls
+    # A malformed clock is a clear 400, and deletes nothing.
+    answer = httpx.post(f"{moto_stack.moto.endpoint}/_local_ttl", params={"now": "soon"})
+    assert answer.status_code == 400 and "epoch seconds" in answer.json()["error"]
 
 
 @pytest.mark.chaos
