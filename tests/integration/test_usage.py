@@ -90,15 +90,20 @@ def test_an_update_bills_the_whole_item_it_grows(moto_stack: MotoStack, aws_clie
     assert usage(moto_stack)["dynamodb"]["write_units"] == 3  # the whole 3 KB item, for a 3-byte change
 
 
+def mulaw_packets(count: int) -> list[Packet]:
+    """``count`` 20 ms mu-law packets (160 bytes each), sequences 0 on."""
+    return [
+        Packet(sequence=s, data=base64.b64encode(bytes([s]) * 160).decode(), timestamp=s * 0.02) for s in range(count)
+    ]
+
+
 def test_an_aligned_batch_of_ten_mulaw_packets_bills_six_write_units(
     moto_stack: MotoStack, aws_clients: AwsClients, call_id: str
 ) -> None:
     # The batch layout's promise (docs/batched-ingest.md): one slot item under 2 KB and the
     # call's check, both transactional: 2 x 2 + 2 x 1. The second batch finds the call.
     store = build_ports(moto_stack.settings(), aws_clients).store
-    mulaw = [
-        Packet(sequence=s, data=base64.b64encode(bytes([s]) * 160).decode(), timestamp=s * 0.02) for s in range(20)
-    ]
+    mulaw = mulaw_packets(20)
     usage(moto_stack, reset=True)
 
     store.add_packets(call_id, mulaw[:10], now="2026-12-01T00:00:00.000000Z", received_at_ns=time.time_ns())
@@ -117,9 +122,7 @@ def test_the_bytes_the_tables_hold_are_counted_as_dynamodb_bills_storage(
     # Each item's size plus 100 bytes, and each index's copy (its projection) plus 100 more;
     # packets (they carry the TTL attribute) apart from the call's own item (it stays).
     store = build_ports(moto_stack.settings(), aws_clients).store
-    mulaw = [
-        Packet(sequence=s, data=base64.b64encode(bytes([s]) * 160).decode(), timestamp=s * 0.02) for s in range(10)
-    ]
+    mulaw = mulaw_packets(10)
     usage(moto_stack, reset=True)
 
     store.add_packets(call_id, mulaw, now="2026-12-01T00:00:00.000000Z", received_at_ns=time.time_ns())
