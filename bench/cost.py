@@ -114,11 +114,9 @@ def recording_retention_months(template: dict[str, Any]) -> float:
 
 
 def packet_retention_months(template: dict[str, Any]) -> float:
-    """How long a packet item stays: its TTL, ArchiveAfterDays plus the grace days, from its
-    arrival (DynamoDB deletes an expired item within days of its expiry: a lower bound)."""
-    from callcore.settings import PACKET_GRACE_DAYS
-
-    return (float(template["Parameters"]["ArchiveAfterDays"]["Default"]) + PACKET_GRACE_DAYS) / 30
+    """How long a packet item stays: its TTL, PacketRetentionDays from its arrival (DynamoDB
+    deletes an expired item within days of its expiry: a lower bound)."""
+    return float(template["Parameters"]["PacketRetentionDays"]["Default"]) / 30
 
 
 def point_in_time_recovery(template: dict[str, Any], table: str) -> bool:

@@ -32,6 +32,7 @@ from callcore.domain.model import (
     Call,
     CallState,
     Packet,
+    PacketStats,
     Recording,
     Sentiment,
     TransitionRule,
@@ -107,7 +108,10 @@ class InMemoryCallStore:
                 raise CallNotFoundError(call_id)
             if self._tokens.get((call_id, "duplicate")) == token:
                 return
-            self._calls[call_id] = dataclasses.replace(call, duplicates=call.duplicates + count)
+            duplicates = call.duplicates + count
+            # The adapter's noted statistics read the call's own count of duplicates.
+            stats = call.packet_stats and dataclasses.replace(call.packet_stats, duplicates=duplicates)
+            self._calls[call_id] = dataclasses.replace(call, duplicates=duplicates, packet_stats=stats)
             self._tokens[(call_id, "duplicate")] = token
 
     def transition(
@@ -143,7 +147,7 @@ class InMemoryCallStore:
         with self._lock:
             call = self._calls.get(call_id)
             if self._tokens.get((call_id, "attempt")) == token and call is not None:
-                return Attempt(self._attempt_numbers[(call_id, token)], call.recording)
+                return Attempt(self._attempt_numbers[(call_id, token)], call)
             if call is None or call.state is not CallState.PROCESSING_AI or call.round != round:
                 return None
             number = call.ai_attempts + 1
@@ -151,7 +155,7 @@ class InMemoryCallStore:
             self._calls[call_id] = dataclasses.replace(call, ai_attempts=number, attempts=[*call.attempts, record])
             self._tokens[(call_id, "attempt")] = token
             self._attempt_numbers[(call_id, token)] = number
-            return Attempt(number, call.recording)
+            return Attempt(number, self._calls[call_id])
 
     def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
         with self._lock:
@@ -161,6 +165,16 @@ class InMemoryCallStore:
             attempts = list(call.attempts)
             attempts[attempt - 1] = dataclasses.replace(attempts[attempt - 1], error=error)
             self._calls[call_id] = dataclasses.replace(call, attempts=attempts, ai_last_error=error)
+
+    def note_packet_stats(self, call_id: str, stats: PacketStats) -> None:
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None:
+                raise CallNotFoundError(call_id)
+            # As the adapter keeps them: the duplicates are the call's own count.
+            self._calls[call_id] = dataclasses.replace(
+                call, packet_stats=dataclasses.replace(stats, duplicates=call.duplicates)
+            )
 
     def set_recording(self, call_id: str, recording: Recording) -> None:
         with self._lock:
@@ -200,6 +214,11 @@ class InMemoryCallStore:
         with self._lock:
             return self._calls.get(call_id)
 
+    def expire_packets(self, call_id: str) -> None:
+        """What DynamoDB's TTL does to the call's packets, PACKET_RETENTION_DAYS after they arrived."""
+        with self._lock:
+            self._packets.pop(call_id, None)
+
     def arrivals(self, call_id: str) -> list[Arrival]:
         """In arrival order, as the adapter's arrival index gives them."""
         with self._lock:
@@ -211,7 +230,10 @@ class InMemoryCallStore:
         """Every stored packet of the call, in sequence order; CallTooLargeError past ``max_bytes``."""
         with self._lock:
             stored = self._packets.get(call_id, {})
-            packets = [stored[seq].packet for seq in sorted(stored)]
+            packets = [
+                dataclasses.replace(stored[seq].packet, received_at_ns=stored[seq].received_at_ns)
+                for seq in sorted(stored)
+            ]
         total = 0
         for packet in packets:
             total += len(packet.data)

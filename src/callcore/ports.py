@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         Call,
         CallState,
         Packet,
+        PacketStats,
         Recording,
         Sentiment,
         TransitionRule,
@@ -108,6 +109,12 @@ class CallStore(Protocol):
 
     def packets(self, call_id: str, *, max_bytes: int | None = None) -> list[Packet]:
         """Every stored packet of the call, in sequence order. Raises CallTooLargeError past ``max_bytes``."""
+        ...
+
+    def note_packet_stats(self, call_id: str, stats: PacketStats) -> None:
+        """Note the statistics of the call's packets, read once they can no longer change (the
+        same again changes nothing; ``stats.duplicates`` is not kept: the call counts them).
+        CallNotFoundError if no call."""
         ...
 
     def set_recording(self, call_id: str, recording: Recording) -> None:

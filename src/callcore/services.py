@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from callcore.domain.errors import (
 )
 from callcore.domain.model import (
     AIResult,
+    Arrival,
     Attempt,
     Call,
     CallState,
@@ -193,13 +194,20 @@ def get_call(store: CallStore, archive: CallArchive, call_id: str) -> CallDetail
     call = store.get_call(call_id)
     if call is None:
         raise CallNotFoundError(call_id)
-    record = archive.find(call_id) if call.state is CallState.ARCHIVED else None
-    # An archived call's packets leave with their TTL: its statistics are in its record.
-    stats = stats_from_record(record) if record else _packet_stats(store, call)
-    return CallDetails(call=call, packets=stats)
+    if call.packet_stats is None and call.state is CallState.ARCHIVED:
+        # Archived before the worker noted statistics on calls: they are in its record (its
+        # packets may be gone).
+        record = archive.find(call_id)
+        if record:
+            return CallDetails(call=call, packets=stats_from_record(record))
+    return CallDetails(call=call, packets=_packet_stats(store, call))
 
 
 def _packet_stats(store: CallStore, call: Call) -> PacketStats:
+    """As the worker noted them (one item read, however long the call), with the duplicates
+    counted since; before that, from the packets' arrivals."""
+    if call.packet_stats is not None:
+        return replace(call.packet_stats, duplicates=call.duplicates)
     return PacketStats.from_arrivals(
         store.arrivals(call.call_id), duplicates=call.duplicates, last_sequence=call.last_sequence
     )
@@ -390,13 +398,24 @@ async def process_call(
 def _prepare_audio(
     store: CallStore, recordings: RecordingStore, item: WorkItem, attempt: Attempt, limits: AudioLimits
 ) -> CallAudio:
-    """The call's packets decoded, and its recording stored and noted on the call, once: an
-    attempt that finds it noted (the call item came back with the attempt's count) neither
-    looks for it in S3 nor writes it again."""
+    """The call's packets decoded, and its packet statistics and recording stored and noted on
+    the call, once: an attempt that finds them noted (the call item came back with the
+    attempt's count) neither looks for them nor writes them again."""
     # Here, not at the top: the ingest function imports this module and never decodes audio.
-    from callcore.domain.audio import CallAudio, call_format, decode_call, to_wav
+    from callcore.domain.audio import CallAudio, call_format, decode_call, from_wav, to_wav
 
     packets = store.packets(item.call_id, max_bytes=limits.max_call_bytes)
+    if not packets and attempt.recording is not None:
+        # Its packets expired (PACKET_RETENTION_DAYS) after an earlier round stored their audio:
+        # an operator's late retry transcribes the recording.
+        audio = from_wav(recordings.read(attempt.recording))
+        return CallAudio(item.call_id, item.round, attempt.number, attempt.recording, audio=audio)
+    if attempt.call.packet_stats is None:
+        # Noted before decoding, so that a call whose audio cannot be decoded keeps them too:
+        # GET then reads one item, and the packets may expire (PACKET_RETENTION_DAYS).
+        arrivals = [Arrival(p.sequence, p.received_at_ns or 0) for p in packets]
+        stats = PacketStats.from_arrivals(arrivals, last_sequence=attempt.call.last_sequence)
+        store.note_packet_stats(item.call_id, stats)
     fmt = call_format(packets, limits.default_format)
     decoded = decode_call(packets, fmt, max_pcm_bytes=limits.max_pcm_bytes)
     recording = attempt.recording

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from callcore.domain.audio_format import DEFAULT_FORMAT, AudioFormat
+from callcore.domain.model import MAX_CALL_PACKETS
 
 # template.yaml's WorkQueue VisibilityTimeout and AiWorkerFunction Timeout (a unit test
 # holds them equal).
@@ -65,10 +66,6 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
     return value
 
 
-# Days a packet outlives the archiving of its call (Settings.packet_ttl_s).
-PACKET_GRACE_DAYS = 7
-
-
 @dataclass(frozen=True)
 class Settings:
     calls_table: str = "CallsTable"
@@ -107,12 +104,26 @@ class Settings:
     processing_timeout_s: float = 5 * WORK_QUEUE_VISIBILITY_S + DEAD_LETTER_MARGIN_S
     # COMPLETED and FAILED calls unchanged this long are archived by the sweeper.
     archive_after_days: int = 30
+    # Days a packet stays in DynamoDB after it arrived (PACKET_RETENTION_DAYS, the template's
+    # PacketRetentionDays): see packet_ttl_s.
+    packet_retention_days: int = 7
 
     def packet_ttl_s(self) -> int:
         """How long a packet stays in DynamoDB after it arrived (its TTL, written with it: no
-        second write per packet to expire it). Past the call's archiving by PACKET_GRACE_DAYS,
-        which covers a call that ends, fails and is retried within those days."""
-        return (self.archive_after_days + PACKET_GRACE_DAYS) * 86_400
+        second write per packet to expire it).
+
+        The worker reads a call's packets once it has ended, and notes their statistics on
+        the call and their audio as its recording: after that the packets are a copy, billed
+        as storage and backups by the byte. They must outlast the longest call and the
+        longest a call can wait for its worker (``give_up_after_s``), which the settings check;
+        a week also leaves an operator's retry of a FAILED call its packets.
+        """
+        return self.packet_retention_days * 86_400
+
+    def shortest_packet_retention_s(self) -> float:
+        """A call's packets must outlast the call (at most MAX_CALL_PACKETS x 20 ms) and its
+        wait for the worker's first read (at most ``give_up_after_s``)."""
+        return MAX_CALL_PACKETS * 0.02 + self.give_up_after_s()
 
     def give_up_after_s(self) -> float:
         """After this long without a result since its last send, a round's work item is certainly
@@ -159,6 +170,7 @@ class Settings:
             work_resend_after_s=_float(env, "WORK_RESEND_AFTER_S", cls.work_resend_after_s, INGEST_TIMEOUT_S + 5.0),
             processing_timeout_s=_float(env, "PROCESSING_TIMEOUT_S", 0.0, 1.0),
             archive_after_days=_int(env, "ARCHIVE_AFTER_DAYS", cls.archive_after_days, 1),
+            packet_retention_days=_int(env, "PACKET_RETENTION_DAYS", cls.packet_retention_days, 1),
             api_port=_int(env, "API_PORT", cls.api_port, 1),
             moto_port=_int(env, "MOTO_PORT", cls.moto_port, 1),
         )
@@ -175,6 +187,12 @@ class Settings:
                 f"PROCESSING_TIMEOUT_S={settings.processing_timeout_s:g} is shorter than the retry horizon "
                 f"({horizon:g} s: MAX_RECEIVE_COUNT x max(visibility timeout, worker timeout + RETRY_MAX_DELAY_S)); "
                 "the sweeper would fail calls still being retried"
+            )
+        if settings.packet_ttl_s() < settings.shortest_packet_retention_s():
+            raise SettingsError(
+                f"PACKET_RETENTION_DAYS={settings.packet_retention_days} is shorter than the longest call and "
+                f"its longest wait for the worker ({settings.shortest_packet_retention_s() / 86_400:.1f} days): "
+                "packets could expire before the worker reads them"
             )
         if settings.ai_max_latency_s < settings.ai_min_latency_s:
             raise SettingsError("AI_MAX_LATENCY_S must be >= AI_MIN_LATENCY_S")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from callcore.domain.model import (
     Call,
     CallState,
     Packet,
+    PacketStats,
     Recording,
     Sentiment,
     transition_rule,
@@ -119,6 +121,11 @@ def failed(store: CallStore, call_id: str, clock: Clock, reason: str = "AI faile
     """A call FAILED in round 1 with ``reason``."""
     processing(store, call_id, clock)
     return move(store, call_id, PROCESSING_AI, FAILED, clock, failure_reason=reason)
+
+
+def attempt_of(attempt: Attempt | None) -> tuple[int, Recording | None] | None:
+    """An attempt's number and the recording it found (its call is checked on its own)."""
+    return None if attempt is None else (attempt.number, attempt.recording)
 
 
 def stored_call(store: CallStore, call_id: str) -> Call:
@@ -573,11 +580,11 @@ def test_start_attempt_numbers_attempts_across_rounds_and_keeps_their_history(
 ) -> None:
     processing(store, call_id, clock)
     started = [clock.tick() for _ in range(3)]
-    assert store.start_attempt(call_id, 1, now=started[0], token=new_token()) == Attempt(1, None)
-    assert store.start_attempt(call_id, 1, now=started[1], token=new_token()) == Attempt(2, None)
+    assert attempt_of(store.start_attempt(call_id, 1, now=started[0], token=new_token())) == (1, None)
+    assert attempt_of(store.start_attempt(call_id, 1, now=started[1], token=new_token())) == (2, None)
     move(store, call_id, PROCESSING_AI, FAILED, clock, failure_reason="gave up")
     move(store, call_id, FAILED, PROCESSING_AI, clock)
-    assert store.start_attempt(call_id, 2, now=started[2], token=new_token()) == Attempt(3, None)
+    assert attempt_of(store.start_attempt(call_id, 2, now=started[2], token=new_token())) == (3, None)
     call = stored_call(store, call_id)
     assert call.ai_attempts == 3
     assert call.attempts == [
@@ -624,9 +631,9 @@ def test_start_attempt_with_the_same_token_again_returns_the_same_number_and_cou
     store.start_attempt(call_id, 1, now=clock.tick(), token=new_token())
     token = new_token()
     started = clock.tick()
-    assert store.start_attempt(call_id, 1, now=started, token=token) == Attempt(2, None)
+    assert attempt_of(store.start_attempt(call_id, 1, now=started, token=token)) == (2, None)
     after = stored_call(store, call_id)
-    assert store.start_attempt(call_id, 1, now=clock.tick(), token=token) == Attempt(2, None)
+    assert attempt_of(store.start_attempt(call_id, 1, now=clock.tick(), token=token)) == (2, None)
     assert store.get_call(call_id) == after
     assert after.ai_attempts == 2
     assert after.attempts[-1] == AttemptRecord(round=1, number=2, started_at=started)
@@ -636,13 +643,13 @@ def test_start_attempt_returns_the_recording_the_call_has_noted(store: CallStore
     # The worker stores and notes a call's recording once: a later attempt learns it from
     # the write that counts it, with no request of its own.
     processing(store, call_id, clock)
-    assert store.start_attempt(call_id, 1, now=clock.tick(), token=new_token()) == Attempt(1, None)
+    assert attempt_of(store.start_attempt(call_id, 1, now=clock.tick(), token=new_token())) == (1, None)
     recording = Recording(key=f"calls/{call_id}/recording.wav", duration_s=1.5, bytes=24_044)
     store.set_recording(call_id, recording)
     token = new_token()
-    assert store.start_attempt(call_id, 1, now=clock.tick(), token=token) == Attempt(2, recording)
+    assert attempt_of(store.start_attempt(call_id, 1, now=clock.tick(), token=token)) == (2, recording)
     # ... and so does a resent write whose first answer was lost.
-    assert store.start_attempt(call_id, 1, now=clock.tick(), token=token) == Attempt(2, recording)
+    assert attempt_of(store.start_attempt(call_id, 1, now=clock.tick(), token=token)) == (2, recording)
 
 
 # --- record_attempt_error ------------------------------------------------------------------
@@ -746,6 +753,64 @@ def test_arrivals_come_in_the_order_the_packets_were_received(store: CallStore, 
 
 def test_arrivals_of_an_unknown_call_are_empty(store: CallStore, call_id: str) -> None:
     assert store.arrivals(call_id) == []
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
+def test_packets_come_back_with_when_they_were_received(
+    store: CallStore, call_id: str, clock: Clock, batched: bool
+) -> None:
+    # What the worker orders arrivals by when it notes the statistics: from the same read
+    # as the audio, so a long call's packets are read once.
+    if batched:
+        add_batch(store, call_id, [packet(s) for s in (2, 0, 1)], clock, received_at_ns=100)
+        expected = {2: 100, 0: 101, 1: 102}
+    else:
+        for received, sequence in ((300, 2), (100, 0), (200, 1)):
+            add(store, call_id, packet(sequence), clock, received_at_ns=received)
+        expected = {2: 300, 0: 100, 1: 200}
+    assert {p.sequence: p.received_at_ns for p in store.packets(call_id)} == expected
+
+
+# --- note_packet_stats ---------------------------------------------------------------------
+
+
+def test_noted_packet_stats_come_back_with_the_call_and_the_duplicates_counted_since(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    processing(store, call_id, clock)
+    assert stored_call(store, call_id).packet_stats is None
+    stats = PacketStats(
+        received=3, duplicates=0, out_of_order=1, highest_sequence=5, missing=[1, 2, 4], missing_count=3
+    )
+    store.note_packet_stats(call_id, stats)
+    store.note_packet_stats(call_id, stats)  # a resent write: the same again
+    assert stored_call(store, call_id).packet_stats == stats
+    # The call counts duplicates, also after its end: the noted statistics show its count.
+    store.count_duplicate(call_id, token=new_token(), count=2)
+    call = stored_call(store, call_id)
+    assert call.packet_stats == replace(stats, duplicates=2)
+    assert call.duplicates == 2
+    # A later attempt finds them on its call, with no read of its own.
+    attempt = store.start_attempt(call_id, 1, now=clock.tick(), token=new_token())
+    assert attempt is not None
+    assert attempt.call == stored_call(store, call_id)
+    assert attempt.call.packet_stats == replace(stats, duplicates=2)
+
+
+def test_noted_packet_stats_of_a_call_with_no_packets_keep_no_highest_sequence(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    processing(store, call_id, clock)
+    empty = PacketStats(received=0, duplicates=0, out_of_order=0, highest_sequence=None, missing=[], missing_count=0)
+    store.note_packet_stats(call_id, empty)
+    assert stored_call(store, call_id).packet_stats == empty
+
+
+def test_note_packet_stats_of_an_unknown_call_is_not_found_and_creates_nothing(store: CallStore, call_id: str) -> None:
+    stats = PacketStats(received=1, duplicates=0, out_of_order=0, highest_sequence=0, missing=[], missing_count=0)
+    with pytest.raises(CallNotFoundError):
+        store.note_packet_stats(call_id, stats)
+    assert store.get_call(call_id) is None
 
 
 # --- mark_enqueued -------------------------------------------------------------------------

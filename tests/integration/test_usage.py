@@ -12,8 +12,9 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from callcore import services
 from callcore.bootstrap import AwsClients, build_ports
-from callcore.domain.model import Packet
+from callcore.domain.model import CallState, Packet, transition_rule
 from devstack.usage import item_size, read_units, value_size, write_units
 from tests.conftest import MotoStack
 
@@ -93,7 +94,8 @@ def test_an_update_bills_the_whole_item_it_grows(moto_stack: MotoStack, aws_clie
 def mulaw_packets(count: int) -> list[Packet]:
     """``count`` 20 ms mu-law packets (160 bytes each), sequences 0 on."""
     return [
-        Packet(sequence=s, data=base64.b64encode(bytes([s]) * 160).decode(), timestamp=s * 0.02) for s in range(count)
+        Packet(sequence=s, data=base64.b64encode(bytes([s % 256]) * 160).decode(), timestamp=s * 0.02)
+        for s in range(count)
     ]
 
 
@@ -145,6 +147,41 @@ def test_the_bytes_the_tables_hold_are_counted_as_dynamodb_bills_storage(
     # Nothing new stored, nothing counted: the figures are what the tables gained since the reset.
     usage(moto_stack, reset=True)
     assert all(held == {"expiring": 0, "kept": 0} for held in usage(moto_stack)["dynamodb_stored_bytes"].values())
+
+
+def test_get_of_a_call_whose_packet_statistics_are_noted_reads_one_item_however_long_the_call(
+    moto_stack: MotoStack, aws_clients: AwsClients, call_id: str
+) -> None:
+    # DESIGN: GET's cost does not grow with the call's audio. Before the worker notes the
+    # statistics, GET of a batched call reads its slots (its audio); after, the call alone.
+    ports = build_ports(moto_stack.settings(), aws_clients)
+    store = ports.store
+    reads: dict[int, list[dict[str, Any]]] = {}
+    for packets in (10, 500):
+        call = f"{call_id}-{packets}"
+        sent = mulaw_packets(packets)
+        for start in range(0, packets, 10):
+            batch = sent[start : start + 10]
+            store.add_packets(call, batch, now="2026-12-01T00:00:00.000000Z", received_at_ns=time.time_ns())
+        store.transition(
+            call, transition_rule(call, CallState.IN_PROGRESS, CallState.PROCESSING_AI), now="t", token="end"
+        )
+        usage(moto_stack, reset=True)
+        before = services.get_call(store, ports.archive, call).packets
+        reads[packets] = [usage(moto_stack, reset=True)]
+        store.note_packet_stats(call, before)
+        usage(moto_stack, reset=True)
+        assert services.get_call(store, ports.archive, call).packets == before
+        reads[packets].append(usage(moto_stack))
+        assert before.received == packets
+
+    for counted in (reads[10][1], reads[500][1]):
+        assert counted["requests"] == {"dynamodb.GetItem": 1}
+        assert counted["dynamodb"]["read_units"] == 1.0
+    # What it replaces: the call, its (empty) arrival index and its slots, 2 KB each: one for
+    # 10 packets, 50 for 10 s of audio.
+    assert reads[10][0]["dynamodb"]["read_units"] == 3.0
+    assert reads[500][0]["dynamodb"]["read_units"] >= 25.0
 
 
 def test_s3_and_sqs_requests_are_counted_by_billing_class(

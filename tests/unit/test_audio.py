@@ -20,6 +20,7 @@ from callcore.domain.audio import (
     call_format,
     decode_call,
     decode_packet,
+    from_wav,
     mulaw_to_pcm16,
     to_wav,
 )
@@ -331,6 +332,33 @@ def test_to_wav_is_byte_identical_for_the_same_packets() -> None:
     again = to_wav(decode_call(list(reversed(packets)), MULAW_8K))
 
     assert first == again
+
+
+@pytest.mark.parametrize("fmt", [MULAW_8K, PCM16_16K], ids=str)
+def test_from_wav_gives_back_the_audio_to_wav_wrote(fmt: AudioFormat) -> None:
+    if fmt.encoding is AudioEncoding.MULAW:
+        packets = [packet(seq, tone_mulaw()) for seq in (0, 1, 3)]
+    else:
+        packets = [packet(seq, le16(sine(1000, 16000, 320, 12000))) for seq in (0, 1, 3)]
+    audio = decode_call(packets, fmt)
+
+    again = from_wav(to_wav(audio))
+
+    assert (again.pcm16, again.sample_rate) == (audio.pcm16, audio.sample_rate)
+    assert again.duration_s == pytest.approx(audio.duration_s)
+
+
+def test_from_wav_refuses_what_is_not_a_mono_16bit_wav() -> None:
+    with pytest.raises(UndecodableAudioError, match="not a WAV file"):
+        from_wav(b"not a wav")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"\0" * 8)
+    with pytest.raises(UndecodableAudioError, match="2 channels"):
+        from_wav(buffer.getvalue())
 
 
 def test_decoded_audio_can_be_written_directly() -> None:

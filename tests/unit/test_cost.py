@@ -22,7 +22,6 @@ from bench.cost import (
     platform_log_events,
     point_in_time_recovery,
 )
-from callcore.settings import PACKET_GRACE_DAYS
 from devstack.template import load_template
 
 PRICES: dict[str, Any] = {
@@ -92,7 +91,7 @@ def test_infrastructure_prices_each_counted_unit_per_call_minute() -> None:
 def test_dynamodb_bills_the_bytes_its_tables_hold_for_as_long_as_they_hold_them_and_backups_again() -> None:
     template = load_template()
     stored = {
-        # Packets expire (TTL) ArchiveAfterDays + PACKET_GRACE_DAYS after they arrive; a call's
+        # Packets expire (TTL) PacketRetentionDays after they arrive; a call's
         # own item stays, priced for RecordingRetentionDays.
         "PacketSlotsTable": {"expiring": 3 * 1024**3, "kept": 0},
         "CallsTable": {"expiring": 0, "kept": 1024**3},
@@ -107,7 +106,7 @@ def test_dynamodb_bills_the_bytes_its_tables_hold_for_as_long_as_they_hold_them_
         functions={"IngestFunction": {"invocations": 0, "seconds": 0.0}},
         call_minutes=2.0,
     )
-    packet_months = (int(template["Parameters"]["ArchiveAfterDays"]["Default"]) + PACKET_GRACE_DAYS) / 30
+    packet_months = int(template["Parameters"]["PacketRetentionDays"]["Default"]) / 30
     call_months = int(template["Parameters"]["RecordingRetentionDays"]["Default"]) / 30
     gb_months = 3 * packet_months + call_months
 

@@ -218,6 +218,24 @@ def test_the_sweeper_gives_up_only_after_the_work_queue_s_retention_period() -> 
     assert settings.give_up_after_s() == settings.processing_timeout_s + 345600
 
 
+def test_packets_are_kept_a_week_and_never_shorter_than_a_call_can_wait_for_its_worker() -> None:
+    from devstack.template import load_template
+
+    settings = Settings.from_env({})
+    assert settings.packet_ttl_s() == 7 * 86_400
+    # Two hours of packets and the sweeper's give-up horizon (8 h + the queue's 4 days).
+    assert settings.shortest_packet_retention_s() == 7200 + 28800 + 345600
+    with pytest.raises(SettingsError, match="PACKET_RETENTION_DAYS=4 is shorter"):
+        Settings.from_env({"PACKET_RETENTION_DAYS": "4"})
+    assert Settings.from_env({"PACKET_RETENTION_DAYS": "5"}).packet_ttl_s() == 5 * 86_400
+    # The template offers the same default, and refuses what the functions would refuse.
+    parameter = load_template()["Parameters"]["PacketRetentionDays"]
+    assert parameter["Default"] == settings.packet_retention_days
+    assert (
+        (parameter["MinValue"] - 1) * 86_400 < settings.shortest_packet_retention_s() <= parameter["MinValue"] * 86_400
+    )
+
+
 def test_the_horizon_constants_are_the_templates_visibility_and_worker_timeouts() -> None:
     from callcore import settings as settings_module
     from devstack.template import load_template

@@ -13,11 +13,16 @@ import pytest
 from ai_worker.handler import audio_limits
 from callcore import services
 from callcore.domain.audio import CallAudio
-from callcore.domain.errors import DependencyUnavailableError, RetryableAIError, TranscriptionPendingError
-from callcore.domain.model import CallState, Packet, Recording, WorkItem
+from callcore.domain.errors import (
+    DependencyUnavailableError,
+    PermanentAIError,
+    RetryableAIError,
+    TranscriptionPendingError,
+)
+from callcore.domain.model import CallState, Packet, PacketStats, Recording, WorkItem
 from callcore.services import ProcessOutcome
 from callcore.settings import Settings
-from tests.fakes import FakeAIProvider, FakeQueue, InMemoryCallStore, InMemoryRecordingStore
+from tests.fakes import FakeAIProvider, FakeQueue, InMemoryCallArchive, InMemoryCallStore, InMemoryRecordingStore
 
 SETTINGS = Settings()
 SILENCE_20MS = base64.b64encode(b"\xff" * 160).decode()  # mu-law silence: 160 samples
@@ -118,6 +123,70 @@ def test_an_attempt_after_a_recording_saved_but_not_noted_saves_it_again_and_not
     assert recordings.saves == 2 and recordings.objects == first
     assert call.recording.key in first and call.recording.bytes == len(first[call.recording.key])
     assert ai.calls_for("c1") == 1
+
+
+class CountsNotes(InMemoryCallStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[PacketStats] = []
+
+    def note_packet_stats(self, call_id: str, stats: PacketStats) -> None:
+        self.notes.append(stats)
+        super().note_packet_stats(call_id, stats)
+
+
+def test_the_first_attempt_notes_the_packet_statistics_once_and_get_shows_them_after_the_packets_expire(
+    queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    store = CountsNotes()
+    stream(store, "c1", frame(0), frame(3), frame(1), frame(1))  # 1 late, 2 missing, 1 twice
+    item = end(store, queue, "c1")
+    ai = FakeAIProvider({"c1": [RetryableAIError("503", status=503)]})
+    expected = PacketStats(received=3, duplicates=1, out_of_order=1, highest_sequence=3, missing=[2], missing_count=1)
+    before = services.get_call(store, InMemoryCallArchive(), "c1").packets
+    assert before == expected  # from the packets' arrivals, as before the worker ran
+
+    with pytest.raises(RetryableAIError):
+        process(store, ai, recordings, queue, item)
+    assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
+
+    # Noted by the first attempt; the second found them on its call and wrote nothing.
+    assert len(store.notes) == 1
+    store.expire_packets("c1")
+    assert store.arrivals("c1") == []
+    assert services.get_call(store, InMemoryCallArchive(), "c1").packets == expected
+
+
+def test_a_call_whose_audio_cannot_be_decoded_keeps_its_packet_statistics_too(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(1), frame(0, "not audio"))
+    item = end(store, queue, "c1")
+
+    assert process(store, FakeAIProvider(), recordings, queue, item) is ProcessOutcome.FAILED
+
+    store.expire_packets("c1")
+    stats = services.get_call(store, InMemoryCallArchive(), "c1").packets
+    assert (stats.received, stats.out_of_order, stats.highest_sequence) == (2, 1, 1)
+
+
+def test_a_retry_after_the_packets_expired_transcribes_the_recording(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(0), frame(1, base64.b64encode(bytes(range(160))).decode()), frame(3))
+    item = end(store, queue, "c1")
+    ai = FakeAIProvider({"c1": [PermanentAIError("the AI service refused the audio")]})
+    assert process(store, ai, recordings, queue, item) is ProcessOutcome.FAILED
+    store.expire_packets("c1")  # PACKET_RETENTION_DAYS later, an operator retries it
+
+    services.retry_call(store, queue, "c1")
+
+    assert process(store, ai, recordings, queue, queue.sent[-1]) is ProcessOutcome.COMPLETED
+    first, retried = ai.audios
+    assert retried.packets == [] and retried.recording == first.recording
+    assert retried.audio is not None and first.audio is not None
+    assert (retried.audio.pcm16, retried.audio.sample_rate) == (first.audio.pcm16, first.audio.sample_rate)
+    assert recordings.saves == 1
 
 
 def test_the_provider_gets_the_decoded_audio_and_the_recording(

@@ -16,6 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -36,6 +37,7 @@ from callcore.domain.model import (
     Call,
     CallState,
     Packet,
+    PacketStats,
     Recording,
     Sentiment,
     TransitionRule,
@@ -64,6 +66,8 @@ _T = TypeVar("_T")
 
 # The packets and slots tables' TTL attribute (template.yaml): epoch seconds.
 EXPIRES_AT = "expires_at"
+# The call item's snapshot of its packet statistics (CallStore.note_packet_stats).
+PACKET_STATS = "packet_stats"
 
 # On the call item of a call whose packets live in slots; absent: one item per packet.
 _LAYOUT = "layout"
@@ -142,6 +146,7 @@ def call_from_item(item: Item) -> Call:
         failure_reason=_str(item, "failure_reason"),
         attempts=attempts,
         recording=_recording(item),
+        packet_stats=_packet_stats(item),
     )
 
 
@@ -152,12 +157,41 @@ def _recording(item: Item) -> Recording | None:
     return Recording(key=raw["key"]["S"], duration_s=float(_num(raw["duration_s"])), bytes=int(raw["bytes"]["N"]))
 
 
+def _packet_stats(item: Item) -> PacketStats | None:
+    raw = item.get(PACKET_STATS, {}).get("M")
+    if not raw:
+        return None
+    highest = raw["highest_sequence"]
+    return PacketStats(
+        received=int(raw["received"]["N"]),
+        duplicates=_int(item, "duplicates"),
+        out_of_order=int(raw["out_of_order"]["N"]),
+        highest_sequence=None if "NULL" in highest else int(highest["N"]),
+        missing=[int(v["N"]) for v in raw["missing"]["L"]],
+        missing_count=int(raw["missing_count"]["N"]),
+    )
+
+
+def _packet_stats_value(stats: PacketStats) -> AttributeValue:
+    highest: AttributeValue = {"NULL": True} if stats.highest_sequence is None else _n(stats.highest_sequence)
+    return {
+        "M": {
+            "received": _n(stats.received),
+            "out_of_order": _n(stats.out_of_order),
+            "highest_sequence": highest,
+            "missing": {"L": [_n(s) for s in stats.missing]},
+            "missing_count": _n(stats.missing_count),
+        }
+    }
+
+
 def packet_from_item(item: Item) -> Packet:
     return Packet(
         sequence=int(item["sequence"]["N"]),
         data=item["data"]["S"],
         timestamp=float(_num(item["timestamp"])),
         audio_format=_str(item, "audio_format"),
+        received_at_ns=_int(item, "received_at"),
     )
 
 
@@ -516,6 +550,9 @@ class DynamoDBCallStore:
                 raise CallNotFoundError(call_id) from exc
             # Otherwise our own write committed; its answer was lost.
 
+    def note_packet_stats(self, call_id: str, stats: PacketStats) -> None:
+        self._set_on_call(call_id, PACKET_STATS, _packet_stats_value(stats))
+
     def set_recording(self, call_id: str, recording: Recording) -> None:
         value = {
             "M": {
@@ -524,14 +561,20 @@ class DynamoDBCallStore:
                 "bytes": _n(recording.bytes),
             }
         }
+        self._set_on_call(call_id, "recording", value)
+
+    def _set_on_call(self, call_id: str, name: str, value: AttributeValue) -> None:
+        """Set one attribute of an existing call: a plain overwrite, so the same value again
+        (a resent write whose answer was lost) changes nothing."""
         try:
             self._write(
                 lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
-                    UpdateExpression="SET recording = :recording",
+                    UpdateExpression="SET #name = :value",
                     ConditionExpression="attribute_exists(call_id)",
-                    ExpressionAttributeValues={":recording": value},
+                    ExpressionAttributeNames={"#name": name},
+                    ExpressionAttributeValues={":value": value},
                 )
             )
         except ClientError as exc:
@@ -710,10 +753,10 @@ class DynamoDBCallStore:
             old = exc.response.get("Item") or {}
             if _str(old, "attempt_token") == token:
                 # Our write committed; its answer was lost.
-                return Attempt(number=_int(old, "attempt_token_number"), recording=_recording(old))
+                return Attempt(number=_int(old, "attempt_token_number"), call=call_from_item(old))
             return None
         item = response["Attributes"]
-        return Attempt(number=int(item["ai_attempts"]["N"]), recording=_recording(item))
+        return Attempt(number=int(item["ai_attempts"]["N"]), call=call_from_item(item))
 
     def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
         try:
@@ -786,7 +829,11 @@ class DynamoDBCallStore:
             yield [packet_from_item(item) for item in page]
         if not found:
             for page in self._query(self._slots, call_id):
-                yield [stored.packet for item in page for stored in _slot_packets(item)]
+                yield [
+                    replace(stored.packet, received_at_ns=stored.received_at_ns)
+                    for item in page
+                    for stored in _slot_packets(item)
+                ]
 
     def _query(
         self, table: str, call_id: str, *, index: str | None = None, projection: str | None = None

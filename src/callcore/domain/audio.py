@@ -279,6 +279,28 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def from_wav(wav: bytes) -> DecodedAudio:
+    """A recording ``to_wav`` wrote, decoded again: what a call's audio is once its packets expired.
+
+    Raises UndecodableAudioError for anything but mono 16-bit PCM (a recording is never that).
+    """
+    import wave
+
+    try:
+        with wave.open(io.BytesIO(wav), "rb") as reader:
+            shape = (reader.getnchannels(), reader.getsampwidth())
+            rate, frames = reader.getframerate(), reader.readframes(reader.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise UndecodableAudioError(f"the recording is not a WAV file: {exc}") from exc
+    if shape != (1, 2):
+        raise UndecodableAudioError(f"the recording is not mono 16-bit PCM ({shape[0]} channels, {shape[1]} bytes)")
+    if sys.byteorder == "big":  # pragma: no cover - Lambda and CI hosts are little-endian
+        samples = array("h", frames)
+        samples.byteswap()
+        frames = samples.tobytes()
+    return DecodedAudio(pcm16=frames, sample_rate=rate, duration_s=len(frames) / 2 / rate)
+
+
 def to_wav(audio: DecodedAudio) -> bytes:
     """The audio as a mono 16-bit PCM WAV file.
 

@@ -93,6 +93,9 @@ class Packet:
     # The audio format the packet declared ("pcm16/16000"; see callcore.domain.audio), or
     # None: the call's format then comes from its other packets, or the service's default.
     audio_format: str | None = None
+    # When the service stored it, as a store reads it back (None before): what the packet
+    # statistics order arrivals by. Not part of the packet's identity.
+    received_at_ns: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timestamp", round(self.timestamp, TIMESTAMP_DIGITS))
@@ -225,11 +228,15 @@ class Recording:
 
 @dataclass(frozen=True)
 class Attempt:
-    """An AI attempt begun: its number (over all rounds), and the recording its call had noted
-    then (None before an attempt stored one)."""
+    """An AI attempt begun: its number (over all rounds), and its call as the attempt found it
+    (the recording and packet statistics an earlier attempt noted, None before)."""
 
     number: int
-    recording: Recording | None
+    call: Call
+
+    @property
+    def recording(self) -> Recording | None:
+        return self.call.recording
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,9 @@ class Call:
     failure_reason: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     recording: Recording | None = None
+    # The packet statistics the worker noted when it first read the call's packets: they no
+    # longer change once the call has ended, and outlive the packets (their TTL).
+    packet_stats: PacketStats | None = None
 
     @property
     def reason_for_failure(self) -> str | None:
