@@ -167,21 +167,26 @@ class InMemoryCallStore:
             self._calls[call_id] = dataclasses.replace(call, attempts=attempts, ai_last_error=error)
 
     def note_packet_stats(self, call_id: str, stats: PacketStats) -> None:
-        with self._lock:
-            call = self._calls.get(call_id)
-            if call is None:
-                raise CallNotFoundError(call_id)
-            # As the adapter keeps them: the duplicates are the call's own count.
-            self._calls[call_id] = dataclasses.replace(
-                call, packet_stats=dataclasses.replace(stats, duplicates=call.duplicates)
-            )
+        self._note(call_id, packet_stats=stats)
 
-    def set_recording(self, call_id: str, recording: Recording) -> None:
+    def set_recording(self, call_id: str, recording: Recording, *, packet_stats: PacketStats | None = None) -> None:
+        self._note(call_id, recording=recording, packet_stats=packet_stats)
+
+    def _note(
+        self, call_id: str, *, recording: Recording | None = None, packet_stats: PacketStats | None = None
+    ) -> None:
         with self._lock:
             call = self._calls.get(call_id)
             if call is None:
                 raise CallNotFoundError(call_id)
-            self._calls[call_id] = dataclasses.replace(call, recording=recording)
+            if recording is not None:
+                call = dataclasses.replace(call, recording=recording)
+            if packet_stats is not None:
+                # As the adapter keeps them: the duplicates are the call's own count.
+                call = dataclasses.replace(
+                    call, packet_stats=dataclasses.replace(packet_stats, duplicates=call.duplicates)
+                )
+            self._calls[call_id] = call
 
     def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:
         with self._lock:

@@ -117,8 +117,9 @@ class CallStore(Protocol):
         CallNotFoundError if no call."""
         ...
 
-    def set_recording(self, call_id: str, recording: Recording) -> None:
-        """Note the call's stored recording (the same recording again changes nothing). CallNotFoundError if no call."""
+    def set_recording(self, call_id: str, recording: Recording, *, packet_stats: PacketStats | None = None) -> None:
+        """Note the call's stored recording, and its packet statistics when given, in one write (as
+        ``note_packet_stats``); the same again changes nothing. CallNotFoundError if no call."""
         ...
 
     def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:

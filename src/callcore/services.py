@@ -410,21 +410,28 @@ def _prepare_audio(
         # an operator's late retry transcribes the recording.
         audio = from_wav(recordings.read(attempt.recording))
         return CallAudio(item.call_id, item.round, attempt.number, attempt.recording, audio=audio)
+    # Noted once, with the recording when there is one to save (one write), else alone: then GET
+    # reads one item, and the packets may expire (PACKET_RETENTION_DAYS).
+    stats = None
     if attempt.call.packet_stats is None:
-        # Noted before decoding, so that a call whose audio cannot be decoded keeps them too:
-        # GET then reads one item, and the packets may expire (PACKET_RETENTION_DAYS).
         arrivals = [Arrival(p.sequence, p.received_at_ns or 0) for p in packets]
         stats = PacketStats.from_arrivals(arrivals, last_sequence=attempt.call.last_sequence)
-        store.note_packet_stats(item.call_id, stats)
-    fmt = call_format(packets, limits.default_format)
-    decoded = decode_call(packets, fmt, max_pcm_bytes=limits.max_pcm_bytes)
     recording = attempt.recording
+    try:
+        fmt = call_format(packets, limits.default_format)
+        decoded = decode_call(packets, fmt, max_pcm_bytes=limits.max_pcm_bytes)
+    except (PermanentAIError, CallTooLargeError):
+        if stats is not None:  # a call whose audio cannot be decoded keeps its statistics too
+            store.note_packet_stats(item.call_id, stats)
+        raise
     if recording is None:
         # An earlier attempt may have saved it and failed to note it: saving again writes the
         # same object (an ended call's packets never change). Asking S3 first would cost every
         # first attempt a request, for a failure that is rare.
         recording = recordings.save(item.call_id, to_wav(decoded), duration_s=decoded.duration_s)
-        store.set_recording(item.call_id, recording)
+        store.set_recording(item.call_id, recording, packet_stats=stats)
+    elif stats is not None:  # the recording was noted before statistics were
+        store.note_packet_stats(item.call_id, stats)
     return CallAudio(
         call_id=item.call_id,
         round=item.round,

@@ -797,6 +797,22 @@ def test_noted_packet_stats_come_back_with_the_call_and_the_duplicates_counted_s
     assert attempt.call.packet_stats == replace(stats, duplicates=2)
 
 
+def test_set_recording_with_packet_stats_notes_both_and_keeps_what_the_call_had(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    processing(store, call_id, clock)
+    stats = PacketStats(received=2, duplicates=0, out_of_order=0, highest_sequence=1, missing=[], missing_count=0)
+    recording = Recording(key=f"calls/{call_id}/recording.wav", duration_s=0.04, bytes=684)
+    before = stored_call(store, call_id)
+
+    store.set_recording(call_id, recording, packet_stats=stats)
+
+    assert stored_call(store, call_id) == replace(before, recording=recording, packet_stats=stats)
+    # The recording alone leaves the statistics noted.
+    store.set_recording(call_id, recording)
+    assert stored_call(store, call_id).packet_stats == stats
+
+
 def test_noted_packet_stats_of_a_call_with_no_packets_keep_no_highest_sequence(
     store: CallStore, call_id: str, clock: Clock
 ) -> None:

@@ -96,11 +96,11 @@ class NoteFailsOnce(InMemoryCallStore):
         super().__init__()
         self.failed = False
 
-    def set_recording(self, call_id: str, recording: Recording) -> None:
+    def set_recording(self, call_id: str, recording: Recording, *, packet_stats: PacketStats | None = None) -> None:
         if not self.failed:
             self.failed = True
             raise DependencyUnavailableError("DynamoDB", "throttled")
-        super().set_recording(call_id, recording)
+        super().set_recording(call_id, recording, packet_stats=packet_stats)
 
 
 def test_an_attempt_after_a_recording_saved_but_not_noted_saves_it_again_and_notes_it(
@@ -126,13 +126,19 @@ def test_an_attempt_after_a_recording_saved_but_not_noted_saves_it_again_and_not
 
 
 class CountsNotes(InMemoryCallStore):
+    """Records each write that notes the statistics: alone, or with the recording."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.notes: list[PacketStats] = []
+        self.notes: list[str] = []
 
     def note_packet_stats(self, call_id: str, stats: PacketStats) -> None:
-        self.notes.append(stats)
+        self.notes.append("stats")
         super().note_packet_stats(call_id, stats)
+
+    def set_recording(self, call_id: str, recording: Recording, *, packet_stats: PacketStats | None = None) -> None:
+        self.notes.append("recording and stats" if packet_stats else "recording")
+        super().set_recording(call_id, recording, packet_stats=packet_stats)
 
 
 def test_the_first_attempt_notes_the_packet_statistics_once_and_get_shows_them_after_the_packets_expire(
@@ -150,20 +156,24 @@ def test_the_first_attempt_notes_the_packet_statistics_once_and_get_shows_them_a
         process(store, ai, recordings, queue, item)
     assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
 
-    # Noted by the first attempt; the second found them on its call and wrote nothing.
-    assert len(store.notes) == 1
+    # Noted by the first attempt, in the write that notes its recording; the second found
+    # both on its call and wrote nothing.
+    assert store.notes == ["recording and stats"]
     store.expire_packets("c1")
     assert store.arrivals("c1") == []
     assert services.get_call(store, InMemoryCallArchive(), "c1").packets == expected
 
 
 def test_a_call_whose_audio_cannot_be_decoded_keeps_its_packet_statistics_too(
-    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+    queue: FakeQueue, recordings: InMemoryRecordingStore
 ) -> None:
+    store = CountsNotes()
     stream(store, "c1", frame(1), frame(0, "not audio"))
     item = end(store, queue, "c1")
 
     assert process(store, FakeAIProvider(), recordings, queue, item) is ProcessOutcome.FAILED
+
+    assert store.notes == ["stats"]  # no recording to note them with
 
     store.expire_packets("c1")
     stats = services.get_call(store, InMemoryCallArchive(), "c1").packets

@@ -551,9 +551,9 @@ class DynamoDBCallStore:
             # Otherwise our own write committed; its answer was lost.
 
     def note_packet_stats(self, call_id: str, stats: PacketStats) -> None:
-        self._set_on_call(call_id, PACKET_STATS, _packet_stats_value(stats))
+        self._set_on_call(call_id, {PACKET_STATS: _packet_stats_value(stats)})
 
-    def set_recording(self, call_id: str, recording: Recording) -> None:
+    def set_recording(self, call_id: str, recording: Recording, *, packet_stats: PacketStats | None = None) -> None:
         value = {
             "M": {
                 "key": _s(recording.key),
@@ -561,20 +561,22 @@ class DynamoDBCallStore:
                 "bytes": _n(recording.bytes),
             }
         }
-        self._set_on_call(call_id, "recording", value)
+        stats = {PACKET_STATS: _packet_stats_value(packet_stats)} if packet_stats else {}
+        self._set_on_call(call_id, {"recording": value} | stats)
 
-    def _set_on_call(self, call_id: str, name: str, value: AttributeValue) -> None:
-        """Set one attribute of an existing call: a plain overwrite, so the same value again
-        (a resent write whose answer was lost) changes nothing."""
+    def _set_on_call(self, call_id: str, values: dict[str, AttributeValue]) -> None:
+        """Set attributes of an existing call: a plain overwrite, so the same values again (a
+        resent write whose answer was lost) change nothing."""
+        names = {f"#a{i}": name for i, name in enumerate(values)}
         try:
             self._write(
                 lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
-                    UpdateExpression="SET #name = :value",
+                    UpdateExpression="SET " + ", ".join(f"{n} = :v{n[2:]}" for n in names),
                     ConditionExpression="attribute_exists(call_id)",
-                    ExpressionAttributeNames={"#name": name},
-                    ExpressionAttributeValues={":value": value},
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues={f":v{i}": v for i, v in enumerate(values.values())},
                 )
             )
         except ClientError as exc:
