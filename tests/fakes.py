@@ -13,6 +13,7 @@ import binascii
 import dataclasses
 import json
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from callcore.adapters.s3_recordings import recording_key
@@ -23,6 +24,7 @@ from callcore.domain.errors import (
     CallTooLargeError,
     DependencyUnavailableError,
     InvalidTransitionError,
+    RecordingExpiredError,
 )
 from callcore.domain.model import (
     AIResult,
@@ -219,10 +221,13 @@ class InMemoryCallStore:
         with self._lock:
             return self._calls.get(call_id)
 
-    def expire_packets(self, call_id: str) -> None:
-        """What DynamoDB's TTL does to the call's packets, PACKET_RETENTION_DAYS after they arrived."""
+    def expire_packets(self, call_id: str, sequences: Iterable[int] | None = None) -> None:
+        """What DynamoDB's TTL does to the call's packets (``sequences``, else all of them),
+        PACKET_RETENTION_DAYS after they arrived: one by one, within days."""
         with self._lock:
-            self._packets.pop(call_id, None)
+            stored = self._packets.get(call_id, {})
+            for sequence in list(stored) if sequences is None else sequences:
+                stored.pop(sequence, None)
 
     def arrivals(self, call_id: str) -> list[Arrival]:
         """In arrival order, as the adapter's arrival index gives them."""
@@ -441,6 +446,8 @@ class InMemoryRecordingStore:
 
     def read(self, recording: Recording) -> bytes:
         with self._lock:
+            if recording.key not in self.objects:
+                raise RecordingExpiredError(recording.key)
             return self.objects[recording.key]
 
     def download_url(self, recording: Recording, *, expires_s: int) -> str:

@@ -180,7 +180,9 @@ class RecordingStore(Protocol):
         saving it again (a redelivered work item) writes the same object, never a second one."""
         ...
 
-    def read(self, recording: Recording) -> bytes: ...
+    def read(self, recording: Recording) -> bytes:
+        """The WAV. RecordingExpiredError once the store no longer holds it."""
+        ...
 
     def download_url(self, recording: Recording, *, expires_s: int) -> str:
         """A URL that fetches the WAV without credentials until it expires."""

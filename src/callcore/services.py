@@ -20,6 +20,7 @@ from callcore.domain.errors import (
     DependencyUnavailableError,
     InvalidTransitionError,
     PermanentAIError,
+    RecordingExpiredError,
     RecordingNotFoundError,
     RetryableAIError,
     SequenceConflictError,
@@ -377,6 +378,7 @@ async def process_call(
         return ProcessOutcome.PENDING
     except CallTooLargeError as exc:
         await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
+        await asyncio.to_thread(keep_packet_stats, store, item.call_id)
         return await _finish(
             store, item, CallState.FAILED, failure_reason=f"the call is too large to process: {error_text(exc)}"
         )
@@ -402,14 +404,30 @@ def _prepare_audio(
     the call, once: an attempt that finds them noted (the call item came back with the
     attempt's count) neither looks for them nor writes them again."""
     # Here, not at the top: the ingest function imports this module and never decodes audio.
-    from callcore.domain.audio import CallAudio, call_format, decode_call, from_wav, to_wav
+    from callcore.domain.audio import CallAudio, UndecodableAudioError, call_format, decode_call, from_wav, to_wav
 
     packets = store.packets(item.call_id, max_bytes=limits.max_call_bytes)
-    if not packets and attempt.recording is not None:
-        # Its packets expired (PACKET_RETENTION_DAYS) after an earlier round stored their audio:
-        # an operator's late retry transcribes the recording.
-        audio = from_wav(recordings.read(attempt.recording))
+    noted = attempt.call.packet_stats
+    if noted is not None and len(packets) < noted.received:
+        # Its packets have been expiring (PACKET_RETENTION_DAYS; DynamoDB deletes them one by
+        # one, within days) since an earlier round read them: a late retry transcribes what
+        # that round stored, not what is left.
+        if attempt.recording is None:
+            raise UndecodableAudioError(
+                f"{len(packets)} of the call's {noted.received} packets are left (they expire "
+                "PACKET_RETENTION_DAYS after they arrive), and it has no recording to transcribe instead"
+            )
+        try:
+            audio = from_wav(recordings.read(attempt.recording))
+        except RecordingExpiredError as exc:
+            raise UndecodableAudioError(f"the call's packets have expired, and {exc}") from exc
         return CallAudio(item.call_id, item.round, attempt.number, attempt.recording, audio=audio)
+    if not packets:
+        # A call is created by its first packet: none left means they expired before any
+        # round noted them. Zero statistics would be wrong, so none are noted.
+        raise UndecodableAudioError(
+            "the call's packets have expired (PACKET_RETENTION_DAYS after they arrive) before any attempt read them"
+        )
     # Noted once, with the recording when there is one to save (one write), else alone: then GET
     # reads one item, and the packets may expire (PACKET_RETENTION_DAYS).
     stats = None
@@ -485,8 +503,19 @@ async def _finish(
     return ProcessOutcome.COMPLETED if target is CallState.COMPLETED else ProcessOutcome.FAILED
 
 
+def keep_packet_stats(store: CallStore, call_id: str) -> None:
+    """Note the call's packet statistics from its packets' arrivals, unless an attempt noted
+    them: a call that fails before any attempt read its packets (too large, work item lost,
+    every attempt cut short) would otherwise show none once they expire."""
+    call = store.get_call(call_id)
+    if call is not None and call.packet_stats is None and call.state is not CallState.IN_PROGRESS:
+        store.note_packet_stats(call_id, _packet_stats(store, call))
+
+
 def _fail_round(store: CallStore, call_id: str, round: int, reason: str) -> bool:
-    """PROCESSING_AI -> FAILED for ``round`` only; False when the round was already over."""
+    """PROCESSING_AI -> FAILED for ``round`` only, its packet statistics kept; False when the
+    round was already over."""
+    keep_packet_stats(store, call_id)
     rule = transition_rule(call_id, CallState.PROCESSING_AI, CallState.FAILED)
     try:
         store.transition(call_id, rule, now=now_iso(), token=new_token(), expected_round=round, failure_reason=reason)

@@ -115,15 +115,19 @@ class Settings:
         The worker reads a call's packets once it has ended, and notes their statistics on
         the call and their audio as its recording: after that the packets are a copy, billed
         as storage and backups by the byte. They must outlast the longest call and the
-        longest a call can wait for its worker (``give_up_after_s``), which the settings check;
-        a week also leaves an operator's retry of a FAILED call its packets.
+        longest a call can wait for its worker (``shortest_packet_retention_s``): a shorter
+        setting is raised to that, in whole days, rather than refused, since a longer retry
+        horizon (RETRY_MAX_DELAY_S, MAX_RECEIVE_COUNT) lengthens it.
         """
-        return self.packet_retention_days * 86_400
+        shortest_days = math.ceil(self.shortest_packet_retention_s() / 86_400)
+        return max(self.packet_retention_days, shortest_days) * 86_400
 
     def shortest_packet_retention_s(self) -> float:
         """A call's packets must outlast the call (at most MAX_CALL_PACKETS x 20 ms) and its
-        wait for the worker's first read (at most ``give_up_after_s``)."""
-        return MAX_CALL_PACKETS * 0.02 + self.give_up_after_s()
+        longest wait for the worker's first read: its work item's silence until the sweeper
+        sends it again (``processing_timeout_s``), then until it gives up (``give_up_after_s``,
+        counted from that send)."""
+        return MAX_CALL_PACKETS * 0.02 + self.processing_timeout_s + self.give_up_after_s()
 
     def give_up_after_s(self) -> float:
         """After this long without a result since its last send, a round's work item is certainly
@@ -187,12 +191,6 @@ class Settings:
                 f"PROCESSING_TIMEOUT_S={settings.processing_timeout_s:g} is shorter than the retry horizon "
                 f"({horizon:g} s: MAX_RECEIVE_COUNT x max(visibility timeout, worker timeout + RETRY_MAX_DELAY_S)); "
                 "the sweeper would fail calls still being retried"
-            )
-        if settings.packet_ttl_s() < settings.shortest_packet_retention_s():
-            raise SettingsError(
-                f"PACKET_RETENTION_DAYS={settings.packet_retention_days} is shorter than the longest call and "
-                f"its longest wait for the worker ({settings.shortest_packet_retention_s() / 86_400:.1f} days): "
-                "packets could expire before the worker reads them"
             )
         if settings.ai_max_latency_s < settings.ai_min_latency_s:
             raise SettingsError("AI_MAX_LATENCY_S must be >= AI_MIN_LATENCY_S")

@@ -223,11 +223,15 @@ def test_packets_are_kept_a_week_and_never_shorter_than_a_call_can_wait_for_its_
 
     settings = Settings.from_env({})
     assert settings.packet_ttl_s() == 7 * 86_400
-    # Two hours of packets and the sweeper's give-up horizon (8 h + the queue's 4 days).
-    assert settings.shortest_packet_retention_s() == 7200 + 28800 + 345600
-    with pytest.raises(SettingsError, match="PACKET_RETENTION_DAYS=4 is shorter"):
-        Settings.from_env({"PACKET_RETENTION_DAYS": "4"})
+    # Two hours of packets, 8 h until the sweeper resends a silent round's work item, and
+    # from that send its give-up horizon (8 h + the queue's 4 days): 4.75 days.
+    assert settings.shortest_packet_retention_s() == 7200 + 28800 + 28800 + 345600
     assert Settings.from_env({"PACKET_RETENTION_DAYS": "5"}).packet_ttl_s() == 5 * 86_400
+    # Shorter is raised to the whole days that cover it, not refused: the functions start.
+    assert Settings.from_env({"PACKET_RETENTION_DAYS": "1"}).packet_ttl_s() == 5 * 86_400
+    # ... and a longer retry horizon lengthens it: 5 x (900 + 43200) + 1800 s to resend.
+    longer = Settings.from_env({"RETRY_MAX_DELAY_S": "43200"})
+    assert longer.packet_ttl_s() == 10 * 86_400
     # The template offers the same default, and refuses what the functions would refuse.
     parameter = load_template()["Parameters"]["PacketRetentionDays"]
     assert parameter["Default"] == settings.packet_retention_days

@@ -637,6 +637,23 @@ def test_sweep_fails_a_call_whose_work_item_is_certainly_gone_naming_the_rounds_
     assert queue.sent == [item]
 
 
+def test_a_call_the_sweeper_fails_before_any_attempt_read_its_packets_keeps_their_statistics(
+    store: InMemoryCallStore, queue: FakeQueue, clock: Clock
+) -> None:
+    # GIVEN a call whose work item was lost before any attempt
+    ended_call(store, queue, "lost", "one", "two")
+
+    # WHEN the sweeper gives up on it
+    clock.advance(GIVE_UP_S + 1)
+    assert sweep(store, queue).failed == 1
+
+    # THEN it keeps its packets' statistics, for after they expire (PACKET_RETENTION_DAYS)
+    call = get(store, "lost")
+    assert call.state is CallState.FAILED
+    assert call.packet_stats is not None
+    assert (call.packet_stats.received, call.packet_stats.highest_sequence) == (2, 2)
+
+
 def test_the_give_up_clock_runs_from_the_last_send_not_from_the_end(
     store: InMemoryCallStore, queue: FakeQueue, clock: Clock
 ) -> None:

@@ -180,14 +180,23 @@ def test_a_call_whose_audio_cannot_be_decoded_keeps_its_packet_statistics_too(
     assert (stats.received, stats.out_of_order, stats.highest_sequence) == (2, 1, 1)
 
 
-def test_a_retry_after_the_packets_expired_transcribes_the_recording(
-    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+def failed_once_for_the_ai(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore, ai: FakeAIProvider
 ) -> None:
+    """Call c1 (packets 0, 1 and 3) FAILED by the AI after its recording was stored."""
     stream(store, "c1", frame(0), frame(1, base64.b64encode(bytes(range(160))).decode()), frame(3))
     item = end(store, queue, "c1")
-    ai = FakeAIProvider({"c1": [PermanentAIError("the AI service refused the audio")]})
     assert process(store, ai, recordings, queue, item) is ProcessOutcome.FAILED
-    store.expire_packets("c1")  # PACKET_RETENTION_DAYS later, an operator retries it
+
+
+@pytest.mark.parametrize("expired", [None, [1]], ids=["all", "some"])
+def test_a_retry_after_the_packets_expired_transcribes_the_recording(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore, expired: list[int] | None
+) -> None:
+    ai = FakeAIProvider({"c1": [PermanentAIError("the AI service refused the audio")]})
+    failed_once_for_the_ai(store, queue, recordings, ai)
+    # PACKET_RETENTION_DAYS later, DynamoDB deleting them one by one, an operator retries it.
+    store.expire_packets("c1", expired)
 
     services.retry_call(store, queue, "c1")
 
@@ -197,6 +206,67 @@ def test_a_retry_after_the_packets_expired_transcribes_the_recording(
     assert retried.audio is not None and first.audio is not None
     assert (retried.audio.pcm16, retried.audio.sample_rate) == (first.audio.pcm16, first.audio.sample_rate)
     assert recordings.saves == 1
+
+
+def test_a_retry_after_the_packets_and_the_recording_expired_fails_saying_so(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    ai = FakeAIProvider({"c1": [PermanentAIError("the AI service refused the audio")]})
+    failed_once_for_the_ai(store, queue, recordings, ai)
+    stats = store.get_call("c1").packet_stats  # type: ignore[union-attr]
+    store.expire_packets("c1")
+    recordings.objects.clear()  # RecordingRetentionDays later
+
+    services.retry_call(store, queue, "c1")
+
+    assert process(store, ai, recordings, queue, queue.sent[-1]) is ProcessOutcome.FAILED
+    call = store.get_call("c1")
+    assert call is not None and call.failure_reason is not None
+    assert "packets have expired" in call.failure_reason and "RecordingRetentionDays" in call.failure_reason
+    assert call.packet_stats == stats and len(ai.audios) == 1
+
+
+def test_a_call_whose_packets_expired_before_any_attempt_fails_saying_so_and_notes_no_statistics(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(0), frame(1))
+    item = end(store, queue, "c1")
+    store.expire_packets("c1")
+
+    assert process(store, FakeAIProvider(), recordings, queue, item) is ProcessOutcome.FAILED
+
+    call = store.get_call("c1")
+    assert call is not None and call.failure_reason is not None
+    assert "packets have expired" in call.failure_reason
+    assert call.packet_stats is None  # not zeros: nothing was read
+
+
+def test_a_call_too_large_to_read_keeps_its_packet_statistics(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    stream(store, "c1", frame(0), frame(2), frame(1))
+    item = end(store, queue, "c1")
+    limits = services.AudioLimits(default_format=SETTINGS.audio_format, max_call_bytes=300, max_pcm_bytes=10_000)
+
+    outcome = asyncio.run(services.process_call(store, FakeAIProvider(), recordings, queue, item, limits=limits))
+
+    assert outcome is ProcessOutcome.FAILED
+    store.expire_packets("c1")
+    stats = services.get_call(store, InMemoryCallArchive(), "c1").packets
+    assert (stats.received, stats.out_of_order, stats.highest_sequence) == (3, 1, 2)
+
+
+def test_a_dead_lettered_call_no_attempt_read_keeps_its_packet_statistics(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    stream(store, "c1", frame(0), frame(2), frame(1))
+    item = end(store, queue, "c1")
+
+    assert services.fail_exhausted(store, item)  # every attempt cut short before it read them
+
+    store.expire_packets("c1")
+    stats = services.get_call(store, InMemoryCallArchive(), "c1").packets
+    assert (stats.received, stats.out_of_order, stats.highest_sequence) == (3, 1, 2)
 
 
 def test_the_provider_gets_the_decoded_audio_and_the_recording(

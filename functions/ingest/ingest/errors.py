@@ -18,6 +18,7 @@ from callcore.domain.errors import (
     DependencyMisconfiguredError,
     DependencyUnavailableError,
     InvalidTransitionError,
+    RecordingExpiredError,
     RecordingNotFoundError,
     SequenceConflictError,
 )
@@ -172,6 +173,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RecordingNotFoundError)
     async def no_recording(request: Request, exc: RecordingNotFoundError) -> JSONResponse:
         return error_response(404, "recording_not_found", str(exc))
+
+    @app.exception_handler(RecordingExpiredError)
+    async def recording_expired(request: Request, exc: RecordingExpiredError) -> JSONResponse:
+        return error_response(404, "recording_expired", str(exc))
 
     @app.exception_handler(SequenceConflictError)
     async def sequence_conflict(request: Request, exc: SequenceConflictError) -> JSONResponse:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from callcore.adapters.aws_errors import dependency
+from botocore.exceptions import ClientError
+
+from callcore.adapters.aws_errors import dependency, error_code
+from callcore.domain.errors import RecordingExpiredError
 from callcore.domain.model import Recording
 
 S3Client = Any
@@ -40,8 +43,13 @@ class S3RecordingStore:
         return Recording(key=key, duration_s=round(duration_s, 3), bytes=len(wav))
 
     def read(self, recording: Recording) -> bytes:
-        with dependency("S3"):
-            body: bytes = self._s3.get_object(Bucket=self._bucket, Key=recording.key)["Body"].read()
+        try:
+            with dependency("S3"):
+                body: bytes = self._s3.get_object(Bucket=self._bucket, Key=recording.key)["Body"].read()
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchKey":
+                raise
+            raise RecordingExpiredError(recording.key) from exc
         return body
 
     def download_url(self, recording: Recording, *, expires_s: int) -> str:

@@ -1,8 +1,9 @@
 """What an archived call keeps: one JSON document, beside its recording, that outlives its packets.
 
-Once a call is ARCHIVED its packets leave DynamoDB (their TTL), so everything GET shows of
-it must be in this record: its states and times, packet statistics, AI attempts and
-result. The record is plain JSON, readable without this code.
+A call's packets leave DynamoDB by their TTL (PACKET_RETENTION_DAYS, before it is archived);
+its statistics stay on the call item, and this record keeps everything GET shows of it for
+as long as the recording: its states and times, packet statistics, AI attempts and result.
+The record is plain JSON, readable without this code.
 """
 
 from __future__ import annotations

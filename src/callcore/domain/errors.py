@@ -26,6 +26,15 @@ class RecordingNotFoundError(CallCoreError):
         self.call_id = call_id
 
 
+class RecordingExpiredError(CallCoreError):
+    """The call noted a recording that its store no longer holds: recordings expire after
+    RecordingRetentionDays."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the recording {key!r} is no longer stored: recordings expire after RecordingRetentionDays")
+        self.key = key
+
+
 class SequenceConflictError(CallCoreError):
     """The same sequence arrived again with different data."""
 
