@@ -154,3 +154,20 @@ def test_locally_the_recording_is_the_wav_whatever_the_accept_header(
     assert response.status_code == 200
     assert response.headers["content-type"] == "audio/wav"
     assert response.content.startswith(b"RIFF")
+
+
+def test_a_recording_past_its_retention_is_a_404_saying_it_expired(
+    api: httpx.Client, ports: Ports, aws_clients: AwsClients, call_id: str
+) -> None:
+    stream_and_end(api, call_id, [0, 1])
+    work(ports, call_id)
+    # S3's lifecycle rule removes it after RecordingRetentionDays; the call still notes it.
+    key = f"calls/{call_id}/recording.wav"
+    aws_clients.s3.delete_object(Bucket=ports.settings.recordings_bucket, Key=key)
+
+    response = api.get(f"/v1/call/{call_id}/recording")
+
+    assert response.status_code == 404
+    assert response.json()["error"] == "recording_expired"
+    assert "RecordingRetentionDays" in response.json()["message"]
+    assert api.get(f"/v1/call/{call_id}").json()["recording"] is not None

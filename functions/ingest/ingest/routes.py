@@ -306,7 +306,7 @@ def accepts_json(accept: str | None) -> bool:
             ),
             "headers": {"Location": {"schema": {"type": "string"}, "description": "The presigned URL."}},
         },
-        **error_responses((404, "No call with this call_id, or the call has no recording yet.")),
+        **error_responses((404, "No call with this call_id, the call has no recording yet, or it has expired.")),
     },
 )
 def get_recording(
