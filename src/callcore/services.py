@@ -408,25 +408,21 @@ def _prepare_audio(
 
     packets = store.packets(item.call_id, max_bytes=limits.max_call_bytes)
     noted = attempt.call.packet_stats
-    if noted is not None and len(packets) < noted.received:
-        # Its packets have been expiring (PACKET_RETENTION_DAYS; DynamoDB deletes them one by
-        # one, within days) since an earlier round read them: a late retry transcribes what
-        # that round stored, not what is left.
-        if attempt.recording is None:
-            raise UndecodableAudioError(
-                f"{len(packets)} of the call's {noted.received} packets are left (they expire "
-                "PACKET_RETENTION_DAYS after they arrive), and it has no recording to transcribe instead"
-            )
-        try:
-            audio = from_wav(recordings.read(attempt.recording))
-        except RecordingExpiredError as exc:
-            raise UndecodableAudioError(f"the call's packets have expired, and {exc}") from exc
-        return CallAudio(item.call_id, item.round, attempt.number, attempt.recording, audio=audio)
-    if not packets:
-        # A call is created by its first packet: none left means they expired before any
-        # round noted them. Zero statistics would be wrong, so none are noted.
+    # A call is created by its first packet, so none left, or fewer than were noted, means
+    # they have been expiring (PACKET_RETENTION_DAYS; DynamoDB deletes them one by one, within
+    # days): a late retry transcribes what an earlier round stored, not what is left, and
+    # notes no statistics of it.
+    if not packets or (noted is not None and len(packets) < noted.received):
+        if attempt.recording is not None:
+            try:
+                audio = from_wav(recordings.read(attempt.recording))
+            except RecordingExpiredError as exc:
+                raise UndecodableAudioError(f"the call's packets have expired, and {exc}") from exc
+            return CallAudio(item.call_id, item.round, attempt.number, attempt.recording, audio=audio)
+        left = f"{len(packets)} of the call's {noted.received}" if noted else "none of the call's"
         raise UndecodableAudioError(
-            "the call's packets have expired (PACKET_RETENTION_DAYS after they arrive) before any attempt read them"
+            f"{left} packets are left (they expire PACKET_RETENTION_DAYS after they arrive), "
+            "and it has no recording to transcribe instead"
         )
     # Noted once, with the recording when there is one to save (one write), else alone: then GET
     # reads one item, and the packets may expire (PACKET_RETENTION_DAYS).
@@ -508,8 +504,12 @@ def keep_packet_stats(store: CallStore, call_id: str) -> None:
     them: a call that fails before any attempt read its packets (too large, work item lost,
     every attempt cut short) would otherwise show none once they expire."""
     call = store.get_call(call_id)
-    if call is not None and call.packet_stats is None and call.state is not CallState.IN_PROGRESS:
-        store.note_packet_stats(call_id, _packet_stats(store, call))
+    if call is None or call.packet_stats is not None or call.state is CallState.IN_PROGRESS:
+        return
+    arrivals = store.arrivals(call_id)
+    if arrivals:  # none left: they expired, and zeros would be wrong
+        stats = PacketStats.from_arrivals(arrivals, duplicates=call.duplicates, last_sequence=call.last_sequence)
+        store.note_packet_stats(call_id, stats)
 
 
 def _fail_round(store: CallStore, call_id: str, round: int, reason: str) -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 from ai_worker.handler import audio_limits
 from callcore import services
-from callcore.domain.audio import CallAudio
+from callcore.domain.audio import CallAudio, DecodedAudio, to_wav
 from callcore.domain.errors import (
     DependencyUnavailableError,
     PermanentAIError,
@@ -237,8 +237,39 @@ def test_a_call_whose_packets_expired_before_any_attempt_fails_saying_so_and_not
 
     call = store.get_call("c1")
     assert call is not None and call.failure_reason is not None
-    assert "packets have expired" in call.failure_reason
+    assert "none of the call's packets are left" in call.failure_reason
+    assert "no recording to transcribe" in call.failure_reason
     assert call.packet_stats is None  # not zeros: nothing was read
+
+
+def test_a_call_noted_with_a_recording_but_no_statistics_uses_the_recording_once_its_packets_are_gone(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    # A call whose recording was noted before the worker noted statistics (an older version).
+    stream(store, "c1", frame(0), frame(1))
+    item = end(store, queue, "c1")
+    wav = to_wav(DecodedAudio(pcm16=b"\x01\x00" * 320, sample_rate=8000, duration_s=0.04))
+    store.set_recording("c1", recordings.save("c1", wav, duration_s=0.04))
+    store.expire_packets("c1")
+    ai = FakeAIProvider()
+
+    assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
+
+    [given] = ai.audios
+    assert given.audio is not None and given.audio.pcm16 == b"\x01\x00" * 320
+    assert store.get_call("c1").packet_stats is None  # type: ignore[union-attr]
+
+
+def test_a_call_failed_after_its_packets_expired_notes_no_zero_statistics(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    stream(store, "c1", frame(0), frame(1))
+    item = end(store, queue, "c1")
+    store.expire_packets("c1")
+
+    assert services.fail_exhausted(store, item)
+
+    assert store.get_call("c1").packet_stats is None  # type: ignore[union-attr]
 
 
 def test_a_call_too_large_to_read_keeps_its_packet_statistics(
