@@ -427,7 +427,7 @@ def _prepare_audio(
     # Noted once, with the recording when there is one to save (one write), else alone: then GET
     # reads one item, and the packets may expire (PACKET_RETENTION_DAYS).
     stats = None
-    if attempt.call.packet_stats is None:
+    if noted is None:
         arrivals = [Arrival(p.sequence, p.received_at_ns or 0) for p in packets]
         stats = PacketStats.from_arrivals(arrivals, last_sequence=attempt.call.last_sequence)
     recording = attempt.recording
@@ -506,9 +506,8 @@ def keep_packet_stats(store: CallStore, call_id: str) -> None:
     call = store.get_call(call_id)
     if call is None or call.packet_stats is not None or call.state is CallState.IN_PROGRESS:
         return
-    arrivals = store.arrivals(call_id)
-    if arrivals:  # none left: they expired, and zeros would be wrong
-        stats = PacketStats.from_arrivals(arrivals, duplicates=call.duplicates, last_sequence=call.last_sequence)
+    stats = _packet_stats(store, call)
+    if stats.received:  # none left: they expired, and zeros would be wrong
         store.note_packet_stats(call_id, stats)
 
 

@@ -16,7 +16,6 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -567,16 +566,15 @@ class DynamoDBCallStore:
     def _set_on_call(self, call_id: str, values: dict[str, AttributeValue]) -> None:
         """Set attributes of an existing call: a plain overwrite, so the same values again (a
         resent write whose answer was lost) change nothing."""
-        names = {f"#a{i}": name for i, name in enumerate(values)}
         try:
             self._write(
                 lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
-                    UpdateExpression="SET " + ", ".join(f"{n} = :v{n[2:]}" for n in names),
+                    UpdateExpression="SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values))),
                     ConditionExpression="attribute_exists(call_id)",
-                    ExpressionAttributeNames=names,
-                    ExpressionAttributeValues={f":v{i}": v for i, v in enumerate(values.values())},
+                    ExpressionAttributeNames={f"#a{i}": name for i, name in enumerate(values)},
+                    ExpressionAttributeValues={f":v{i}": value for i, value in enumerate(values.values())},
                 )
             )
         except ClientError as exc:
@@ -831,11 +829,7 @@ class DynamoDBCallStore:
             yield [packet_from_item(item) for item in page]
         if not found:
             for page in self._query(self._slots, call_id):
-                yield [
-                    replace(stored.packet, received_at_ns=stored.received_at_ns)
-                    for item in page
-                    for stored in _slot_packets(item)
-                ]
+                yield [stored.packet for item in page for stored in _slot_packets(item)]
 
     def _query(
         self, table: str, call_id: str, *, index: str | None = None, projection: str | None = None

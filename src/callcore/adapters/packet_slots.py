@@ -67,7 +67,9 @@ def decode(sequence: int, value: bytes) -> SlotPacket:
     raw = value[start + format_length :]
     data = base64.b64encode(raw).decode() if flags & _BASE64_BYTES else raw.decode()
     return SlotPacket(
-        packet=Packet(sequence=sequence, data=data, timestamp=timestamp, audio_format=audio_format),
+        packet=Packet(
+            sequence=sequence, data=data, timestamp=timestamp, audio_format=audio_format, received_at_ns=received_at_ns
+        ),
         received_at_ns=received_at_ns,
         write_id=write_id,
     )

@@ -294,11 +294,18 @@ def from_wav(wav: bytes) -> DecodedAudio:
         raise UndecodableAudioError(f"the recording is not a WAV file: {exc}") from exc
     if shape != (1, 2):
         raise UndecodableAudioError(f"the recording is not mono 16-bit PCM ({shape[0]} channels, {shape[1]} bytes)")
+    frames = _swap_on_big_endian_host(frames)  # ``wave`` reads samples in the host's order
+    return DecodedAudio(pcm16=frames, sample_rate=rate, duration_s=len(frames) / 2 / rate)
+
+
+def _swap_on_big_endian_host(frames: bytes) -> bytes:
+    """16-bit samples between little-endian and the host's order: the same swap either way,
+    and none on a little-endian host."""
     if sys.byteorder == "big":  # pragma: no cover - Lambda and CI hosts are little-endian
         samples = array("h", frames)
         samples.byteswap()
-        frames = samples.tobytes()
-    return DecodedAudio(pcm16=frames, sample_rate=rate, duration_s=len(frames) / 2 / rate)
+        return samples.tobytes()
+    return frames
 
 
 def to_wav(audio: DecodedAudio) -> bytes:
@@ -309,12 +316,8 @@ def to_wav(audio: DecodedAudio) -> bytes:
     """
     import wave  # here, not at the top: 1 ms of every ingest cold start otherwise
 
-    frames = audio.pcm16
-    if sys.byteorder == "big":  # pragma: no cover - Lambda and CI hosts are little-endian
-        # ``wave`` takes samples in the host's order and writes them little-endian.
-        samples = array("h", frames)
-        samples.byteswap()
-        frames = samples.tobytes()
+    # ``wave`` takes samples in the host's order and writes them little-endian.
+    frames = _swap_on_big_endian_host(audio.pcm16)
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)
