@@ -128,6 +128,9 @@ def test_api_keys_are_split_on_commas_stripped_and_blanks_dropped() -> None:
         ("PROCESSING_TIMEOUT_S", "0.5"),
         ("PROCESSING_TIMEOUT_S", "nan"),
         ("PROCESSING_TIMEOUT_S", "an hour"),
+        ("PACKET_RETENTION_DAYS", "0"),
+        ("PACKET_RETENTION_DAYS", "a week"),
+        ("PACKET_RETENTION_DAYS", "7.5"),
     ],
 )
 def test_bad_value_raises_settings_error_naming_the_variable(name: str, value: str) -> None:
