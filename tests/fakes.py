@@ -127,6 +127,8 @@ class InMemoryCallStore:
         last_sequence: int | None = None,
         failure_reason: str | None = None,
         result: AIResult | None = None,
+        recording: Recording | None = None,
+        packet_stats: PacketStats | None = None,
     ) -> Call:
         """Like the adapter: the call must be in the rule's source (and ``expected_round``, when
         given); the same ``token`` again returns the call as it is."""
@@ -141,9 +143,9 @@ class InMemoryCallStore:
             updated = call.moved(
                 rule, now=now, last_sequence=last_sequence, failure_reason=failure_reason, result=result
             )
-            self._calls[call_id] = updated
+            self._calls[call_id] = self._noted(updated, recording, packet_stats)
             self._tokens[(call_id, "transition")] = token
-            return updated
+            return self._calls[call_id]
 
     def start_attempt(self, call_id: str, round: int, *, now: str, token: str) -> Attempt | None:
         with self._lock:
@@ -159,14 +161,24 @@ class InMemoryCallStore:
             self._attempt_numbers[(call_id, token)] = number
             return Attempt(number, self._calls[call_id])
 
-    def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
+    def record_attempt_error(
+        self,
+        call_id: str,
+        round: int,
+        attempt: int,
+        error: str,
+        *,
+        recording: Recording | None = None,
+        packet_stats: PacketStats | None = None,
+    ) -> None:
         with self._lock:
             call = self._calls.get(call_id)
             if call is None or call.round != round:
                 return
             attempts = list(call.attempts)
             attempts[attempt - 1] = dataclasses.replace(attempts[attempt - 1], error=error)
-            self._calls[call_id] = dataclasses.replace(call, attempts=attempts, ai_last_error=error)
+            call = dataclasses.replace(call, attempts=attempts, ai_last_error=error)
+            self._calls[call_id] = self._noted(call, recording, packet_stats)
 
     def note_packet_stats(self, call_id: str, stats: PacketStats) -> None:
         self._note(call_id, packet_stats=stats)
@@ -181,14 +193,16 @@ class InMemoryCallStore:
             call = self._calls.get(call_id)
             if call is None:
                 raise CallNotFoundError(call_id)
-            if recording is not None:
-                call = dataclasses.replace(call, recording=recording)
-            if packet_stats is not None:
-                # As the adapter keeps them: the duplicates are the call's own count.
-                call = dataclasses.replace(
-                    call, packet_stats=dataclasses.replace(packet_stats, duplicates=call.duplicates)
-                )
-            self._calls[call_id] = call
+            self._calls[call_id] = self._noted(call, recording, packet_stats)
+
+    @staticmethod
+    def _noted(call: Call, recording: Recording | None, packet_stats: PacketStats | None) -> Call:
+        if recording is not None:
+            call = dataclasses.replace(call, recording=recording)
+        if packet_stats is not None:
+            # As the adapter keeps them: the duplicates are the call's own count.
+            call = dataclasses.replace(call, packet_stats=dataclasses.replace(packet_stats, duplicates=call.duplicates))
+        return call
 
     def mark_enqueued(self, call_id: str, round: int, *, now: str) -> None:
         with self._lock:

@@ -84,8 +84,12 @@ class CallStore(Protocol):
         last_sequence: int | None = None,
         failure_reason: str | None = None,
         result: AIResult | None = None,
+        recording: Recording | None = None,
+        packet_stats: PacketStats | None = None,
     ) -> Call:
         """Carry out ``rule`` if the call is in its source state (and in ``expected_round``, if given).
+        ``recording`` and ``packet_stats``, when given, are noted in the same write (as
+        ``set_recording``): an attempt's outcome and what it learnt of the call, one request.
 
         ``token`` names this one request: the same token again (a write resent after its
         answer was lost) returns the call as moved, instead of a refusal.
@@ -103,8 +107,18 @@ class CallStore(Protocol):
         """
         ...
 
-    def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
-        """Note an attempt's error, only while the call is still in ``round``."""
+    def record_attempt_error(
+        self,
+        call_id: str,
+        round: int,
+        attempt: int,
+        error: str,
+        *,
+        recording: Recording | None = None,
+        packet_stats: PacketStats | None = None,
+    ) -> None:
+        """Note an attempt's error, only while the call is still in ``round``; with the
+        recording and packet statistics the attempt found, when given (as ``transition``)."""
         ...
 
     def packets(self, call_id: str, *, max_bytes: int | None = None) -> list[Packet]:

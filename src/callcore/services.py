@@ -357,15 +357,17 @@ async def process_call(
     if begun is None:
         return ProcessOutcome.SKIPPED
     attempt = begun.number if isinstance(begun, Attempt) else begun.attempt
+    unnoted = Unnoted()
     try:
-        audio = (
-            await asyncio.to_thread(_prepare_audio, store, recordings, item, begun, limits)
-            if isinstance(begun, Attempt)
-            else begun
-        )
+        if isinstance(begun, Attempt):
+            audio, unnoted = await asyncio.to_thread(_prepare_audio, store, recordings, item, begun, limits)
+        else:
+            audio = begun
         transcript = await ai.transcribe(audio)
         sentiment = await ai.score_sentiment(transcript)
     except TranscriptionPendingError as exc:
+        # The check that follows reads the recording from the call item.
+        await asyncio.to_thread(_note, store, item.call_id, unnoted)
         await asyncio.to_thread(functools.partial(queue.send, item.next_check(attempt), delay_s=exc.check_after_s))
         logger.info(
             "call %s round %d: %s; checking again in %d s",
@@ -377,32 +379,67 @@ async def process_call(
         )
         return ProcessOutcome.PENDING
     except CallTooLargeError as exc:
-        await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
+        await _record_error(store, item, attempt, exc, unnoted)
         await asyncio.to_thread(keep_packet_stats, store, item.call_id)
         return await _finish(
             store, item, CallState.FAILED, failure_reason=f"the call is too large to process: {error_text(exc)}"
         )
     except PermanentAIError as exc:
-        await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
+        await _record_error(store, item, attempt, exc, unnoted)
         reason = f"AI failed permanently on attempt {attempt}: {error_text(exc)}"
         return await _finish(store, item, CallState.FAILED, failure_reason=reason)
     except RetryableAIError as exc:
-        await asyncio.to_thread(store.record_attempt_error, item.call_id, item.round, attempt, error_text(exc))
+        await _record_error(store, item, attempt, exc, unnoted)
         raise
     result = AIResult(transcript, sentiment).bounded()
     try:
-        return await _finish(store, item, CallState.COMPLETED, result=result)
+        return await _finish(store, item, CallState.COMPLETED, result=result, unnoted=unnoted)
     except CallTooLargeError as exc:
         reason = f"the AI result could not be stored on attempt {attempt}: {error_text(exc)}"
-        return await _finish(store, item, CallState.FAILED, failure_reason=reason)
+        return await _finish(store, item, CallState.FAILED, failure_reason=reason, unnoted=unnoted)
+
+
+@dataclass(frozen=True)
+class Unnoted:
+    """What an attempt found of its call (its recording, its packet statistics) that the call
+    item does not show yet. It is written with the write that ends the attempt (its error, or
+    the round's end): one request fewer an attempt than a write of its own. A crash in
+    between loses nothing: the next attempt finds them again (the recording is the same
+    object, saved again)."""
+
+    recording: Recording | None = None
+    packet_stats: PacketStats | None = None
+
+
+def _note(store: CallStore, call_id: str, unnoted: Unnoted) -> None:
+    """``unnoted`` as a write of its own, for an attempt that ends without a write of the call."""
+    if unnoted.recording is not None:
+        store.set_recording(call_id, unnoted.recording, packet_stats=unnoted.packet_stats)
+    elif unnoted.packet_stats is not None:
+        store.note_packet_stats(call_id, unnoted.packet_stats)
+
+
+async def _record_error(store: CallStore, item: WorkItem, attempt: int, exc: Exception, unnoted: Unnoted) -> None:
+    await asyncio.to_thread(
+        functools.partial(
+            store.record_attempt_error,
+            item.call_id,
+            item.round,
+            attempt,
+            error_text(exc),
+            recording=unnoted.recording,
+            packet_stats=unnoted.packet_stats,
+        )
+    )
 
 
 def _prepare_audio(
     store: CallStore, recordings: RecordingStore, item: WorkItem, attempt: Attempt, limits: AudioLimits
-) -> CallAudio:
-    """The call's packets decoded, and its packet statistics and recording stored and noted on
-    the call, once: an attempt that finds them noted (the call item came back with the
-    attempt's count) neither looks for them nor writes them again."""
+) -> tuple[CallAudio, Unnoted]:
+    """The call's packets decoded, its recording stored, and what the call item does not show
+    yet of them (its recording, its packet statistics), for the attempt's last write to note:
+    an attempt that finds them noted (the call item came back with the attempt's count)
+    neither computes nor saves them again."""
     # Here, not at the top: the ingest function imports this module and never decodes audio.
     from callcore.domain.audio import CallAudio, UndecodableAudioError, call_format, decode_call, from_wav, to_wav
 
@@ -418,14 +455,13 @@ def _prepare_audio(
                 audio = from_wav(recordings.read(attempt.recording))
             except RecordingExpiredError as exc:
                 raise UndecodableAudioError(f"the call's packets have expired, and {exc}") from exc
-            return CallAudio(item.call_id, item.round, attempt.number, attempt.recording, audio=audio)
+            return CallAudio(item.call_id, item.round, attempt.number, attempt.recording, audio=audio), Unnoted()
         left = f"{len(packets)} of the call's {noted.received}" if noted else "none of the call's"
         raise UndecodableAudioError(
             f"{left} packets are left (they expire PACKET_RETENTION_DAYS after they arrive), "
             "and it has no recording to transcribe instead"
         )
-    # Noted once, with the recording when there is one to save (one write), else alone: then GET
-    # reads one item, and the packets may expire (PACKET_RETENTION_DAYS).
+    # Noted once (then GET reads one item, and the packets may expire: PACKET_RETENTION_DAYS).
     stats = None
     if noted is None:
         arrivals = [Arrival(p.sequence, p.received_at_ns or 0) for p in packets]
@@ -438,15 +474,14 @@ def _prepare_audio(
         if stats is not None:  # a call whose audio cannot be decoded keeps its statistics too
             store.note_packet_stats(item.call_id, stats)
         raise
+    unnoted = Unnoted(packet_stats=stats)
     if recording is None:
         # An earlier attempt may have saved it and failed to note it: saving again writes the
         # same object (an ended call's packets never change). Asking S3 first would cost every
         # first attempt a request, for a failure that is rare.
         recording = recordings.save(item.call_id, to_wav(decoded), duration_s=decoded.duration_s)
-        store.set_recording(item.call_id, recording, packet_stats=stats)
-    elif stats is not None:  # the recording was noted before statistics were
-        store.note_packet_stats(item.call_id, stats)
-    return CallAudio(
+        unnoted = Unnoted(recording, stats)
+    call_audio = CallAudio(
         call_id=item.call_id,
         round=item.round,
         attempt=attempt.number,
@@ -454,6 +489,7 @@ def _prepare_audio(
         packets=packets,
         audio=decoded,
     )
+    return call_audio, unnoted
 
 
 async def _checked_audio(store: CallStore, item: WorkItem) -> CallAudio | None:
@@ -479,8 +515,10 @@ async def _finish(
     *,
     failure_reason: str | None = None,
     result: AIResult | None = None,
+    unnoted: Unnoted | None = None,
 ) -> ProcessOutcome:
     rule = transition_rule(item.call_id, CallState.PROCESSING_AI, target)
+    unnoted = unnoted or Unnoted()
     try:
         await asyncio.to_thread(
             functools.partial(
@@ -492,6 +530,8 @@ async def _finish(
                 expected_round=item.round,
                 failure_reason=failure_reason,
                 result=result,
+                recording=unnoted.recording,
+                packet_stats=unnoted.packet_stats,
             )
         )
     except InvalidTransitionError:

@@ -673,6 +673,40 @@ def test_record_attempt_error_sets_the_attempts_error_and_the_calls_last_error(
     assert call.state is PROCESSING_AI
 
 
+def test_record_attempt_error_notes_the_recording_and_statistics_in_the_same_write(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    processing(store, call_id, clock)
+    store.start_attempt(call_id, 1, now=clock.tick(), token=new_token())
+    stats = PacketStats(received=2, duplicates=0, out_of_order=0, highest_sequence=1, missing=[], missing_count=0)
+    recording = Recording(key=f"calls/{call_id}/recording.wav", duration_s=0.04, bytes=684)
+    before = stored_call(store, call_id)
+
+    store.record_attempt_error(call_id, 1, 1, "HTTP 503", recording=recording, packet_stats=stats)
+
+    call = stored_call(store, call_id)
+    assert (call.recording, call.packet_stats, call.ai_last_error) == (recording, stats, "HTTP 503")
+    assert replace(call, recording=None, packet_stats=None, attempts=before.attempts, ai_last_error=None) == before
+
+
+def test_a_transition_notes_the_recording_and_statistics_in_the_same_write(
+    store: CallStore, call_id: str, clock: Clock
+) -> None:
+    processing(store, call_id, clock)
+    stats = PacketStats(received=2, duplicates=0, out_of_order=1, highest_sequence=2, missing=[1], missing_count=1)
+    recording = Recording(key=f"calls/{call_id}/recording.wav", duration_s=0.06, bytes=1_004)
+
+    moved = move(
+        store, call_id, PROCESSING_AI, FAILED, clock, failure_reason="no", recording=recording, packet_stats=stats
+    )
+
+    assert moved == stored_call(store, call_id)
+    assert (moved.state, moved.recording, moved.packet_stats) == (FAILED, recording, stats)
+    # Without them, a transition leaves what the call noted.
+    assert move(store, call_id, FAILED, PROCESSING_AI, clock).recording == recording
+    assert stored_call(store, call_id).packet_stats == stats
+
+
 def test_record_attempt_error_of_a_stale_round_changes_nothing(store: CallStore, call_id: str, clock: Clock) -> None:
     processing(store, call_id, clock)
     store.start_attempt(call_id, 1, now=clock.tick(), token=new_token())

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import wave
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from callcore.domain.errors import (
     RetryableAIError,
     TranscriptionPendingError,
 )
-from callcore.domain.model import CallState, Packet, PacketStats, Recording, WorkItem
+from callcore.domain.model import Call, CallState, Packet, PacketStats, Recording, TransitionRule, WorkItem
 from callcore.services import ProcessOutcome
 from callcore.settings import Settings
 from tests.fakes import FakeAIProvider, FakeQueue, InMemoryCallArchive, InMemoryCallStore, InMemoryRecordingStore
@@ -89,24 +90,25 @@ def test_a_redelivered_work_item_does_not_store_the_recording_again(
     assert ai.calls_for("c1") == 2
 
 
-class NoteFailsOnce(InMemoryCallStore):
-    """DynamoDB refuses the first note of a recording (throttled), after S3 stored it."""
+class CompletingFailsOnce(InMemoryCallStore):
+    """DynamoDB refuses the attempt's last write, which notes the recording (throttled), after
+    S3 stored it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.failed = False
 
-    def set_recording(self, call_id: str, recording: Recording, *, packet_stats: PacketStats | None = None) -> None:
-        if not self.failed:
+    def transition(self, call_id: str, rule: TransitionRule, **kwargs: Any) -> Call:
+        if kwargs.get("recording") is not None and not self.failed:
             self.failed = True
             raise DependencyUnavailableError("DynamoDB", "throttled")
-        super().set_recording(call_id, recording, packet_stats=packet_stats)
+        return super().transition(call_id, rule, **kwargs)
 
 
 def test_an_attempt_after_a_recording_saved_but_not_noted_saves_it_again_and_notes_it(
     queue: FakeQueue, recordings: InMemoryRecordingStore
 ) -> None:
-    store = NoteFailsOnce()
+    store = CompletingFailsOnce()
     stream(store, "c1", frame(0), frame(1))
     item = end(store, queue, "c1")
     ai = FakeAIProvider()
@@ -114,6 +116,7 @@ def test_an_attempt_after_a_recording_saved_but_not_noted_saves_it_again_and_not
     with pytest.raises(DependencyUnavailableError):
         process(store, ai, recordings, queue, item)
     first = dict(recordings.objects)
+    assert store.get_call("c1").recording is None  # type: ignore[union-attr]
     assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
 
     # The worker does not ask S3 whether it is there: the call item's note is the record of
@@ -122,23 +125,55 @@ def test_an_attempt_after_a_recording_saved_but_not_noted_saves_it_again_and_not
     assert call is not None and call.recording is not None
     assert recordings.saves == 2 and recordings.objects == first
     assert call.recording.key in first and call.recording.bytes == len(first[call.recording.key])
-    assert ai.calls_for("c1") == 1
+    assert ai.calls_for("c1") == 2
+
+
+def _noted(recording: Recording | None, packet_stats: PacketStats | None) -> str | None:
+    named = [name for name, value in (("recording", recording), ("stats", packet_stats)) if value is not None]
+    return " and ".join(named) or None
 
 
 class CountsNotes(InMemoryCallStore):
-    """Records each write that notes the statistics: alone, or with the recording."""
+    """Records each write that notes the recording or the statistics, and which."""
 
     def __init__(self) -> None:
         super().__init__()
         self.notes: list[str] = []
 
+    def _count(self, write: str, recording: Recording | None, packet_stats: PacketStats | None) -> None:
+        if noted := _noted(recording, packet_stats):
+            self.notes.append(f"{write}: {noted}")
+
     def note_packet_stats(self, call_id: str, stats: PacketStats) -> None:
-        self.notes.append("stats")
+        self._count("note", None, stats)
         super().note_packet_stats(call_id, stats)
 
     def set_recording(self, call_id: str, recording: Recording, *, packet_stats: PacketStats | None = None) -> None:
-        self.notes.append("recording and stats" if packet_stats else "recording")
+        self._count("note", recording, packet_stats)
         super().set_recording(call_id, recording, packet_stats=packet_stats)
+
+    def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str, **kwargs: Any) -> None:
+        self._count("attempt error", kwargs.get("recording"), kwargs.get("packet_stats"))
+        super().record_attempt_error(call_id, round, attempt, error, **kwargs)
+
+    def transition(self, call_id: str, rule: TransitionRule, **kwargs: Any) -> Call:
+        self._count(rule.target.value, kwargs.get("recording"), kwargs.get("packet_stats"))
+        return super().transition(call_id, rule, **kwargs)
+
+
+def test_an_attempt_notes_its_recording_and_statistics_in_the_write_that_completes_the_call(
+    queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    store = CountsNotes()
+    stream(store, "c1", frame(0), frame(1))
+    item = end(store, queue, "c1")
+
+    assert process(store, FakeAIProvider(), recordings, queue, item) is ProcessOutcome.COMPLETED
+
+    assert store.notes == ["COMPLETED: recording and stats"]  # no write of their own
+    call = store.get_call("c1")
+    assert call is not None and call.recording is not None and call.packet_stats is not None
+    assert call.packet_stats.received == 2
 
 
 def test_the_first_attempt_notes_the_packet_statistics_once_and_get_shows_them_after_the_packets_expire(
@@ -156,9 +191,10 @@ def test_the_first_attempt_notes_the_packet_statistics_once_and_get_shows_them_a
         process(store, ai, recordings, queue, item)
     assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
 
-    # Noted by the first attempt, in the write that notes its recording; the second found
-    # both on its call and wrote nothing.
-    assert store.notes == ["recording and stats"]
+    # Noted by the first attempt, in the write that notes its error; the second found both on
+    # its call and noted nothing.
+    assert store.notes == ["attempt error: recording and stats"]
+    assert recordings.saves == 1
     store.expire_packets("c1")
     assert store.arrivals("c1") == []
     assert services.get_call(store, InMemoryCallArchive(), "c1").packets == expected
@@ -173,7 +209,7 @@ def test_a_call_whose_audio_cannot_be_decoded_keeps_its_packet_statistics_too(
 
     assert process(store, FakeAIProvider(), recordings, queue, item) is ProcessOutcome.FAILED
 
-    assert store.notes == ["stats"]  # no recording to note them with
+    assert store.notes == ["note: stats"]  # no recording to note them with
 
     store.expire_packets("c1")
     stats = services.get_call(store, InMemoryCallArchive(), "c1").packets

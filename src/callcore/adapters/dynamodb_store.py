@@ -184,6 +184,35 @@ def _packet_stats_value(stats: PacketStats) -> AttributeValue:
     }
 
 
+def _noted_values(recording: Recording | None, packet_stats: PacketStats | None) -> dict[str, AttributeValue]:
+    """The call item's attributes for a recording and packet statistics an attempt noted."""
+    values: dict[str, AttributeValue] = {}
+    if recording is not None:
+        values["recording"] = {
+            "M": {
+                "key": _s(recording.key),
+                "duration_s": _seconds(recording.duration_s),
+                "bytes": _n(recording.bytes),
+            }
+        }
+    if packet_stats is not None:
+        values[PACKET_STATS] = _packet_stats_value(packet_stats)
+    return values
+
+
+def _set_noted(
+    sets: list[str],
+    names: dict[str, str],
+    values: dict[str, AttributeValue],
+    recording: Recording | None,
+    packet_stats: PacketStats | None,
+) -> None:
+    """Add the SET clauses of ``_noted_values`` to an update's expression."""
+    for i, (name, value) in enumerate(_noted_values(recording, packet_stats).items()):
+        sets.append(f"#noted{i} = :noted{i}")
+        names[f"#noted{i}"], values[f":noted{i}"] = name, value
+
+
 def packet_from_item(item: Item) -> Packet:
     return Packet(
         sequence=int(item["sequence"]["N"]),
@@ -553,15 +582,7 @@ class DynamoDBCallStore:
         self._set_on_call(call_id, {PACKET_STATS: _packet_stats_value(stats)})
 
     def set_recording(self, call_id: str, recording: Recording, *, packet_stats: PacketStats | None = None) -> None:
-        value = {
-            "M": {
-                "key": _s(recording.key),
-                "duration_s": _seconds(recording.duration_s),
-                "bytes": _n(recording.bytes),
-            }
-        }
-        stats = {PACKET_STATS: _packet_stats_value(packet_stats)} if packet_stats else {}
-        self._set_on_call(call_id, {"recording": value} | stats)
+        self._set_on_call(call_id, _noted_values(recording, packet_stats))
 
     def _set_on_call(self, call_id: str, values: dict[str, AttributeValue]) -> None:
         """Set attributes of an existing call: a plain overwrite, so the same values again (a
@@ -649,6 +670,8 @@ class DynamoDBCallStore:
         last_sequence: int | None = None,
         failure_reason: str | None = None,
         result: AIResult | None = None,
+        recording: Recording | None = None,
+        packet_stats: PacketStats | None = None,
     ) -> Call:
         """``rule`` as one conditional write; the write also records ``token``, so that when
         botocore resends a write whose answer was lost, its refusal is recognised as our
@@ -686,6 +709,7 @@ class DynamoDBCallStore:
             values[":sentiment"] = {
                 "M": {"label": _s(result.sentiment.label), "score": _n(float(result.sentiment.score))}
             }
+        _set_noted(sets, names, values, recording, packet_stats)
         update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         try:
             response = self._write(
@@ -758,18 +782,31 @@ class DynamoDBCallStore:
         item = response["Attributes"]
         return Attempt(number=int(item["ai_attempts"]["N"]), call=call_from_item(item))
 
-    def record_attempt_error(self, call_id: str, round: int, attempt: int, error: str) -> None:
+    def record_attempt_error(
+        self,
+        call_id: str,
+        round: int,
+        attempt: int,
+        error: str,
+        *,
+        recording: Recording | None = None,
+        packet_stats: PacketStats | None = None,
+    ) -> None:
+        sets = [f"attempts[{attempt - 1}].#error = :error", "ai_last_error = :error"]
+        names = {"#error": "error", "#round": "round"}
+        values: dict[str, AttributeValue] = {":error": _s(error), ":round": _n(round)}
+        _set_noted(sets, names, values, recording, packet_stats)
         try:
             self._write(
                 lambda: self._ddb.update_item(
                     TableName=self._calls,
                     Key={"call_id": _s(call_id)},
-                    UpdateExpression=f"SET attempts[{attempt - 1}].#error = :error, ai_last_error = :error",
+                    UpdateExpression="SET " + ", ".join(sets),
                     # Only while the attempt's round is the call's round: a stale round's late
                     # error must not overwrite the current round's.
                     ConditionExpression="#round = :round",
-                    ExpressionAttributeNames={"#error": "error", "#round": "round"},
-                    ExpressionAttributeValues={":error": _s(error), ":round": _n(round)},
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
                 )
             )
         except ClientError as exc:
