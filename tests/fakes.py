@@ -387,6 +387,8 @@ class FakeAIProvider:
     ``scored``; ``score_sentiment`` returns ``sentiment``.
     """
 
+    reads_recording = False  # as the mock and local providers
+
     def __init__(
         self,
         script: dict[str, list[AIOutcome]] | None = None,
@@ -450,13 +452,16 @@ class InMemoryRecordingStore:
         self.durations: dict[str, float] = {}
         self.saves = 0
 
+    def recording_for(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
+        return Recording(key=recording_key(call_id), duration_s=duration_s, bytes=len(wav))
+
     def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
-        key = recording_key(call_id)
+        recording = self.recording_for(call_id, wav, duration_s=duration_s)
         with self._lock:
             self.saves += 1
-            self.objects[key] = wav
-            self.durations[key] = duration_s
-        return Recording(key=key, duration_s=duration_s, bytes=len(wav))
+            self.objects[recording.key] = wav
+            self.durations[recording.key] = duration_s
+        return recording
 
     def read(self, recording: Recording) -> bytes:
         with self._lock:

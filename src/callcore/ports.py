@@ -189,6 +189,10 @@ class WorkQueue(Protocol):
 class RecordingStore(Protocol):
     """Where each call's assembled audio is kept, one WAV file per call."""
 
+    def recording_for(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
+        """The recording ``save`` makes of this WAV, without saving it."""
+        ...
+
     def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
         """Store the call's WAV. The packets of an ended call never change, so neither does its WAV:
         saving it again (a redelivered work item) writes the same object, never a second one."""
@@ -227,6 +231,12 @@ class AIProvider(Protocol):
     unsupported or empty audio), or TranscriptionPendingError while a job it started
     still runs: not a failure, the worker checks again later.
     """
+
+    @property
+    def reads_recording(self) -> bool:
+        """Whether ``transcribe`` reads the call's stored recording (Transcribe's jobs do): the
+        worker then saves it first; else it saves it while the provider transcribes."""
+        ...
 
     async def transcribe(self, audio: CallAudio) -> str: ...
 

@@ -44,6 +44,7 @@ from callcore.ports import AIProvider, CallArchive, CallPage, CallStore, PacketW
 if TYPE_CHECKING:
     from callcore.domain.audio import CallAudio
     from callcore.domain.audio_format import AudioFormat
+    from callcore.domain.model import Sentiment
 
 logger = logging.getLogger(__name__)
 
@@ -337,8 +338,8 @@ async def process_call(
     """One AI attempt for a work item, or one check of a transcription job an attempt started.
 
     An attempt reads the call's packets, decodes them (audio that is not in the call's
-    format fails the call at once, naming the packets), stores the recording once, then
-    transcribes and scores it.
+    format fails the call at once, naming the packets), and transcribes and scores it while
+    it stores the recording, once (first, for a provider that reads it from the store).
 
     Raises RetryableAIError (or DependencyUnavailableError) for SQS to deliver the item
     again; a permanent AI error, or a call over its size limits, fails the call at once
@@ -360,11 +361,12 @@ async def process_call(
     unnoted = Unnoted()
     try:
         if isinstance(begun, Attempt):
-            audio, unnoted = await asyncio.to_thread(_prepare_audio, store, recordings, item, begun, limits)
+            prepared = await asyncio.to_thread(_prepare_audio, store, recordings, item, begun, limits)
+            audio, unnoted = prepared.audio, prepared.unnoted
+            transcript, sentiment = await _answer_saving(ai, recordings, prepared)
         else:
             audio = begun
-        transcript = await ai.transcribe(audio)
-        sentiment = await ai.score_sentiment(transcript)
+            transcript, sentiment = await _answer(ai, audio)
     except TranscriptionPendingError as exc:
         # The check that follows reads the recording from the call item.
         await asyncio.to_thread(_note, store, item.call_id, unnoted)
@@ -397,6 +399,34 @@ async def process_call(
     except CallTooLargeError as exc:
         reason = f"the AI result could not be stored on attempt {attempt}: {error_text(exc)}"
         return await _finish(store, item, CallState.FAILED, failure_reason=reason, unnoted=unnoted)
+
+
+async def _answer(ai: AIProvider, audio: CallAudio) -> tuple[str, Sentiment]:
+    transcript = await ai.transcribe(audio)
+    return transcript, await ai.score_sentiment(transcript)
+
+
+async def _answer_saving(ai: AIProvider, recordings: RecordingStore, prepared: PreparedAudio) -> tuple[str, Sentiment]:
+    """The AI's answer, and the recording saved (when the call has none yet) while the AI
+    works, or first for a provider that reads it from the store. Saved, whatever the AI
+    answered, before this returns or raises, so that the attempt's last write may note it.
+    A failed save (DependencyUnavailableError) fails the attempt for a retry, whatever the AI
+    answered: its answer is not kept without the recording it is of."""
+    if prepared.wav is None:
+        return await _answer(ai, prepared.audio)
+    audio = prepared.audio
+    save = functools.partial(recordings.save, audio.call_id, prepared.wav, duration_s=audio.recording.duration_s)
+    if ai.reads_recording:
+        await asyncio.to_thread(save)
+        return await _answer(ai, audio)
+    answer = asyncio.ensure_future(_answer(ai, audio))
+    try:
+        await asyncio.to_thread(save)
+    except BaseException:
+        answer.cancel()
+        await asyncio.gather(answer, return_exceptions=True)
+        raise
+    return await answer
 
 
 @dataclass(frozen=True)
@@ -433,12 +463,22 @@ async def _record_error(store: CallStore, item: WorkItem, attempt: int, exc: Exc
     )
 
 
+@dataclass(frozen=True)
+class PreparedAudio:
+    """An attempt's audio; what the call item does not show yet of it (its recording, its
+    packet statistics), for the attempt's last write to note; and the recording's WAV when
+    it is new, to save."""
+
+    audio: CallAudio
+    unnoted: Unnoted = Unnoted()
+    wav: bytes | None = None
+
+
 def _prepare_audio(
     store: CallStore, recordings: RecordingStore, item: WorkItem, attempt: Attempt, limits: AudioLimits
-) -> tuple[CallAudio, Unnoted]:
-    """The call's packets decoded, its recording stored, and what the call item does not show
-    yet of them (its recording, its packet statistics), for the attempt's last write to note:
-    an attempt that finds them noted (the call item came back with the attempt's count)
+) -> PreparedAudio:
+    """The call's packets decoded into its audio and recording: an attempt that finds the
+    recording and statistics noted (the call item came back with the attempt's count)
     neither computes nor saves them again."""
     # Here, not at the top: the ingest function imports this module and never decodes audio.
     from callcore.domain.audio import CallAudio, UndecodableAudioError, call_format, decode_call, from_wav, to_wav
@@ -455,7 +495,7 @@ def _prepare_audio(
                 audio = from_wav(recordings.read(attempt.recording))
             except RecordingExpiredError as exc:
                 raise UndecodableAudioError(f"the call's packets have expired, and {exc}") from exc
-            return CallAudio(item.call_id, item.round, attempt.number, attempt.recording, audio=audio), Unnoted()
+            return PreparedAudio(CallAudio(item.call_id, item.round, attempt.number, attempt.recording, audio=audio))
         left = f"{len(packets)} of the call's {noted.received}" if noted else "none of the call's"
         raise UndecodableAudioError(
             f"{left} packets are left (they expire PACKET_RETENTION_DAYS after they arrive), "
@@ -474,13 +514,13 @@ def _prepare_audio(
         if stats is not None:  # a call whose audio cannot be decoded keeps its statistics too
             store.note_packet_stats(item.call_id, stats)
         raise
-    unnoted = Unnoted(packet_stats=stats)
+    wav = None
     if recording is None:
         # An earlier attempt may have saved it and failed to note it: saving again writes the
         # same object (an ended call's packets never change). Asking S3 first would cost every
         # first attempt a request, for a failure that is rare.
-        recording = recordings.save(item.call_id, to_wav(decoded), duration_s=decoded.duration_s)
-        unnoted = Unnoted(recording, stats)
+        wav = to_wav(decoded)
+        recording = recordings.recording_for(item.call_id, wav, duration_s=decoded.duration_s)
     call_audio = CallAudio(
         call_id=item.call_id,
         round=item.round,
@@ -489,7 +529,7 @@ def _prepare_audio(
         packets=packets,
         audio=decoded,
     )
-    return call_audio, unnoted
+    return PreparedAudio(call_audio, Unnoted(recording if wav is not None else None, stats), wav)
 
 
 async def _checked_audio(store: CallStore, item: WorkItem) -> CallAudio | None:

@@ -35,6 +35,8 @@ class SwitchableAI:
     """The mock provider, whose failure rate a test can change while the pipeline runs,
     and which records when each transcription ran."""
 
+    reads_recording = False
+
     def __init__(self, failure_rate: float, latency_s: float = 0.02, seed: int | None = 7) -> None:
         self.latency_s = latency_s
         self.seed = seed

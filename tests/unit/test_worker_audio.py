@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
 import wave
 from typing import Any
 
@@ -15,6 +16,7 @@ from ai_worker.handler import audio_limits
 from callcore import services
 from callcore.domain.audio import CallAudio, DecodedAudio, to_wav
 from callcore.domain.errors import (
+    AIError,
     DependencyUnavailableError,
     PermanentAIError,
     RetryableAIError,
@@ -399,6 +401,8 @@ def test_packets_declaring_different_formats_fail_the_call_naming_them(
 class PendingThenDone(FakeAIProvider):
     """A job-based provider: pending on the attempt and on the first check, done on the second."""
 
+    reads_recording = True
+
     async def transcribe(self, audio: CallAudio) -> str:
         self.audios.append(audio)
         if audio.check < 2:
@@ -452,3 +456,100 @@ def test_a_check_message_survives_the_queue_as_json() -> None:
     assert item.to_dict() == {"call_id": "c1", "round": 2, "check": 2, "attempt": 3}
     with pytest.raises(ValueError, match="check or attempt"):
         WorkItem.from_json('{"call_id": "c1", "round": 2, "check": 1}')
+
+
+# --- the recording saved while the AI works ------------------------------------------------
+
+OVERLAP_TIMEOUT_S = 10
+
+
+class SaveWaitsForTheAI(InMemoryRecordingStore):
+    """A save that returns only once the AI has begun: it can finish only if the worker runs
+    the two at the same time (a worker that saved first would wait out the timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ai_started = threading.Event()
+        self.saw_the_ai = False
+
+    def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
+        self.saw_the_ai = self.ai_started.wait(OVERLAP_TIMEOUT_S)
+        return super().save(call_id, wav, duration_s=duration_s)
+
+
+class SeesTheStore(FakeAIProvider):
+    """Notes whether the recording was in ``recordings`` when asked, and sets ``started``."""
+
+    def __init__(
+        self, recordings: InMemoryRecordingStore, *script: str | AIError, started: threading.Event | None = None
+    ) -> None:
+        super().__init__({"c1": list(script)})
+        self._recordings = recordings
+        self._started = started or threading.Event()
+        self.saved_when_asked: list[bool] = []
+
+    async def transcribe(self, audio: CallAudio) -> str:
+        self.saved_when_asked.append(audio.recording.key in self._recordings.objects)
+        self._started.set()
+        await asyncio.sleep(0)
+        return await super().transcribe(audio)
+
+
+@pytest.mark.parametrize("answer", ["the words", RetryableAIError("503", status=503)], ids=["done", "failed"])
+def test_a_provider_that_does_not_read_the_recording_transcribes_while_it_is_saved(
+    store: InMemoryCallStore, queue: FakeQueue, answer: str | AIError
+) -> None:
+    recordings = SaveWaitsForTheAI()
+    ai = SeesTheStore(recordings, answer, started=recordings.ai_started)
+    stream(store, "c1", frame(0), frame(1))
+    item = end(store, queue, "c1")
+
+    if isinstance(answer, AIError):
+        with pytest.raises(RetryableAIError):
+            process(store, ai, recordings, queue, item)
+    else:
+        assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
+
+    assert recordings.saw_the_ai and ai.saved_when_asked == [False]
+    # Saved before the attempt's last write, which notes it whatever the AI answered.
+    call = store.get_call("c1")
+    assert call is not None and call.recording is not None and call.recording.key in recordings.objects
+
+
+class ReadsTheRecording(SeesTheStore):
+    reads_recording = True
+
+
+def test_a_provider_that_reads_the_recording_is_asked_only_once_it_is_saved(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    ai = ReadsTheRecording(recordings)
+    stream(store, "c1", frame(0))
+    item = end(store, queue, "c1")
+
+    assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
+
+    assert ai.saved_when_asked == [True]
+
+
+class SaveFails(InMemoryRecordingStore):
+    def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
+        raise DependencyUnavailableError("S3", "SlowDown")
+
+
+def test_a_failed_save_fails_the_attempt_for_a_retry_and_notes_no_recording_whatever_the_ai_answered(
+    store: InMemoryCallStore, queue: FakeQueue
+) -> None:
+    stream(store, "c1", frame(0))
+    item = end(store, queue, "c1")
+    ai = FakeAIProvider()
+
+    with pytest.raises(DependencyUnavailableError):
+        process(store, ai, SaveFails(), queue, item)
+
+    call = store.get_call("c1")
+    assert call is not None and (call.state, call.recording) == (CallState.PROCESSING_AI, None)
+    recordings = InMemoryRecordingStore()
+    assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
+    call = store.get_call("c1")
+    assert call is not None and call.recording is not None and call.recording.key in recordings.objects

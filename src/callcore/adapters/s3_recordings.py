@@ -28,19 +28,22 @@ class S3RecordingStore:
         self._s3 = client
         self._bucket = bucket
 
+    def recording_for(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
+        return Recording(key=recording_key(call_id), duration_s=round(duration_s, 3), bytes=len(wav))
+
     def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
-        key = recording_key(call_id)
+        recording = self.recording_for(call_id, wav, duration_s=duration_s)
         with dependency("S3"):
             # The same packets give the same bytes (callcore.domain.audio.to_wav): two
             # workers racing here write one identical object, and versioning is off.
             self._s3.put_object(
                 Bucket=self._bucket,
-                Key=key,
+                Key=recording.key,
                 Body=wav,
                 ContentType="audio/wav",
                 Metadata={_DURATION: f"{duration_s:.3f}"},
             )
-        return Recording(key=key, duration_s=round(duration_s, 3), bytes=len(wav))
+        return recording
 
     def read(self, recording: Recording) -> bytes:
         try:

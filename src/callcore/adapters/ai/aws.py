@@ -316,6 +316,8 @@ class AwsAIProvider:
     ``language_code`` is Transcribe's ("en-US"); Comprehend gets its own code for it.
     """
 
+    reads_recording = True  # a job's media is the recording in S3
+
     def __init__(self, bucket: str, transcribe: Any, comprehend: Any, s3: Any, *, language_code: str = "en-US") -> None:
         self._bucket = bucket
         self._transcribe = transcribe

@@ -128,6 +128,8 @@ class LocalAIProvider:
     need AI_PROVIDER=aws, whose jobs run outside the Lambda.
     """
 
+    reads_recording = False  # it transcribes the decoded audio it is given
+
     def __init__(self, max_audio_s: float, speech: LocalSpeech | None = None) -> None:
         self._max_audio_s = max_audio_s
         self._speech = speech or LocalSpeech()

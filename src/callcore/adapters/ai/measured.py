@@ -27,6 +27,10 @@ class MeasuredAI:
         self._inner = inner
         self._metrics = metrics
 
+    @property
+    def reads_recording(self) -> bool:
+        return self._inner.reads_recording
+
     async def transcribe(self, audio: CallAudio) -> str:
         return await self._timed(self._inner.transcribe(audio), last_step=False)
 

@@ -70,6 +70,8 @@ def score_text(text: str) -> Sentiment:
 class PacketText:
     """The seed's simulated transcription: no speech recognition, the packets' own text."""
 
+    reads_recording = False
+
     async def transcribe(self, audio: CallAudio) -> str:
         if not audio.packets:
             raise PermanentAIError("the call has no audio")

@@ -33,6 +33,10 @@ class UnreliableAI:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # one provider serves concurrent batches
 
+    @property
+    def reads_recording(self) -> bool:
+        return self.inner.reads_recording
+
     def _draw(self) -> tuple[float, bool]:
         with self._lock:
             return self._rng.uniform(*self._latency), self._rng.random() < self._failure_rate
