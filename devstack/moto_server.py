@@ -13,9 +13,11 @@
    partition key reads that partition instead of sorting the whole table. Both cost
    moto time proportional to the table, so the stack slowed down with every packet stored.
 3. An ``UpdateExpression`` is parsed once per distinct text (moto parses it twice per
-   ``UpdateItem``), and answers that carry items are written as plain JSON instead of
-   through the service model, attribute by attribute: the AI worker's reads and writes,
-   and every GET, were paying for both.
+   ``UpdateItem``), and the ``ConditionExpression`` of a transaction's items, a PutItem or
+   a DeleteItem once per distinct text, names and the values it names (moto parses it on
+   every write: a third of its time on a packet's transaction); answers that carry items are written as plain JSON
+   instead of through the service model, attribute by attribute: the AI worker's reads
+   and writes, and every GET, were paying for both.
 4. ``TransactWriteItems`` honours its ``ClientRequestToken`` as DynamoDB does (moto ignores
    it): botocore retries a transaction whose answer was lost with the same token, and a
    token that committed answers success again instead of writing twice.
@@ -125,9 +127,11 @@ MOTO_VERSION = "5.2.5"
 _TABLE_QUERY_PARAMETERS = ("self", "hash_key")
 
 
-def _patch_targets() -> list[tuple[type, str]]:
-    """Every moto attribute that ``apply_patches`` replaces."""
-    from moto.dynamodb.models import DynamoDBBackend
+def _patch_targets() -> list[tuple[Any, str]]:
+    """Every moto attribute that ``apply_patches`` replaces (class attributes, and module
+    functions under each name they are imported as)."""
+    from moto.dynamodb import comparisons, models
+    from moto.dynamodb.models import DynamoDBBackend, table
     from moto.dynamodb.models.table import Table
     from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
     from moto.dynamodb.responses import DynamoHandler, DynamoResult
@@ -139,6 +143,9 @@ def _patch_targets() -> list[tuple[type, str]]:
         (Table, "all_items"),
         (UpdateExpressionParser, "make"),
         (DynamoResult, "execute_result"),
+        (comparisons, "get_filter_expression"),
+        (models, "get_filter_expression"),
+        (table, "get_filter_expression"),
     ]
 
 
@@ -167,6 +174,7 @@ def check_moto() -> None:
 def apply_patches() -> None:
     """Check that the installed moto is the one the patches were written for, then apply them all."""
     check_moto()
+    patch_condition_expression_parsing()  # first: the patched transactions import the parser
     patch_transactions()
     patch_partition_queries()
     patch_update_expression_parsing()
@@ -496,6 +504,51 @@ def patch_update_expression_parsing() -> None:
         return tree
 
     UpdateExpressionParser.make = classmethod(make)
+
+
+# A value placeholder of an expression (DynamoDB's are ":" and word characters).
+_VALUE_PLACEHOLDER = re.compile(r":\w+")
+CONDITION_CACHE_SIZE = 1024
+
+
+def patch_condition_expression_parsing() -> None:
+    """Parse each distinct condition once, not once per write that carries it.
+
+    moto parses the ConditionExpression of every transaction item, PutItem and DeleteItem
+    (UpdateItem parses its own, and is left as it is): a packet's transaction (two
+    conditions) spent a third of moto's time there. The tree
+    is a pure function of the text, its names and the values it names (substituted into
+    it), and moto only reads it. So the cache is keyed by those, not by the request's
+    other values (a timestamp, a token), and holds the most recently used (bounded: a
+    condition that names a token is new on every request). A text moto refuses raises
+    as before, and is not kept.
+    """
+    from moto.dynamodb import comparisons, models
+    from moto.dynamodb.models import table
+
+    original = comparisons.get_filter_expression
+    cache: OrderedDict[str, Any] = OrderedDict()
+    lock = threading.Lock()
+
+    def get_filter_expression(expr: str | None, names: dict[str, str] | None, values: dict[str, Any] | None) -> Any:
+        if not expr:
+            return original(expr, names, values)
+        named = {k: values[k] for k in _VALUE_PLACEHOLDER.findall(expr) if k in values} if values else {}
+        key = json.dumps([expr, names, named], sort_keys=True)
+        with lock:
+            tree = cache.get(key)
+            if tree is not None:
+                cache.move_to_end(key)
+                return tree
+        tree = original(expr, names, values)
+        with lock:
+            cache[key] = tree
+            if len(cache) > CONDITION_CACHE_SIZE:
+                cache.popitem(last=False)
+        return tree
+
+    for module in (comparisons, models, table):
+        setattr(module, "get_filter_expression", get_filter_expression)  # noqa: B010 - not every module declares it
 
 
 # Answers that carry items. Serialising them through the service model walked every

@@ -85,16 +85,31 @@ def item_size(item: Item | None) -> int:
     return sum(len(name.encode("utf-8")) + value_size(value) for name, value in item.items())
 
 
-def item_storage(table: Any, item: Any, size: int) -> tuple[int, str]:
-    """Bytes a moto item of ``size`` bytes takes as DynamoDB bills its storage, and whether it is
-    ``expiring`` (it carries the table's TTL attribute) or ``kept``."""
+def item_storage(table: Any, attributes: Item, size: int) -> tuple[int, str]:
+    """Bytes an item of ``size`` bytes (``attributes``: its DynamoDB JSON) takes as DynamoDB
+    bills its storage, and whether it is ``expiring`` (it carries the table's TTL attribute)
+    or ``kept``."""
     size += STORAGE_OVERHEAD_BYTES
     for index in (*table.indexes, *table.global_indexes):
         # An index holds only the items that have its key attributes (a sparse index).
-        if all(name in item.attrs for name in index.schema_key_attrs):
-            size += item_size(index.project(item).to_json()["Attributes"]) + STORAGE_OVERHEAD_BYTES
+        if all(name in attributes for name in index.schema_key_attrs):
+            size += item_size(projected(index, attributes)) + STORAGE_OVERHEAD_BYTES
     ttl = table.ttl.get("AttributeName") if table.ttl.get("TimeToLiveStatus") == "ENABLED" else None
-    return size, "expiring" if ttl and ttl in item.attrs else "kept"
+    return size, "expiring" if ttl and ttl in attributes else "kept"
+
+
+def projected(index: Any, attributes: Item) -> Item:
+    """The attributes a moto index keeps of an item, as its ``project`` selects them (keys only,
+    keys and the included names, or all), read off the item's JSON: moto's own ``project``
+    converts the whole item twice, and costs more than the write it is metered for."""
+    projection = index.projection or {}
+    kind = projection.get("ProjectionType")
+    if kind not in ("KEYS_ONLY", "INCLUDE"):
+        return attributes
+    names = [*index.table_key_attrs, *index.schema_key_attrs]
+    if kind == "INCLUDE":
+        names += projection.get("NonKeyAttributes", [])
+    return {name: attributes[name] for name in names if name in attributes}
 
 
 @dataclass(frozen=True)
@@ -227,8 +242,9 @@ class UsageMeter:
                 found.append(ABSENT)
                 continue
             # Sized now: an update changes moto's item in place.
-            size = item_size(item.to_json()["Attributes"])
-            stored, kind = item_storage(table, item, size)
+            attributes = item.to_json()["Attributes"]
+            size = item_size(attributes)
+            stored, kind = item_storage(table, attributes, size)
             found.append(Held(op["TableName"], size, stored, kind))
         return found
 

@@ -314,6 +314,78 @@ def test_transactions_answer_and_store_as_moto_does() -> None:
     assert states[1:] == [states[0]] * 5
 
 
+# ----------------------------------------------------------------- ConditionExpression
+
+
+def conditions(client: Any) -> list[Any]:
+    """One condition text met with other values it names, other values it does not, other
+    names, a refused text twice: a cache keyed on less would answer one as another. (moto
+    parses an UpdateItem's condition itself; these are the writes that use the parser the
+    patch caches: transactions, PutItem, DeleteItem.)"""
+    create_tables(client)
+    client.put_item(TableName="calls", Item={"call_id": {"S": "c1"}, "state": {"S": "IN_PROGRESS"}})
+    client.put_item(TableName="calls", Item={"call_id": {"S": "c2"}, "state": {"S": "ENDED"}, "label": {"S": "x"}})
+    answers: list[Any] = []
+
+    def check(call_id: str, state: str, name: str = "state") -> None:
+        is_so = {
+            "TableName": "calls",
+            "Key": call_key(call_id),
+            "ConditionExpression": "#s = :state",
+            "ExpressionAttributeNames": {"#s": name},
+            "ExpressionAttributeValues": {":state": {"S": state}},
+        }
+        mark = {"TableName": "packets", "Item": packet(call_id, len(answers), at={"S": f"t{len(answers)}"})}
+        answers.append(call(client.transact_write_items, TransactItems=[{"ConditionCheck": is_so}, {"Put": mark}]))
+
+    for call_id, state in (("c1", "IN_PROGRESS"), ("c2", "IN_PROGRESS"), ("c1", "ENDED"), ("c2", "ENDED")):
+        check(call_id, state)
+    check("c2", "ENDED", name="label")  # the same text and value as the last, other names
+    check("c2", "x", name="label")
+    check("c1", "x", name="label")
+    for _ in range(2):  # STATE is a reserved word: refused, both times
+        answers.append(
+            call(
+                client.put_item,
+                TableName="packets",
+                Item=packet("c3", 0),
+                ConditionExpression="state = :s",
+                ExpressionAttributeValues={":s": {"S": "IN_PROGRESS"}},
+            )
+        )
+    for unrelated in ("a", "b"):  # values the condition does not name differ
+        answers.append(
+            call(
+                client.delete_item,
+                TableName="packets",
+                Key=packet_key("c1", 0),
+                ConditionExpression="attribute_exists(#q)",
+                ExpressionAttributeNames={"#q": "sequence"},
+            )
+            if unrelated == "a"
+            else call(
+                client.put_item,
+                TableName="packets",
+                Item=packet("c1", 0),
+                ConditionExpression="attribute_not_exists(#q)",
+                ExpressionAttributeNames={"#q": "sequence"},
+            )
+        )
+    answers.append(contents(client, "packets", "calls"))
+    return answers
+
+
+def test_conditions_answer_as_moto_does_whatever_values_and_names_they_use() -> None:
+    answers = same_as_moto(conditions)
+    checks, refused, again, state = answers[:7], answers[7:9], answers[9:11], answers[11]
+
+    assert ["Error" in a for a in checks] == [False, True, True, False, True, False, True]
+    assert all(a["Error"]["Code"] == "TransactionCanceledException" for a in checks if "Error" in a)
+    assert all(a["Error"]["Code"] == "ValidationException" for a in refused)
+    assert "Error" not in again[0] and "Error" not in again[1]  # deleted, then put back
+    assert sorted(int(p["sequence"]["N"]) for p in state["packets"]) == [0, 3, 5]
+
+
 # ---------------------------------------------------------------------------- Query
 
 CALLS = ("c1", "c2", "c3", "c4")
