@@ -506,8 +506,9 @@ def patch_update_expression_parsing() -> None:
     UpdateExpressionParser.make = classmethod(make)
 
 
-# A value placeholder of an expression (DynamoDB's are ":" and word characters).
-_VALUE_PLACEHOLDER = re.compile(r":\w+")
+# A value placeholder of an expression, as moto's own lexer reads one (comparisons.py), so
+# that the cache keys on every value the parse can use.
+_VALUE_PLACEHOLDER = re.compile(r":[A-z0-9\-_]+")
 CONDITION_CACHE_SIZE = 1024
 
 

@@ -362,8 +362,9 @@ async def process_call(
     try:
         if isinstance(begun, Attempt):
             prepared = await asyncio.to_thread(_prepare_audio, store, recordings, item, begun, limits)
-            audio, unnoted = prepared.audio, prepared.unnoted
-            transcript, sentiment = await _answer_saving(ai, recordings, prepared)
+            audio = prepared.audio
+            unnoted = Unnoted() if prepared.noted_first(ai) else prepared.unnoted
+            transcript, sentiment = await _answer_saving(ai, store, recordings, prepared)
         else:
             audio = begun
             transcript, sentiment = await _answer(ai, audio)
@@ -406,24 +407,32 @@ async def _answer(ai: AIProvider, audio: CallAudio) -> tuple[str, Sentiment]:
     return transcript, await ai.score_sentiment(transcript)
 
 
-async def _answer_saving(ai: AIProvider, recordings: RecordingStore, prepared: PreparedAudio) -> tuple[str, Sentiment]:
+async def _answer_saving(
+    ai: AIProvider, store: CallStore, recordings: RecordingStore, prepared: PreparedAudio
+) -> tuple[str, Sentiment]:
     """The AI's answer, and the recording saved (when the call has none yet) while the AI
-    works, or first for a provider that reads it from the store. Saved, whatever the AI
-    answered, before this returns or raises, so that the attempt's last write may note it.
-    A failed save (DependencyUnavailableError) fails the attempt for a retry, whatever the AI
-    answered: its answer is not kept without the recording it is of."""
-    if prepared.wav is None:
-        return await _answer(ai, prepared.audio)
+    works. Saved, whatever the AI answered, before this returns or raises, so that the
+    attempt's last write may note it. A failed save (DependencyUnavailableError) fails the
+    attempt for a retry, whatever the AI answered: its answer is not kept without the
+    recording it is of.
+
+    Saved and noted first (``PreparedAudio.noted_first``) for a provider that reads it from
+    the store (a Transcribe job is paid for: its recording is on the call before it starts),
+    and when an earlier attempt died before its last write (it may again)."""
     audio = prepared.audio
+    if prepared.wav is None:
+        return await _answer(ai, audio)
     save = functools.partial(recordings.save, audio.call_id, prepared.wav, duration_s=audio.recording.duration_s)
-    if ai.reads_recording:
+    if prepared.noted_first(ai):
         await asyncio.to_thread(save)
+        await asyncio.to_thread(_note, store, audio.call_id, prepared.unnoted)
         return await _answer(ai, audio)
     answer = asyncio.ensure_future(_answer(ai, audio))
     try:
         await asyncio.to_thread(save)
     except BaseException:
-        answer.cancel()
+        # Not cancelled: a transcription runs in a thread that cannot be stopped, and holds
+        # the decoder the sandbox's next invocation needs. Waited out, its answer dropped.
         await asyncio.gather(answer, return_exceptions=True)
         raise
     return await answer
@@ -472,6 +481,14 @@ class PreparedAudio:
     audio: CallAudio
     unnoted: Unnoted = Unnoted()
     wav: bytes | None = None
+    # An earlier attempt of the call saved nothing it noted: it died before its last write
+    # (a timeout in the AI, say). This one notes the recording as soon as it is saved, so
+    # that a call whose every attempt dies still shows it.
+    earlier_attempt_died: bool = False
+
+    def noted_first(self, ai: AIProvider) -> bool:
+        """Whether the new recording is saved and noted before the AI is asked."""
+        return self.wav is not None and (ai.reads_recording or self.earlier_attempt_died)
 
 
 def _prepare_audio(
@@ -529,7 +546,12 @@ def _prepare_audio(
         packets=packets,
         audio=decoded,
     )
-    return PreparedAudio(call_audio, Unnoted(recording if wav is not None else None, stats), wav)
+    return PreparedAudio(
+        call_audio,
+        Unnoted(recording if wav is not None else None, stats),
+        wav,
+        earlier_attempt_died=wav is not None and attempt.number > 1,
+    )
 
 
 async def _checked_audio(store: CallStore, item: WorkItem) -> CallAudio | None:

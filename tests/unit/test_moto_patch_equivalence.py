@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import boto3
+import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.dynamodb.parsing.ast_nodes import Node  # type: ignore[attr-defined]
@@ -343,7 +344,7 @@ def conditions(client: Any) -> list[Any]:
     check("c2", "ENDED", name="label")  # the same text and value as the last, other names
     check("c2", "x", name="label")
     check("c1", "x", name="label")
-    for _ in range(2):  # STATE is a reserved word: refused, both times
+    for _ in range(2):  # STATE is a reserved word: refused, both times (by moto's own check)
         answers.append(
             call(
                 client.put_item,
@@ -353,37 +354,50 @@ def conditions(client: Any) -> list[Any]:
                 ExpressionAttributeValues={":s": {"S": "IN_PROGRESS"}},
             )
         )
-    for unrelated in ("a", "b"):  # values the condition does not name differ
-        answers.append(
-            call(
-                client.delete_item,
-                TableName="packets",
-                Key=packet_key("c1", 0),
-                ConditionExpression="attribute_exists(#q)",
-                ExpressionAttributeNames={"#q": "sequence"},
-            )
-            if unrelated == "a"
-            else call(
-                client.put_item,
-                TableName="packets",
-                Item=packet("c1", 0),
-                ConditionExpression="attribute_not_exists(#q)",
-                ExpressionAttributeNames={"#q": "sequence"},
-            )
-        )
+    # A transaction's update: values its update names and its condition does not (a clock),
+    # then the values the condition names (c1 is IN_PROGRESS, then ENDED).
+    steps = (("t1", "IN_PROGRESS", "ENDED"), ("t2", "IN_PROGRESS", "ENDED"), ("t3", "ENDED", "IN_PROGRESS"))
+    for now, state, then in (*steps, ("t4", "IN_PROGRESS", "ENDED")):
+        update = {
+            "TableName": "calls",
+            "Key": call_key("c1"),
+            "UpdateExpression": "SET touched = :now, #s = :then",
+            "ConditionExpression": "#s = :state",
+            "ExpressionAttributeNames": {"#s": "state"},
+            "ExpressionAttributeValues": {":now": {"S": now}, ":state": {"S": state}, ":then": {"S": then}},
+        }
+        answers.append(call(client.transact_write_items, TransactItems=[{"Update": update}]))
     answers.append(contents(client, "packets", "calls"))
     return answers
 
 
 def test_conditions_answer_as_moto_does_whatever_values_and_names_they_use() -> None:
     answers = same_as_moto(conditions)
-    checks, refused, again, state = answers[:7], answers[7:9], answers[9:11], answers[11]
+    checks, refused, updates, state = answers[:7], answers[7:9], answers[9:13], answers[13]
 
     assert ["Error" in a for a in checks] == [False, True, True, False, True, False, True]
     assert all(a["Error"]["Code"] == "TransactionCanceledException" for a in checks if "Error" in a)
     assert all(a["Error"]["Code"] == "ValidationException" for a in refused)
-    assert "Error" not in again[0] and "Error" not in again[1]  # deleted, then put back
+    # The first update ends c1; the second (the same condition, another clock) is refused;
+    # the third puts it back; the fourth, the first's condition again, ends it with its own.
+    assert ["Error" in a for a in updates] == [False, True, False, False]
     assert sorted(int(p["sequence"]["N"]) for p in state["packets"]) == [0, 3, 5]
+    [c1] = [c for c in state["calls"] if c["call_id"] == {"S": "c1"}]
+    assert (c1["state"], c1["touched"]) == ({"S": "ENDED"}, {"S": "t4"})
+
+
+def test_a_condition_moto_refuses_is_refused_every_time_and_any_placeholder_it_reads_is_keyed() -> None:
+    from moto.dynamodb import comparisons
+
+    with moto_server.patches_applied():
+        for _ in range(2):
+            with pytest.raises(ValueError, match="Bad comparison"):
+                comparisons.get_filter_expression("#s = = :v", {"#s": "state"}, {":v": {"S": "x"}})
+        # moto's lexer reads ":v-1" as one placeholder: two values of it are two conditions.
+        first = comparisons.get_filter_expression("#s = :v-1", {"#s": "state"}, {":v-1": {"S": "x"}})
+        second = comparisons.get_filter_expression("#s = :v-1", {"#s": "state"}, {":v-1": {"S": "y"}})
+        assert first is not second
+        assert comparisons.get_filter_expression("#s = :v-1", {"#s": "state"}, {":v-1": {"S": "x"}}) is first
 
 
 # ---------------------------------------------------------------------------- Query

@@ -478,18 +478,28 @@ class SaveWaitsForTheAI(InMemoryRecordingStore):
 
 
 class SeesTheStore(FakeAIProvider):
-    """Notes whether the recording was in ``recordings`` when asked, and sets ``started``."""
+    """Notes whether the recording was in ``recordings``, and noted on the call in ``calls``
+    (when given), when asked; sets ``started``."""
 
     def __init__(
-        self, recordings: InMemoryRecordingStore, *script: str | AIError, started: threading.Event | None = None
+        self,
+        recordings: InMemoryRecordingStore,
+        *script: str | AIError,
+        started: threading.Event | None = None,
+        calls: InMemoryCallStore | None = None,
     ) -> None:
         super().__init__({"c1": list(script)})
         self._recordings = recordings
+        self._calls = calls
         self._started = started or threading.Event()
         self.saved_when_asked: list[bool] = []
+        self.noted_when_asked: list[bool] = []
 
     async def transcribe(self, audio: CallAudio) -> str:
         self.saved_when_asked.append(audio.recording.key in self._recordings.objects)
+        if self._calls is not None:
+            call = self._calls.get_call(audio.call_id)
+            self.noted_when_asked.append(call is not None and call.recording == audio.recording)
         self._started.set()
         await asyncio.sleep(0)
         return await super().transcribe(audio)
@@ -520,32 +530,95 @@ class ReadsTheRecording(SeesTheStore):
     reads_recording = True
 
 
-def test_a_provider_that_reads_the_recording_is_asked_only_once_it_is_saved(
+def test_a_provider_that_reads_the_recording_is_asked_only_once_it_is_saved_and_noted(
     store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
 ) -> None:
-    ai = ReadsTheRecording(recordings)
+    # A Transcribe job is paid for once started: its recording is on the call before it is.
+    ai = ReadsTheRecording(recordings, calls=store)
     stream(store, "c1", frame(0))
     item = end(store, queue, "c1")
 
     assert process(store, ai, recordings, queue, item) is ProcessOutcome.COMPLETED
 
-    assert ai.saved_when_asked == [True]
+    assert ai.saved_when_asked == [True] and ai.noted_when_asked == [True]
 
 
-class SaveFails(InMemoryRecordingStore):
+class Died(Exception):
+    """What ends an invocation with no answer: the Lambda's timeout, or its memory."""
+
+
+def test_after_an_attempt_that_died_in_the_ai_the_next_notes_the_recording_before_asking(
+    store: InMemoryCallStore, queue: FakeQueue, recordings: InMemoryRecordingStore
+) -> None:
+    ai = SeesTheStore(recordings, calls=store)
+    ai.transcribe = _dies(ai.transcribe)  # type: ignore[method-assign]
+    stream(store, "c1", frame(0), frame(1))
+    item = end(store, queue, "c1")
+
+    with pytest.raises(Died):
+        process(store, ai, recordings, queue, item)
+    assert store.get_call("c1").recording is None  # type: ignore[union-attr]  # its last write never came
+    with pytest.raises(Died):
+        process(store, ai, recordings, queue, item)
+
+    # The second attempt noted the recording before asking: a call whose every attempt
+    # dies shows it, and a retry once its packets have expired can transcribe it.
+    call = store.get_call("c1")
+    assert call is not None and call.recording is not None and call.recording.key in recordings.objects
+    assert ai.noted_when_asked == [False, True]
+
+
+def _dies(transcribe: Any) -> Any:
+    async def dies(audio: CallAudio) -> str:
+        await transcribe(audio)
+        raise Died()
+
+    return dies
+
+
+class AnswersAfterTheSave(FakeAIProvider):
+    """Answers (``script``) only once the save has failed, and notes that it finished: a
+    worker that cancelled it would leave ``finished`` empty."""
+
+    def __init__(self, save_failed: threading.Event, answer: str | AIError) -> None:
+        super().__init__({"c1": [answer]})
+        self._save_failed = save_failed
+        self.finished: list[bool] = []
+
+    async def transcribe(self, audio: CallAudio) -> str:
+        await asyncio.to_thread(self._save_failed.wait, OVERLAP_TIMEOUT_S)
+        try:
+            transcript = await super().transcribe(audio)
+        except AIError:
+            self.finished.append(self._save_failed.is_set())
+            raise
+        self.finished.append(self._save_failed.is_set())
+        return transcript
+
+
+class SaveFailsAndSays(InMemoryRecordingStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = threading.Event()
+
     def save(self, call_id: str, wav: bytes, *, duration_s: float) -> Recording:
+        self.failed.set()
         raise DependencyUnavailableError("S3", "SlowDown")
 
 
+@pytest.mark.parametrize("answer", ["the words", RetryableAIError("503", status=503)], ids=["done", "failed"])
 def test_a_failed_save_fails_the_attempt_for_a_retry_and_notes_no_recording_whatever_the_ai_answered(
-    store: InMemoryCallStore, queue: FakeQueue
+    store: InMemoryCallStore, queue: FakeQueue, answer: str | AIError
 ) -> None:
     stream(store, "c1", frame(0))
     item = end(store, queue, "c1")
-    ai = FakeAIProvider()
+    failing = SaveFailsAndSays()
+    ai = AnswersAfterTheSave(failing.failed, answer)
 
     with pytest.raises(DependencyUnavailableError):
-        process(store, ai, SaveFails(), queue, item)
+        process(store, ai, failing, queue, item)
+    # The AI was waited out, not cancelled (a transcription's thread cannot be stopped).
+    assert ai.finished == [True]
 
     call = store.get_call("c1")
     assert call is not None and (call.state, call.recording) == (CallState.PROCESSING_AI, None)
