@@ -442,9 +442,10 @@ async def _answer_saving(
 class Unnoted:
     """What an attempt found of its call (its recording, its packet statistics) that the call
     item does not show yet. It is written with the write that ends the attempt (its error, or
-    the round's end): one request fewer an attempt than a write of its own. A crash in
-    between loses nothing: the next attempt finds them again (the recording is the same
-    object, saved again)."""
+    the round's end): one request fewer an attempt than a write of its own. An attempt
+    that dies in between (a timeout in the AI) loses nothing: the next finds them again,
+    saves the same object, and notes it before it asks the AI
+    (``PreparedAudio.earlier_attempt_died``)."""
 
     recording: Recording | None = None
     packet_stats: PacketStats | None = None
