@@ -15,9 +15,9 @@
 3. An ``UpdateExpression`` is parsed once per distinct text (moto parses it twice per
    ``UpdateItem``), and the ``ConditionExpression`` of a transaction's items, a PutItem or
    a DeleteItem once per distinct text, names and the values it names (moto parses it on
-   every write: a third of its time on a packet's transaction); answers that carry items are written as plain JSON
-   instead of through the service model, attribute by attribute: the AI worker's reads
-   and writes, and every GET, were paying for both.
+   every write: a third of its time on a packet's transaction); answers that carry items
+   are written as plain JSON instead of through the service model, attribute by
+   attribute: the AI worker's reads and writes, and every GET, were paying for both.
 4. ``TransactWriteItems`` honours its ``ClientRequestToken`` as DynamoDB does (moto ignores
    it): botocore retries a transaction whose answer was lost with the same token, and a
    token that committed answers success again instead of writing twice.
@@ -517,12 +517,11 @@ def patch_condition_expression_parsing() -> None:
 
     moto parses the ConditionExpression of every transaction item, PutItem and DeleteItem
     (UpdateItem parses its own, and is left as it is): a packet's transaction (two
-    conditions) spent a third of moto's time there. The tree
-    is a pure function of the text, its names and the values it names (substituted into
-    it), and moto only reads it. So the cache is keyed by those, not by the request's
-    other values (a timestamp, a token), and holds the most recently used (bounded: a
-    condition that names a token is new on every request). A text moto refuses raises
-    as before, and is not kept.
+    conditions) spent a third of moto's time there. The tree is a pure function of the
+    text, its names and the values it names (substituted into it), and moto only reads
+    it. So the cache is keyed by those, not by the request's other values (a timestamp, a
+    token), and holds the most recently used (bounded: a condition that names a token is
+    new on every request). A text moto refuses raises as before, and is not kept.
     """
     from moto.dynamodb import comparisons, models
     from moto.dynamodb.models import table

@@ -482,9 +482,9 @@ class PreparedAudio:
     audio: CallAudio
     unnoted: Unnoted = Unnoted()
     wav: bytes | None = None
-    # An earlier attempt of the call saved nothing it noted: it died before its last write
-    # (a timeout in the AI, say). This one notes the recording as soon as it is saved, so
-    # that a call whose every attempt dies still shows it.
+    # The call has no recording noted after an earlier attempt: that one died before its
+    # last write (a timeout in the AI, say). This one notes the recording as soon as it is
+    # saved, so that a call whose every attempt dies still shows it.
     earlier_attempt_died: bool = False
 
     def noted_first(self, ai: AIProvider) -> bool:
@@ -551,7 +551,7 @@ def _prepare_audio(
         call_audio,
         Unnoted(recording if wav is not None else None, stats),
         wav,
-        earlier_attempt_died=wav is not None and attempt.number > 1,
+        earlier_attempt_died=attempt.number > 1,
     )
 
 
@@ -578,10 +578,9 @@ async def _finish(
     *,
     failure_reason: str | None = None,
     result: AIResult | None = None,
-    unnoted: Unnoted | None = None,
+    unnoted: Unnoted = Unnoted(),
 ) -> ProcessOutcome:
     rule = transition_rule(item.call_id, CallState.PROCESSING_AI, target)
-    unnoted = unnoted or Unnoted()
     try:
         await asyncio.to_thread(
             functools.partial(
