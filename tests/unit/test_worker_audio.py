@@ -501,7 +501,6 @@ class SeesTheStore(FakeAIProvider):
             call = self._calls.get_call(audio.call_id)
             self.noted_when_asked.append(call is not None and call.recording == audio.recording)
         self._started.set()
-        await asyncio.sleep(0)
         return await super().transcribe(audio)
 
 
