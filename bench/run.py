@@ -221,17 +221,25 @@ def run_simulator(
 STORAGE_READ_TIMEOUT_S = 30
 
 
-def storage_put_rate(stack: LocalStack, requests: int = 3000) -> float:
-    """Raw conditional PutItem/s on the stack's moto server, CONNECTIONS in flight."""
+def throughput_client(stack: LocalStack) -> Any:
+    """A DynamoDB client for the throughput runs, CONNECTIONS requests in flight on moto.
+
+    The app's own client settings (parameter validation off among them), as many connections
+    as in flight, and a read timeout long enough for moto's queue: these runs count writes a
+    second, and the app's 2 s (an answer it can still use) would only add retried writes, or
+    end the run (a thread can wait seconds for moto's lock while 63 others are served).
+    """
     from botocore.config import Config
 
     from callcore.bootstrap import CLIENT_CONFIG
 
-    # The app's own client settings (parameter validation off among them), as many connections
-    # as in flight, and a read timeout long enough for moto's queue: this counts writes a
-    # second, and the app's 2 s (an answer it can still use) would only add retried puts.
     config = CLIENT_CONFIG.merge(Config(max_pool_connections=CONNECTIONS, read_timeout=STORAGE_READ_TIMEOUT_S))
-    client = boto3.session.Session().client("dynamodb", endpoint_url=stack.moto_endpoint, config=config)
+    return boto3.session.Session().client("dynamodb", endpoint_url=stack.moto_endpoint, config=config)
+
+
+def storage_put_rate(stack: LocalStack, requests: int = 3000) -> float:
+    """Raw conditional PutItem/s on the stack's moto server, CONNECTIONS in flight."""
+    client = throughput_client(stack)
     run_id = uuid.uuid4().hex[:8]
 
     def put(i: int) -> None:
@@ -258,13 +266,22 @@ def storage_put_rate(stack: LocalStack, requests: int = 3000) -> float:
     return requests / (time.perf_counter() - started)
 
 
-def adapter_packet_rate(ports: Any, calls: int = CONNECTIONS, packets: int = 50) -> float:
+def adapter_packet_rate(stack: LocalStack, settings: Any, calls: int = CONNECTIONS, packets: int = 50) -> float:
     """New packets/s through the app's own storage call (``services.record_packet`` on the
     DynamoDB adapter: the same transactions the route sends), CONNECTIONS in flight, with no
     HTTP, FastAPI or uvicorn: what the route adds is the ingest figure's gap to this one."""
     from callcore import services
+    from callcore.adapters.dynamodb_store import DynamoDBCallStore
     from callcore.domain.model import Packet
     from pbxsim.plan import packet_data
+
+    store = DynamoDBCallStore(
+        throughput_client(stack),
+        settings.calls_table,
+        settings.packets_table,
+        settings.slots_table,
+        packet_ttl_s=settings.packet_ttl_s(),
+    )
 
     rng = random.Random(7)
     run_id = uuid.uuid4().hex[:8]
@@ -276,7 +293,7 @@ def adapter_packet_rate(ports: Any, calls: int = CONNECTIONS, packets: int = 50)
     ]
 
     def record(entry: tuple[str, Packet]) -> None:
-        services.record_packet(ports.store, *entry)
+        services.record_packet(store, *entry)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(CONNECTIONS) as pool:
@@ -802,7 +819,7 @@ def measure_ingest_vs_storage(
         storage_rates.append(storage_put_rate(stack, requests=CONNECTIONS * 50))
         small = run_simulator(stack, calls=CONNECTIONS, packets=50, end=False, duplicate=0.0)
         ingest_rates.append(small["packets_per_s"])
-        adapter_rates.append(adapter_packet_rate(ports))
+        adapter_rates.append(adapter_packet_rate(stack, ports.settings))
         results["server_errors"] += small["server_errors"]
         results["lost_packets"] += small["lost_packets"]
     ratios = [i / (s / writes) for i, s in zip(ingest_rates, storage_rates, strict=True)]
