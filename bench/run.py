@@ -266,22 +266,20 @@ def storage_put_rate(stack: LocalStack, requests: int = 3000) -> float:
     return requests / (time.perf_counter() - started)
 
 
-def adapter_packet_rate(stack: LocalStack, settings: Any, calls: int = CONNECTIONS, packets: int = 50) -> float:
+def adapter_packet_rate(
+    stack: LocalStack, ports: Any, clients: Any, calls: int = CONNECTIONS, packets: int = 50
+) -> float:
     """New packets/s through the app's own storage call (``services.record_packet`` on the
     DynamoDB adapter: the same transactions the route sends), CONNECTIONS in flight, with no
     HTTP, FastAPI or uvicorn: what the route adds is the ingest figure's gap to this one."""
+    from dataclasses import replace
+
     from callcore import services
-    from callcore.adapters.dynamodb_store import DynamoDBCallStore
+    from callcore.bootstrap import build_ports
     from callcore.domain.model import Packet
     from pbxsim.plan import packet_data
 
-    store = DynamoDBCallStore(
-        throughput_client(stack),
-        settings.calls_table,
-        settings.packets_table,
-        settings.slots_table,
-        packet_ttl_s=settings.packet_ttl_s(),
-    )
+    store = build_ports(ports.settings, replace(clients, dynamodb=throughput_client(stack))).store
 
     rng = random.Random(7)
     run_id = uuid.uuid4().hex[:8]
@@ -375,13 +373,9 @@ def worker_batch_seconds(ports: Any) -> float:
 # ---------------------------------------------------------------- cold starts
 
 
-def import_seconds(statement: str, after: str = "pass") -> float:
-    """Seconds a fresh interpreter spends on ``statement`` (imports and module-level init), after ``after``."""
-    return import_split(after, statement)[1]
-
-
 def import_split(first: str, then: str) -> tuple[float, float]:
-    """Seconds one fresh interpreter spends on ``first``, then on ``then`` right after it."""
+    """Seconds one fresh interpreter spends on ``first`` (imports and module-level init),
+    then on ``then`` right after it."""
     code = (
         "import time; t = time.perf_counter(); "
         f"{first}; f = time.perf_counter() - t; t = time.perf_counter(); "
@@ -795,17 +789,17 @@ def measure_cold_starts(results: dict[str, float], info: dict[str, Any]) -> None
     info["worker_cold"] = f"ai_worker.handler {h * 1000:.0f} ms vs boto3 {b * 1000:.0f} ms"
     # Not a budget, but what the lazy clients move out of init: a sandbox's first request pays it.
     first_use = statistics.median(
-        import_seconds(
+        import_split(
+            "import ai_worker.handler",
             "from callcore.bootstrap import default_clients; default_clients().dynamodb.meta",
-            after="import ai_worker.handler",
-        )
+        )[1]
         for _ in range(REPS)
     )
     info["first_request_makes_dynamodb_client_ms"] = round(first_use * 1000)
 
 
 def measure_ingest_vs_storage(
-    stack: LocalStack, ports: Any, writes: float, results: dict[str, float], info: dict[str, Any]
+    stack: LocalStack, ports: Any, clients: Any, writes: float, *, results: dict[str, float], info: dict[str, Any]
 ) -> None:
     # Ingest alone (calls not ended, so the AI worker is idle), as the storage baseline
     # runs alone. The storage side is "PutItem/s / writes per NEW packet", so the ingest
@@ -819,7 +813,7 @@ def measure_ingest_vs_storage(
         storage_rates.append(storage_put_rate(stack, requests=CONNECTIONS * 50))
         small = run_simulator(stack, calls=CONNECTIONS, packets=50, end=False, duplicate=0.0)
         ingest_rates.append(small["packets_per_s"])
-        adapter_rates.append(adapter_packet_rate(stack, ports.settings))
+        adapter_rates.append(adapter_packet_rate(stack, ports, clients))
         results["server_errors"] += small["server_errors"]
         results["lost_packets"] += small["lost_packets"]
     ratios = [i / (s / writes) for i, s in zip(ingest_rates, storage_rates, strict=True)]
@@ -854,7 +848,7 @@ def measure_on_stack(results: dict[str, float], info: dict[str, Any]) -> None:
         writes, counts = count_writes_per_packet(ports, clients)
         results["ddb_writes_per_packet"] = writes
         info["ddb_requests_for_1000_new_packets"] = counts
-        measure_ingest_vs_storage(stack, ports, writes, results, info)
+        measure_ingest_vs_storage(stack, ports, clients, writes, results=results, info=info)
 
         # The same calls in 200 ms batches (10 packets a request), each run paired with a
         # single-packet run just before it, as above.
