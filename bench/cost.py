@@ -58,12 +58,12 @@ PLATFORM_LINES = (
     "\tMemory Size: 512 MB\tMax Memory Used: 86 MB\t",
 )
 # The $context variables of an API access log line, as a batch request fills them: a
-# 36-character call id, the stage in the path.
+# 36-character call id, on the $default stage (no stage in the path).
 ACCESS_LOG_CONTEXT = {
     "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
     "identity.sourceIp": "203.0.113.10",
     "httpMethod": "POST",
-    "path": "/prod/v1/call/stream/3f2b8c4e-6a1d-4e0f-9b7a-2c5d8e1f4a6b/batch",
+    "path": "/v1/call/stream/3f2b8c4e-6a1d-4e0f-9b7a-2c5d8e1f4a6b/batch",
     "status": "200",
     "responseLatency": "14",
     "integration.latency": "12",
@@ -89,8 +89,8 @@ def platform_log_events(template: dict[str, Any], function: str) -> int:
 
 def access_log_bytes(template: dict[str, Any]) -> int:
     """One API request's access log event: the stage's format, filled as ACCESS_LOG_CONTEXT says."""
-    [api] = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::Api"]
-    fmt = api["Properties"]["AccessLogSetting"]["Format"]
+    [api] = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::HttpApi"]
+    fmt = api["Properties"]["AccessLogSettings"]["Format"]
     line = _CONTEXT_VARIABLE.sub(lambda m: ACCESS_LOG_CONTEXT[m.group(1)], fmt)
     return len(line.encode()) + LOG_EVENT_OVERHEAD_BYTES
 
@@ -169,7 +169,8 @@ def infrastructure(usage: Usage, prices: dict[str, Any], template: dict[str, Any
     ddb_gb_months = dynamodb_gb_months(ddb_stored, template)
     logs = log_bytes(usage, template)
     items = {
-        "api_gateway": (api_requests * price(prices, "apigateway_rest_request"), {"requests": api_requests}),
+        # An HTTP API bills a request per 512 KB of it: a 200 ms batch is about 3 KB.
+        "api_gateway": (api_requests * price(prices, "apigateway_http_request"), {"requests": api_requests}),
         "lambda": (
             invocations * price(prices, "lambda_request") + gb_seconds * price(prices, "lambda_arm_gb_second"),
             {"invocations": invocations, "gb_seconds": gb_seconds},

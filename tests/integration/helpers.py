@@ -21,6 +21,51 @@ from devstack.template import ScheduleSource
 from pbxsim.retry import RetryPolicy
 
 
+def http_api_event(
+    method: str,
+    path: str,
+    *,
+    body: str | bytes | None = None,
+    headers: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event for the `/{proxy+}` route on the $default stage,
+    as API Gateway and `sam local start-api` send it to the ingest function. A ``bytes`` body
+    comes base64-encoded, as API Gateway sends a body that is not text."""
+    all_headers = {"content-type": "application/json", "host": "abc123.execute-api.us-east-1.amazonaws.com"}
+    all_headers |= {k.lower(): v for k, v in (headers or {}).items()}
+    raw_query = "&".join(f"{k}={v}" for k, v in (query or {}).items())
+    return {
+        "version": "2.0",
+        "routeKey": "ANY /{proxy+}",
+        "rawPath": path,
+        "rawQueryString": raw_query,
+        "headers": all_headers,
+        **({"queryStringParameters": query} if query else {}),
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.7",
+                "userAgent": "pbx/1.0",
+            },
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "routeKey": "ANY /{proxy+}",
+            "stage": "$default",
+            "time": "02/Dec/2026:17:00:00 +0000",
+            "timeEpoch": 1796230800000,
+        },
+        **({"body": base64.b64encode(body).decode() if isinstance(body, bytes) else body} if body is not None else {}),
+        "isBase64Encoded": isinstance(body, bytes),
+    }
+
+
 def audio_data(sequence: int) -> str:
     """A packet's default data: base64, so that it decodes as (noisy) mu-law audio, and the
     mock provider reads it back as the text ``audio-N``."""

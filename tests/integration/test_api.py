@@ -20,7 +20,7 @@ from callcore.adapters.dynamodb_store import DynamoDBCallStore
 from callcore.bootstrap import CLIENT_CONFIG, Ports
 from callcore.domain.model import MAX_SEQUENCE
 from tests.conftest import LiveServer
-from tests.integration.helpers import audio_data, packet, stored_packets
+from tests.integration.helpers import audio_data, http_api_event, packet, stored_packets
 
 
 def test_first_packet_creates_the_call_in_progress(api: httpx.Client, call_id: str) -> None:
@@ -246,47 +246,18 @@ def test_malformed_json_through_the_lambda_handler_is_422(ports: Ports, call_id:
 
     handler = Mangum(create_app(ports), lifespan="off")
     for raw in MALFORMED_BODIES.values():
-        response = handler(_rest_event(f"/v1/call/stream/{call_id}", raw), _LAMBDA_CONTEXT)
+        response = handler(http_api_event("POST", f"/v1/call/stream/{call_id}", body=raw), _LAMBDA_CONTEXT)
         assert response["statusCode"] == 422
         body = json.loads(response["body"])
         assert body["error"] == "invalid_request"
         assert body["details"][0]["type"] == "json_invalid"
-    assert handler(_rest_event(f"/v1/call/stream/{call_id}", b""), _LAMBDA_CONTEXT)["statusCode"] == 422
+    assert handler(http_api_event("POST", f"/v1/call/stream/{call_id}", body=b""), _LAMBDA_CONTEXT)["statusCode"] == 422
     good = json.dumps({"sequence": 7.0, "data": "x", "timestamp": 1}).encode()
-    accepted = handler(_rest_event(f"/v1/call/stream/{call_id}", good), _LAMBDA_CONTEXT)
+    accepted = handler(http_api_event("POST", f"/v1/call/stream/{call_id}", body=good), _LAMBDA_CONTEXT)
     assert (accepted["statusCode"], json.loads(accepted["body"])["sequence"]) == (202, 7)
 
 
 _LAMBDA_CONTEXT: Any = SimpleNamespace(function_name="IngestFunction", aws_request_id="r-1", memory_limit_in_mb=512)
-
-
-def _rest_event(path: str, raw: bytes) -> dict[str, Any]:
-    """An API Gateway REST proxy event carrying ``raw`` as a binary (base64) body, as API Gateway
-    sends a body that is not text."""
-    headers = {"Content-Type": "application/json", "Host": "abc123.execute-api.us-east-1.amazonaws.com"}
-    return {
-        "resource": "/{proxy+}",
-        "path": path,
-        "httpMethod": "POST",
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": {"proxy": path.lstrip("/")},
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": "/{proxy+}",
-            "httpMethod": "POST",
-            "path": f"/prod{path}",
-            "stage": "prod",
-            "requestId": "r-1",
-            "identity": {"sourceIp": "203.0.113.7"},
-            "accountId": "123456789012",
-            "apiId": "abc123",
-        },
-        "body": base64.b64encode(raw).decode(),
-        "isBase64Encoded": True,
-    }
 
 
 def test_json_sent_as_form_data_is_still_read_as_json(api: httpx.Client, call_id: str) -> None:
@@ -416,7 +387,6 @@ def test_data_with_an_unpaired_surrogate_is_422(api: httpx.Client, call_id: str)
     ],
 )
 def test_a_forged_cursor_is_422_not_a_dependency_error(api: httpx.Client, key: dict[str, object]) -> None:
-    import base64
     import json
 
     cursor = base64.urlsafe_b64encode(json.dumps(key).encode()).decode()

@@ -29,7 +29,7 @@ PRICES: dict[str, Any] = {
     "prices": {
         name: {"usd": usd, "source": "https://aws.amazon.com/"}
         for name, usd in {
-            "apigateway_rest_request": 3.5e-6,
+            "apigateway_http_request": 1e-6,
             "lambda_request": 2e-7,
             "lambda_arm_gb_second": 1.33334e-5,
             "dynamodb_write_request_unit": 6.25e-7,
@@ -72,7 +72,7 @@ def test_infrastructure_prices_each_counted_unit_per_call_minute() -> None:
     cost = infrastructure(usage, PRICES, template)
 
     items = cost["by_item"]
-    assert items["api_gateway"]["usd_per_call_minute"] == pytest.approx(1000 * 3.5e-6 / 2)
+    assert items["api_gateway"]["usd_per_call_minute"] == pytest.approx(1000 * 1e-6 / 2)
     gb_seconds = 10.0 * 512 / 1024 + 2.0 * 1769 / 1024
     assert items["lambda"]["usd_per_call_minute"] == pytest.approx((1002 * 2e-7 + gb_seconds * 1.33334e-5) / 2)
     assert items["dynamodb"]["units_per_call_minute"] == {
@@ -161,8 +161,8 @@ def test_lambdas_own_lines_are_counted_unless_the_function_logs_json_at_warn() -
 
 def test_the_access_log_line_is_the_stages_format_with_every_variable_filled() -> None:
     template = load_template()
-    [api] = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::Api"]
-    fmt = api["Properties"]["AccessLogSetting"]["Format"]
+    [api] = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::HttpApi"]
+    fmt = api["Properties"]["AccessLogSettings"]["Format"]
 
     size = access_log_bytes(template)
 
@@ -174,7 +174,7 @@ def test_the_access_log_line_is_the_stages_format_with_every_variable_filled() -
     assert json.loads(line)["status"] == "200"
     assert size == len(line.encode()) + LOG_EVENT_OVERHEAD_BYTES
     # A variable the model has no value for is an error, not a silently short line.
-    api["Properties"]["AccessLogSetting"]["Format"] = fmt + "$context.domainName"
+    api["Properties"]["AccessLogSettings"]["Format"] = fmt + "$context.domainName"
     with pytest.raises(KeyError):
         access_log_bytes(template)
 

@@ -368,12 +368,46 @@ def test_every_function_logs_to_its_own_log_group_kept_log_retention_days(templa
 
 
 def test_the_api_writes_access_logs_to_a_log_group_kept_log_retention_days(template: Template) -> None:
-    setting = template["Resources"]["CallApi"]["Properties"]["AccessLogSetting"]
+    setting = template["Resources"]["CallApi"]["Properties"]["AccessLogSettings"]
     group = setting["DestinationArn"]["Fn::GetAtt"][0]
 
     assert template["Resources"][group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert "$context.status" in setting["Format"]
-    assert template["Resources"]["ApiGatewayAccount"]["Type"] == "AWS::ApiGateway::Account"
+
+
+def test_every_request_reaches_the_app_through_an_http_api_on_its_default_stage(template: Template) -> None:
+    api = template["Resources"]["CallApi"]
+    events = template["Resources"]["IngestFunction"]["Properties"]["Events"]
+
+    assert api["Type"] == "AWS::Serverless::HttpApi"
+    # No stage name in the path: the app sees the paths it serves (Mangum strips none).
+    assert api["Properties"]["StageName"] == "$default"
+    assert api["Properties"]["DefaultRouteSettings"] == {
+        "ThrottlingRateLimit": {"Ref": "ThrottleRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ThrottleBurstLimit"},
+    }
+    assert events == {
+        "Proxy": {
+            "Type": "HttpApi",
+            "Properties": {
+                "ApiId": {"Ref": "CallApi"},
+                "Path": "/{proxy+}",
+                "Method": "ANY",
+                "PayloadFormatVersion": "2.0",
+            },
+        }
+    }
+
+
+def test_the_deployed_api_cannot_be_open_its_keys_are_a_required_secret_parameter(template: Template) -> None:
+    # The app's X-API-Key check is the API's only gate: a deploy must give it a key.
+    keys = template["Parameters"]["AppApiKeys"]
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+
+    assert "Default" not in keys
+    assert keys["NoEcho"] is True
+    assert keys["MinLength"] >= 16
+    assert env["API_KEYS"] == {"Ref": "AppApiKeys"}
 
 
 def test_a_failed_scheduled_sweep_goes_to_its_dead_letter_queue(template: Template) -> None:
