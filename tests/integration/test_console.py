@@ -50,7 +50,7 @@ from devstack.template import load_template
 from ingest import console
 from tests.conftest import LiveServer, MotoStack, start_moto_stack
 from tests.integration.helpers import RunningStack, b64, packet
-from tests.integration.test_lambda_handler import LAMBDA_CONTEXT, rest_event
+from tests.integration.test_lambda_handler import LAMBDA_CONTEXT, api_event
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -480,7 +480,7 @@ def test_through_the_lambda_handler_the_page_and_its_assets_are_served_as_text(c
     from ingest.app import create_app
 
     handler = Mangum(create_app(console_app.ports), lifespan="off")
-    page = handler(rest_event("GET", "/console"), LAMBDA_CONTEXT)
+    page = handler(api_event("GET", "/console"), LAMBDA_CONTEXT)
     assert page["statusCode"] == 200
     assert page["headers"]["content-security-policy"] == console.content_security_policy()
     folder = Path(console.__file__).parent
@@ -489,7 +489,7 @@ def test_through_the_lambda_handler_the_page_and_its_assets_are_served_as_text(c
         ("/console/console.js", "console.js"),
         ("/console/console.css", "console.css"),
     ):
-        served = handler(rest_event("GET", url), LAMBDA_CONTEXT)
+        served = handler(api_event("GET", url), LAMBDA_CONTEXT)
         assert (served["statusCode"], served["isBase64Encoded"]) == (200, False), url
         assert served["body"] == (folder / name).read_text(), url
 

@@ -20,7 +20,7 @@ from mangum import Mangum
 
 from callcore.bootstrap import Ports
 from tests.conftest import LiveServer
-from tests.integration.test_lambda_handler import LAMBDA_CONTEXT, rest_event
+from tests.integration.test_lambda_handler import LAMBDA_CONTEXT, api_event
 
 PAGES = ("/docs", "/redoc")
 
@@ -175,10 +175,10 @@ def test_through_the_lambda_handler_the_pages_and_assets_are_served(ports: Ports
 
     handler = Mangum(create_app(ports), lifespan="off")
     for page in PAGES:
-        response = handler(rest_event("GET", page), LAMBDA_CONTEXT)
+        response = handler(api_event("GET", page), LAMBDA_CONTEXT)
         assert response["statusCode"] == 200
         for url in references(response["body"]).urls:
-            served = handler(rest_event("GET", url), LAMBDA_CONTEXT)
+            served = handler(api_event("GET", url), LAMBDA_CONTEXT)
             assert served["statusCode"] == 200, url
             if url.endswith(".json"):
                 json.loads(served["body"])
@@ -189,5 +189,5 @@ def test_through_the_lambda_handler_the_pages_and_assets_are_served(ports: Ports
             assert served["headers"]["content-type"].split(";")[0] in kinds, url
             assert len(content) >= least, url
     # Scripts go out as text (Mangum base64-encodes only what it does not know as text).
-    script = handler(rest_event("GET", "/docs/swagger-ui-bundle.js"), LAMBDA_CONTEXT)
+    script = handler(api_event("GET", "/docs/swagger-ui-bundle.js"), LAMBDA_CONTEXT)
     assert not script["isBase64Encoded"]

@@ -105,7 +105,7 @@ def test_aws_clients_are_created_once_per_process_not_per_request(
     moto_stack: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ingest.app import handler
-    from tests.integration.test_lambda_handler import LAMBDA_CONTEXT, rest_event
+    from tests.integration.test_lambda_handler import LAMBDA_CONTEXT, api_event
 
     created: list[str] = []
     original = boto3.session.Session.client
@@ -115,11 +115,11 @@ def test_aws_clients_are_created_once_per_process_not_per_request(
         return original(self, service, *args, **kwargs)
 
     monkeypatch.setattr(boto3.session.Session, "client", counting_client)
-    first = rest_event("POST", "/v1/call/stream/{call_id}", {"call_id": "clients-once"}, body=packet(0))
+    first = api_event("POST", "/v1/call/stream/{call_id}", {"call_id": "clients-once"}, body=packet(0))
     assert handler(first, LAMBDA_CONTEXT)["statusCode"] in (200, 202)
     assert created.count("dynamodb") <= 1  # made by the sandbox's first request, if no request came before
     created.clear()
     for seq in range(1, 11):
-        event = rest_event("POST", "/v1/call/stream/{call_id}", {"call_id": "clients-once"}, body=packet(seq))
+        event = api_event("POST", "/v1/call/stream/{call_id}", {"call_id": "clients-once"}, body=packet(seq))
         assert handler(event, LAMBDA_CONTEXT)["statusCode"] in (200, 202)
     assert created == []

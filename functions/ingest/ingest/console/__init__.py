@@ -5,7 +5,7 @@ without an API key. Everything it shows comes from the /v1 API, called by its sc
 which sends ``X-API-Key`` on every call: when the API answers 401 (API_KEYS is set) the
 page asks the operator for the key and keeps it in the tab's sessionStorage, not in the
 URL (where it would land in history, proxy logs and API Gateway's access log). On AWS the
-same header is API Gateway's key header, so one key serves both checks.
+app's check is the only one (the HTTP API passes every request through), so it is the same.
 
 Nothing is read at import: every Lambda cold start imports this module, and only an
 operator opening the console needs the files. Each file is read on its first request.
