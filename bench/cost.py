@@ -2,7 +2,7 @@
 from bench/prices.json (us-east-1 list prices, each with its source page and the date
 it was read).
 
-Infrastructure: API Gateway REST requests, Lambda requests and GB-seconds (measured
+Infrastructure: API Gateway HTTP API requests, Lambda requests and GB-seconds (measured
 handler seconds x the template's memory size, Arm), DynamoDB request units and the bytes
 its tables hold for as long as they hold them, SQS requests,
 S3 requests and the recording's storage for RecordingRetentionDays, and CloudWatch Logs

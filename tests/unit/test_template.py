@@ -404,10 +404,15 @@ def test_the_deployed_api_cannot_be_open_its_keys_are_a_required_secret_paramete
     keys = template["Parameters"]["AppApiKeys"]
     env = template["Globals"]["Function"]["Environment"]["Variables"]
 
+    pattern = re.compile(keys["AllowedPattern"])
     assert "Default" not in keys
     assert keys["NoEcho"] is True
-    assert keys["MinLength"] >= 16
     assert env["API_KEYS"] == {"Ref": "AppApiKeys"}
+    assert pattern.fullmatch("0123456789abcdef0123456789abcdef")
+    assert pattern.fullmatch("0123456789abcdef,fedcba9876543210")
+    # Nothing that the app would read as no key, or as a short one.
+    for open_or_weak in ("", ",,,,,,,,,,,,,,,,", " " * 16, "x,0123456789abcdef", "0123456789abcdef,", "short"):
+        assert not pattern.fullmatch(open_or_weak), open_or_weak
 
 
 def test_a_failed_scheduled_sweep_goes_to_its_dead_letter_queue(template: Template) -> None:
