@@ -35,7 +35,7 @@ def http_api_event(
     all_headers = {"content-type": "application/json", "host": "abc123.execute-api.us-east-1.amazonaws.com"}
     all_headers |= {k.lower(): v for k, v in (headers or {}).items()}
     raw_query = "&".join(f"{k}={v}" for k, v in (query or {}).items())
-    return {
+    event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "ANY /{proxy+}",
         "rawPath": path,
@@ -61,9 +61,11 @@ def http_api_event(
             "time": "02/Dec/2026:17:00:00 +0000",
             "timeEpoch": 1796230800000,
         },
-        **({"body": base64.b64encode(body).decode() if isinstance(body, bytes) else body} if body is not None else {}),
         "isBase64Encoded": isinstance(body, bytes),
     }
+    if body is not None:
+        event["body"] = base64.b64encode(body).decode() if isinstance(body, bytes) else body
+    return event
 
 
 def audio_data(sequence: int) -> str:

@@ -21,6 +21,7 @@ from callcore.bootstrap import CLIENT_CONFIG, Ports
 from callcore.domain.model import MAX_SEQUENCE
 from tests.conftest import LiveServer
 from tests.integration.helpers import audio_data, http_api_event, packet, stored_packets
+from tests.integration.test_lambda_handler import LAMBDA_CONTEXT
 
 
 def test_first_packet_creates_the_call_in_progress(api: httpx.Client, call_id: str) -> None:
@@ -246,18 +247,15 @@ def test_malformed_json_through_the_lambda_handler_is_422(ports: Ports, call_id:
 
     handler = Mangum(create_app(ports), lifespan="off")
     for raw in MALFORMED_BODIES.values():
-        response = handler(http_api_event("POST", f"/v1/call/stream/{call_id}", body=raw), _LAMBDA_CONTEXT)
+        response = handler(http_api_event("POST", f"/v1/call/stream/{call_id}", body=raw), LAMBDA_CONTEXT)
         assert response["statusCode"] == 422
         body = json.loads(response["body"])
         assert body["error"] == "invalid_request"
         assert body["details"][0]["type"] == "json_invalid"
-    assert handler(http_api_event("POST", f"/v1/call/stream/{call_id}", body=b""), _LAMBDA_CONTEXT)["statusCode"] == 422
+    assert handler(http_api_event("POST", f"/v1/call/stream/{call_id}", body=b""), LAMBDA_CONTEXT)["statusCode"] == 422
     good = json.dumps({"sequence": 7.0, "data": "x", "timestamp": 1}).encode()
-    accepted = handler(http_api_event("POST", f"/v1/call/stream/{call_id}", body=good), _LAMBDA_CONTEXT)
+    accepted = handler(http_api_event("POST", f"/v1/call/stream/{call_id}", body=good), LAMBDA_CONTEXT)
     assert (accepted["statusCode"], json.loads(accepted["body"])["sequence"]) == (202, 7)
-
-
-_LAMBDA_CONTEXT: Any = SimpleNamespace(function_name="IngestFunction", aws_request_id="r-1", memory_limit_in_mb=512)
 
 
 def test_json_sent_as_form_data_is_still_read_as_json(api: httpx.Client, call_id: str) -> None:
