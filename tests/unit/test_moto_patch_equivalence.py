@@ -569,6 +569,7 @@ def test_queries_on_the_table_and_its_indexes_answer_as_moto_does() -> None:
 # ---------------------------------------------------------------- UpdateExpression
 
 NAMES = {"#s": "state", "#l": "log"}  # reserved words
+
 UPDATES: list[tuple[str, dict[str, Any]]] = [
     ("SET #s = :s, updated_at = :u ADD attempts :one", {":s": {"S": "ACTIVE"}, ":u": {"S": "t1"}, ":one": {"N": "1"}}),
     ("SET #s = :s, updated_at = :u ADD attempts :one", {":s": {"S": "ENDED"}, ":u": {"S": "t2"}, ":one": {"N": "2"}}),
@@ -583,7 +584,18 @@ UPDATES: list[tuple[str, dict[str, Any]]] = [
     ("ADD #s :one", {":one": {"N": "1"}}),  # ADD to a string: refused, as often as asked
     ("ADD #s :one", {":one": {"N": "1"}}),
     ("SET #s = :s", {}),  # a value missing: refused
+    # Refused by the checks that read the text alone, as often as asked:
+    ("SET a = :one SET b = :one", {":one": {"N": "1"}}),  # two SET clauses
+    ("SET a = :one SET b = :one", {":one": {"N": "1"}}),
+    ("SET meta.n = :one, meta = :m", {":one": {"N": "1"}, ":m": {"M": {}}}),  # overlapping paths
+    ("SET meta.n = :one, meta = :m", {":one": {"N": "1"}, ":m": {"M": {}}}),
+    # One text, its "#k" naming an attribute (accepted), the table's key (refused), then the
+    # attribute again (KEY_NAMES): what passed under some names says nothing of others.
+    ("SET #k = :k", {":k": {"S": "x"}}),
+    ("SET #k = :k", {":k": {"S": "x"}}),
+    ("SET #k = :k", {":k": {"S": "x"}}),
 ]
+KEY_NAMES = ("kind", "call_id", "kind")
 RETURNS = ("ALL_NEW", "UPDATED_OLD", "NONE", "ALL_OLD", "UPDATED_NEW")
 
 
@@ -591,10 +603,13 @@ def updates(client: Any) -> list[Any]:
     create_tables(client)
     answers: list[Any] = []
     for call_id in ("c1", "c2"):
+        key_names = iter(KEY_NAMES)
         client.put_item(TableName="calls", Item={"call_id": {"S": call_id}, "meta": {"M": {"n": {"N": "0"}}}})
         for n, (expression, values) in enumerate(UPDATES):
             request: dict[str, Any] = {"TableName": "calls", "Key": call_key(call_id), "UpdateExpression": expression}
             names = {name: NAMES[name] for name in NAMES if name in expression}
+            if "#k" in expression:
+                names["#k"] = next(key_names)
             if names:
                 request["ExpressionAttributeNames"] = names
             if values:
@@ -609,7 +624,11 @@ def test_update_expressions_answer_as_moto_does() -> None:
 
     assert answers[0]["Attributes"]["attempts"] == {"N": "1"}
     assert answers[1]["Attributes"] == {"state": {"S": "ACTIVE"}, "updated_at": {"S": "t1"}, "attempts": {"N": "1"}}
-    assert [a.get("Error", {}).get("Code") for a in answers[:13]] == [None] * 10 + ["ValidationException"] * 3
+    codes = [None] * 10 + ["ValidationException"] * 7 + [None, "ValidationException", None]
+    assert [a.get("Error", {}).get("Code") for a in answers[: len(UPDATES)]] == codes
+    assert '"SET" section can only be used once' in answers[13]["Error"]["Message"]
+    assert "Two document paths overlap" in answers[15]["Error"]["Message"]
+    assert "Cannot update attribute call_id" in answers[18]["Error"]["Message"]
     items = answers[-1]["calls"]
     assert len(items) == 2
     assert items[0] == {
@@ -619,6 +638,7 @@ def test_update_expressions_answer_as_moto_does() -> None:
         "log": {"L": [{"S": "b"}]},
         "meta": {"M": {"n": {"N": "2"}, "state": {"S": "y"}}},
         "tags": {"SS": ["b", "c"]},
+        "kind": {"S": "x"},
     }
     assert items[1] == {**items[0], "call_id": {"S": "c2"}}
 
@@ -642,6 +662,41 @@ def test_an_update_expression_is_parsed_once_and_its_tree_never_changes() -> Non
         for e in expressions:
             assert UpdateExpressionParser.make(e) is trees[e]
             assert shape(trees[e]) == before[e] == shape(parse(e))
+
+
+def test_the_checks_that_read_an_update_s_text_alone_run_once_per_text_names_and_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moto.dynamodb.parsing import validators
+
+    checked: list[str] = []
+    original = validators.ActionCountValidator.traverse
+
+    def traverse(self: Any, node: Any) -> Any:
+        checked.append(node.to_str() if hasattr(node, "to_str") else type(node).__name__)
+        return original(self, node)
+
+    monkeypatch.setattr(validators.ActionCountValidator, "traverse", traverse)
+    with moto_server.patches_applied(), mock_aws():
+        client = _client()
+        create_tables(client)
+
+        def update(table: str, key: dict[str, Any], name: str) -> None:
+            client.update_item(
+                TableName=table,
+                Key=key,
+                UpdateExpression="SET #a = :v ADD n :one",
+                ExpressionAttributeNames={"#a": name},
+                ExpressionAttributeValues={":v": {"S": "x"}, ":one": {"N": "1"}},
+            )
+
+        for _ in range(5):
+            update("calls", call_key("c1"), "note")
+        assert len(checked) == 1
+        update("calls", call_key("c1"), "other")  # other names
+        update("packets", packet_key("c1", 1), "note")  # another table's keys
+        assert len(checked) == 3
+        assert client.get_item(TableName="calls", Key=call_key("c1"))["Item"]["n"] == {"N": "6"}
 
 
 # ------------------------------------------------------------- answers with items
