@@ -562,8 +562,10 @@ def patch_update_expressions() -> None:
     def __init__(self: Any, expression: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, expression, *args, **kwargs)
         entry = cached(expression)
-        names = frozenset((self.expression_attribute_names or {}).items())
-        self._text_checks_key = None if entry is None else (entry.text, names, tuple(self.table.table_key_attrs))
+        self._text_checks_key = None
+        if entry is not None:
+            names = frozenset((self.expression_attribute_names or {}).items())
+            self._text_checks_key = (entry.text, names, tuple(self.table.table_key_attrs))
 
     def validate(self: Any) -> Any:
         key = self._text_checks_key
