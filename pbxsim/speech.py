@@ -42,6 +42,7 @@ FRAME_S = 0.02
 FRAME_BYTES = int(SAMPLE_RATE * FRAME_S)  # 160 mu-law bytes, one per sample
 MULAW_SILENCE = 0xFF  # the code of a zero sample: pads the last frame
 FIXTURES_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "speech"
+HUMAN_FIXTURES_DIR = FIXTURES_DIR / "human"  # a human reader (LibriVox), same layout
 # What tests/fixtures/speech/README.md made the fixtures with: `espeak-ng -v en-us+klatt -s 140`.
 ESPEAK = "espeak-ng"
 DEFAULT_VOICE = "en-us+klatt"
