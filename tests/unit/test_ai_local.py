@@ -172,15 +172,24 @@ def test_a_human_reading_over_the_telephone_comes_back_recognisably() -> None:
     assert sum(wers) / len(wers) <= HUMAN_WER_BOUND, wers
 
 
-def test_capping_the_decoders_search_changes_nothing_it_hears_in_a_human_reading() -> None:
-    """MAX_HMMS_PER_FRAME buys speed only: pocketsphinx's own default (no cap) hears the same words."""
+def test_capping_the_decoders_search_costs_no_accuracy_on_a_human_reading() -> None:
+    """MAX_HMMS_PER_FRAME buys speed, not errors: pocketsphinx's own default (no cap) hears no better.
+
+    On x86_64 the two transcripts are identical; the margin allows for another build's
+    floating point tipping a word either way, not for a cap that loses words (500 HMMs
+    per frame was measured at 0.81).
+    """
     pocketsphinx = importlib.import_module("pocketsphinx")
     uncapped = pocketsphinx.Decoder(loglevel="FATAL")
     assert uncapped.config["maxhmmpf"] > local.MAX_HMMS_PER_FRAME  # the cap really is a cap
+    capped_wers, uncapped_wers = [], []
     for text, audio in human_readings():
-        capped = LocalSpeech().transcribe_pcm16(audio, 8000)
-        heard = " ".join(local._decode(uncapped, local._chunks_16k(audio, 8000)))
-        assert capped == heard, text
+        capped_wers.append(word_error_rate(text, LocalSpeech().transcribe_pcm16(audio, 8000)))
+        uncapped_wers.append(word_error_rate(text, " ".join(local._decode(uncapped, local._chunks_16k(audio, 8000)))))
+    assert sum(capped_wers) / len(capped_wers) <= sum(uncapped_wers) / len(uncapped_wers) + 0.03, (
+        capped_wers,
+        uncapped_wers,
+    )
 
 
 def test_silence_transcribes_as_nothing() -> None:

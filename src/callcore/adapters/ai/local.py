@@ -36,9 +36,9 @@ MAX_UTTERANCE_SECONDS = 30
 # The decoder's search keeps at most this many HMMs active per frame (pocketsphinx's
 # default is 30,000). Measured with pocketsphinx 5.1.1 on 8 kHz mu-law speech: 19% less
 # CPU per audio second, with the same transcript of every human reading in
-# tests/fixtures/speech/human (a test checks it); of the six synthetic fixtures four
-# read the same and two changed (mean word error rate 0.935 -> 0.885). Narrower beams
-# were faster still (-50%) but heard the human readings worse (0.44 -> 0.48).
+# tests/fixtures/speech/human (a test holds it to no loss there); of the six synthetic
+# fixtures four read the same and two changed (mean word error rate 0.935 -> 0.885).
+# Narrower beams were faster still (-50%) but heard the human readings worse (0.44 -> 0.48).
 MAX_HMMS_PER_FRAME = 4_000
 
 # VADER's own thresholds for its compound score (vaderSentiment's README).
