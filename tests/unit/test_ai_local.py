@@ -38,7 +38,7 @@ from callcore.adapters.ai.local import LocalSpeech, to_decoder_rate, upsample_8k
 from callcore.domain.audio import CallAudio, decode_call, mulaw_to_pcm16, pcm16_to_mulaw
 from callcore.domain.errors import PermanentAIError
 from callcore.domain.model import Packet, Recording
-from pbxsim.speech import word_error_rate
+from pbxsim.speech import HUMAN_FIXTURES_DIR, load_fixtures, word_error_rate
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEECH = ROOT / "tests" / "fixtures" / "speech"
@@ -156,14 +156,12 @@ def test_the_transcript_has_keywords_of_the_fixture(name: str, expected: set[str
 # 5.1.1 when this was written: mean word error rate 0.436; over 16 copies disturbed as
 # above (+-1 LSB, half with a gain of 0.8 to 1.2) 0.381 to 0.470. Synthetic voices come
 # back far worse (~0.9), so only real speech says whether a decoder setting costs accuracy.
-HUMAN = SPEECH / "human"
 HUMAN_WER_BOUND = 0.55
 
 
 def human_readings() -> list[tuple[str, bytes]]:
     """Each reading's text and its audio as the worker gets it: 8 kHz PCM back from mu-law."""
-    rows: list[dict[str, Any]] = json.loads((HUMAN / "fixtures.json").read_text())["fixtures"]
-    return [(row["text"], mulaw_to_pcm16(pcm16_to_mulaw(read_wav(f"human/{row['file']}")[0]))) for row in rows]
+    return [(h.text, mulaw_to_pcm16(pcm16_to_mulaw(h.pcm16))) for h in load_fixtures(HUMAN_FIXTURES_DIR)]
 
 
 def test_a_human_reading_over_the_telephone_comes_back_recognisably() -> None:
